@@ -1,0 +1,1 @@
+"""The ingress rule model shared by every source and the xDS translator."""

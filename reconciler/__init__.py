@@ -1,0 +1,1 @@
+"""Desired state (KIngress objects, Knative Services) → the ingress rule model."""

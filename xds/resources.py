@@ -1,0 +1,33 @@
+"""Envoy v3 resource type URLs and the serialised-resource representation.
+
+Resources travel through the cache as serialised protobuf bytes: the translator
+serialises each resource once, the cache versions it by content, and the server
+wraps the same bytes in `Any` for every gateway without re-encoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+
+# Order in which a consistent update reaches Envoy: clusters before the
+# endpoints they use, listeners before the routes they name.
+TYPES_IN_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+
+# Full-state types: a SotW response always carries every resource of the type.
+FULL_STATE_TYPES = frozenset({LISTENER, CLUSTER})
+
+SHORT_NAMES: Mapping[str, str] = {LISTENER: "lds", ROUTE: "rds", CLUSTER: "cds", ENDPOINT: "eds"}
+
+Resources = Mapping[str, Mapping[str, bytes]]
+"""type URL → resource name → serialised message."""
+
+
+def content_version(body: bytes) -> str:
+    """A short, stable version string for one resource's serialised bytes."""
+    return hashlib.blake2b(body, digest_size=8).hexdigest()
