@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/wakegate up --example examples/helloworld
+	PORT=8090 TARGET=World $(BIN)/python examples/helloworld/app.py & app=$$!; \
+	trap 'kill $$app 2>/dev/null' EXIT INT TERM; \
+	$(BIN)/wakegate serve -f examples/helloworld/ingress.yaml
 
 test: $(STAMP)
 	$(BIN)/ruff check .
