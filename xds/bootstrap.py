@@ -1,0 +1,170 @@
+"""Envoy v3 bootstrap for a gateway that takes all its configuration over ADS."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+XDS_CLUSTER = "xds_cluster"
+
+_TLS_CONTEXT = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_CONNECTIONS_MONITOR = (
+    "type.googleapis.com/"
+    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
+)
+
+
+@dataclass(frozen=True)
+class XdsTls:
+    """Files for mutual TLS to the control plane."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+    server_name: str = ""
+    """SNI and the name the control plane's certificate must carry; empty skips the name check."""
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def _address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def build_bootstrap(
+    *,
+    node_id: str,
+    node_cluster: str,
+    xds_host: str,
+    xds_port: int,
+    admin_port: int,
+    admin_host: str = "127.0.0.1",
+    delta: bool = False,
+    xds_tls: XdsTls | None = None,
+    node_metadata: Mapping[str, Any] | None = None,
+    connect_timeout: float = 1.0,
+    xds_retry_base: float = 0.25,
+    xds_retry_max: float = 5.0,
+    max_downstream_connections: int = 50_000,
+) -> dict[str, Any]:
+    """A JSON-able Envoy bootstrap: listeners and clusters from ADS, admin on loopback.
+
+    `admin_port` may be 0 to let Envoy pick one (see `--admin-address-path`).
+    """
+    node: dict[str, Any] = {"id": node_id, "cluster": node_cluster}
+    if node_metadata:
+        node["metadata"] = dict(node_metadata)
+    ads_source = {"ads": {}, "resource_api_version": "V3"}
+    xds_cluster: dict[str, Any] = {
+        "name": XDS_CLUSTER,
+        "type": "STATIC" if _is_ip(xds_host) else "STRICT_DNS",
+        "connect_timeout": _duration(connect_timeout),
+        "typed_extension_protocol_options": {
+            _HTTP_OPTIONS: {
+                "@type": f"type.googleapis.com/{_HTTP_OPTIONS}",
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        "connection_keepalive": {"interval": "30s", "timeout": "10s"},
+                    }
+                },
+            }
+        },
+        "upstream_connection_options": {
+            "tcp_keepalive": {
+                "keepalive_time": 30,
+                "keepalive_interval": 10,
+                "keepalive_probes": 3,
+            }
+        },
+        "load_assignment": {
+            "cluster_name": XDS_CLUSTER,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _address(xds_host, xds_port)}}]}
+            ],
+        },
+    }
+    if not _is_ip(xds_host):
+        xds_cluster["dns_lookup_family"] = "V4_PREFERRED"
+    if xds_tls is not None:
+        xds_cluster["transport_socket"] = _tls_socket(xds_tls)
+    return {
+        "node": node,
+        "admin": {"address": _address(admin_host, admin_port)},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "DELTA_GRPC" if delta else "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": True,
+                "grpc_services": [
+                    {
+                        "envoy_grpc": {
+                            "cluster_name": XDS_CLUSTER,
+                            "retry_policy": {
+                                "retry_back_off": {
+                                    "base_interval": _duration(xds_retry_base),
+                                    "max_interval": _duration(xds_retry_max),
+                                }
+                            },
+                        }
+                    }
+                ],
+            },
+            "lds_config": ads_source,
+            "cds_config": ads_source,
+        },
+        "static_resources": {"clusters": [xds_cluster]},
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": _CONNECTIONS_MONITOR,
+                        "max_active_downstream_connections": max_downstream_connections,
+                    },
+                }
+            ]
+        },
+        "layered_runtime": {
+            "layers": [
+                {"name": "static", "static_layer": {}},
+                {"name": "admin", "admin_layer": {}},
+            ]
+        },
+    }
+
+
+def _tls_socket(tls: XdsTls) -> dict[str, Any]:
+    validation: dict[str, Any] = {"trusted_ca": {"filename": tls.ca_file}}
+    if tls.server_name:
+        validation["match_typed_subject_alt_names"] = [
+            {"san_type": "DNS", "matcher": {"exact": tls.server_name}}
+        ]
+    context: dict[str, Any] = {
+        "@type": _TLS_CONTEXT,
+        "common_tls_context": {
+            "alpn_protocols": ["h2"],
+            "tls_certificates": [
+                {
+                    "certificate_chain": {"filename": tls.cert_file},
+                    "private_key": {"filename": tls.key_file},
+                }
+            ],
+            "validation_context": validation,
+        },
+    }
+    if tls.server_name:
+        context["sni"] = tls.server_name
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}

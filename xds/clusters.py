@@ -1,0 +1,72 @@
+"""One EDS cluster per backend that a route sends traffic to."""
+
+from __future__ import annotations
+
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
+from envoy.config.core.v3 import protocol_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
+from google.protobuf import wrappers_pb2
+
+from wakegate.xds.common import ads_config_source, duration, length_delimited
+
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def protocol_options(http2: bool) -> hpo.HttpProtocolOptions:
+    """h2c (prior knowledge) for HTTP/2 backends, HTTP/1.1 (upgrades allowed) otherwise."""
+    explicit = hpo.HttpProtocolOptions.ExplicitHttpConfig
+    if http2:
+        config = explicit(http2_protocol_options=protocol_pb2.Http2ProtocolOptions())
+    else:
+        config = explicit(http_protocol_options=protocol_pb2.Http1ProtocolOptions())
+    return hpo.HttpProtocolOptions(explicit_http_config=config)
+
+
+def _circuit_breakers(max_requests: int) -> circuit_breaker_pb2.CircuitBreakers:
+    # Envoy's defaults (1024 pending/active, 3 retries) would turn a burst held by the
+    # activator into 503 overflows; the activator and the pods bound concurrency.
+    limit = wrappers_pb2.UInt32Value(value=max_requests)
+    return circuit_breaker_pb2.CircuitBreakers(
+        thresholds=[
+            circuit_breaker_pb2.CircuitBreakers.Thresholds(
+                max_connections=limit,
+                max_pending_requests=limit,
+                max_requests=limit,
+                max_retries=limit,
+            )
+        ]
+    )
+
+
+def build_cluster(
+    name: str, *, http2: bool, connect_timeout_s: float, max_requests: int
+) -> cluster_pb2.Cluster:
+    cluster = cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.EDS,
+        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=ads_config_source()),
+        connect_timeout=duration(connect_timeout_s),
+        lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
+        circuit_breakers=_circuit_breakers(max_requests),
+    )
+    cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Pack(protocol_options(http2))
+    return cluster
+
+
+class ClusterEncoder:
+    """Serialised clusters, made by prefixing the name to a pre-encoded remainder.
+
+    Every cluster differs only in its name (field 1) and protocol, so encoding one
+    is a bytes concatenation rather than a protobuf build.
+    """
+
+    def __init__(self, *, connect_timeout_s: float, max_requests: int) -> None:
+        self._tails = {
+            http2: build_cluster(
+                "", http2=http2, connect_timeout_s=connect_timeout_s, max_requests=max_requests
+            ).SerializeToString(deterministic=True)
+            for http2 in (False, True)
+        }
+
+    def encode(self, name: str, http2: bool) -> bytes:
+        return length_delimited(1, name.encode()) + self._tails[http2]

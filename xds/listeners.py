@@ -1,0 +1,141 @@
+"""The gateway's listeners: external HTTP, cluster-local HTTP and external HTTPS.
+
+Every listener runs one HTTP connection manager that takes its routes over RDS on
+the ADS stream, speaks HTTP/1.1 and h2c (or h2 over TLS) downstream, allows
+websocket upgrades and normalises paths like an edge proxy should.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.config.listener.v3 import listener_components_pb2 as lc
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm,
+)
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from google.protobuf import any_pb2, wrappers_pb2
+
+from wakegate.ingress.model import Certificate
+from wakegate.xds.common import ads_config_source, duration
+
+HCM_FILTER = "envoy.filters.network.http_connection_manager"
+ROUTER_FILTER = "envoy.filters.http.router"
+TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
+TLS_TRANSPORT = "envoy.transport_sockets.tls"
+
+
+def _any(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def http_connection_manager(
+    route_config_name: str, *, stat_prefix: str, stream_idle_timeout_s: float
+) -> hcm.HttpConnectionManager:
+    return hcm.HttpConnectionManager(
+        stat_prefix=stat_prefix,
+        codec_type=hcm.HttpConnectionManager.AUTO,
+        rds=hcm.Rds(config_source=ads_config_source(), route_config_name=route_config_name),
+        http_filters=[hcm.HttpFilter(name=ROUTER_FILTER, typed_config=_any(router_pb2.Router()))],
+        upgrade_configs=[hcm.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
+        use_remote_address=wrappers_pb2.BoolValue(value=True),
+        normalize_path=wrappers_pb2.BoolValue(value=True),
+        merge_slashes=True,
+        stream_idle_timeout=duration(stream_idle_timeout_s),
+    )
+
+
+def _hcm_filter(manager: hcm.HttpConnectionManager) -> lc.Filter:
+    return lc.Filter(name=HCM_FILTER, typed_config=_any(manager))
+
+
+def _address(bind_address: str, port: int) -> address_pb2.Address:
+    return address_pb2.Address(
+        socket_address=address_pb2.SocketAddress(address=bind_address, port_value=port)
+    )
+
+
+def http_listener(
+    name: str,
+    *,
+    bind_address: str,
+    port: int,
+    route_config_name: str,
+    stream_idle_timeout_s: float,
+) -> listener_pb2.Listener:
+    manager = http_connection_manager(
+        route_config_name, stat_prefix=name, stream_idle_timeout_s=stream_idle_timeout_s
+    )
+    return listener_pb2.Listener(
+        name=name,
+        address=_address(bind_address, port),
+        filter_chains=[lc.FilterChain(filters=[_hcm_filter(manager)])],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SNIChain:
+    """One certificate served to TLS clients asking (by SNI) for `server_names`."""
+
+    name: str
+    server_names: tuple[str, ...]
+    certificate: Certificate
+
+
+def downstream_tls_context(certificate: Certificate) -> tls_pb2.DownstreamTlsContext:
+    return tls_pb2.DownstreamTlsContext(
+        common_tls_context=common_pb2.CommonTlsContext(
+            alpn_protocols=["h2", "http/1.1"],
+            tls_certificates=[
+                common_pb2.TlsCertificate(
+                    certificate_chain=base_pb2.DataSource(
+                        inline_string=certificate.cert_chain_pem
+                    ),
+                    private_key=base_pb2.DataSource(inline_string=certificate.private_key_pem),
+                )
+            ],
+        )
+    )
+
+
+def tls_filter_chain(chain: SNIChain, manager: hcm.HttpConnectionManager) -> lc.FilterChain:
+    return lc.FilterChain(
+        name=chain.name,
+        filter_chain_match=lc.FilterChainMatch(server_names=chain.server_names),
+        transport_socket=base_pb2.TransportSocket(
+            name=TLS_TRANSPORT, typed_config=_any(downstream_tls_context(chain.certificate))
+        ),
+        filters=[_hcm_filter(manager)],
+    )
+
+
+def https_listener(
+    name: str,
+    *,
+    bind_address: str,
+    port: int,
+    route_config_name: str,
+    chains: Iterable[SNIChain],
+    stream_idle_timeout_s: float,
+) -> listener_pb2.Listener:
+    """The TLS listener: the TLS inspector reads SNI, which picks the filter chain."""
+    manager = http_connection_manager(
+        route_config_name, stat_prefix=name, stream_idle_timeout_s=stream_idle_timeout_s
+    )
+    return listener_pb2.Listener(
+        name=name,
+        address=_address(bind_address, port),
+        listener_filters=[
+            lc.ListenerFilter(
+                name=TLS_INSPECTOR, typed_config=_any(tls_inspector_pb2.TlsInspector())
+            )
+        ],
+        filter_chains=[tls_filter_chain(chain, manager) for chain in chains],
+    )

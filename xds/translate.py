@@ -1,0 +1,493 @@
+"""RoutingState → Envoy resources, incrementally.
+
+The translator keeps what it built for each ingress (encoded virtual hosts), each
+cluster and each backend's endpoints, and on every call rebuilds only what changed:
+a one-rule change re-encodes that ingress's virtual hosts and re-joins the route
+configurations from cached bytes. Unchanged ingresses are recognised by identity
+first (a state built from the previous one reuses its objects) and by equality
+otherwise.
+
+Route configurations: `external` (external HTTP listener), `internal` (cluster-local
+listener) and `external-tls` (HTTPS listener, present when some ingress has TLS).
+ClusterLocal rules are served only internally; ExternalIP rules on every listener, as
+Knative does. A host served by two rules goes to the first rule in ingress-key order;
+the loser is reported in `Translator.errors`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import compress
+from operator import is_not
+
+from wakegate.ingress.model import Backend, Certificate, HTTPOption, Ingress, RoutingState, Visibility
+from wakegate.xds import resources
+from wakegate.xds.clusters import ClusterEncoder
+from wakegate.xds.endpoints import encode_endpoints, load_assignment_bytes
+from wakegate.xds.listeners import SNIChain, http_listener, https_listener
+from wakegate.xds.routes import (
+    redirect_virtual_host,
+    route_configuration_bytes,
+    rule_virtual_host,
+    virtual_host_entry,
+)
+
+EXTERNAL = "external"
+INTERNAL = "internal"
+EXTERNAL_TLS = "external-tls"
+ROUTE_CONFIGS: tuple[str, ...] = (EXTERNAL, INTERNAL, EXTERNAL_TLS)
+"""Route configuration names; each listener has the name of its route configuration."""
+
+_EXT, _INT, _TLS = range(3)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    external_port: int = 8080
+    internal_port: int = 8081
+    tls_port: int = 8443
+    bind_address: str = "0.0.0.0"
+    default_timeout_s: float = 300.0
+    """Time to the first response byte when a path sets none (Knative's
+    `revision-timeout-seconds` default); 0 disables it."""
+    stream_idle_timeout_s: float = 300.0
+    """A stream with no activity for this long is reset (as in net-kourier); 0 disables."""
+    connect_timeout_s: float = 5.0
+    https_redirect_port: int | None = None
+    """Port put in `httpOption: Redirected` redirects; None keeps the default (443)."""
+    max_upstream_requests: int = 100_000
+    """Circuit-breaker limit per cluster for connections, pending and active requests."""
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One rule's virtual host in one route configuration."""
+
+    rc: int
+    rank: tuple[str, int]
+    hosts: tuple[str, ...]
+    names: tuple[str, ...]
+    redirect: bool
+    full: bytes
+    entry: bytes
+    lost: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class _Built:
+    ingress: Ingress
+    slots: dict[tuple[int, int], _Slot]
+    clusters: frozenset[str]
+    parts: list[bytes] = field(default_factory=lambda: [b"", b"", b""])
+
+
+def _host_names(hosts: Iterable[str]) -> tuple[str, ...]:
+    return tuple(host.lower() for host in hosts)
+
+
+class Translator:
+    """Turns successive RoutingStates into Resources, reusing unchanged work."""
+
+    def __init__(self, config: GatewayConfig | None = None) -> None:
+        self.config = config or GatewayConfig()
+        self._clusters_encoder = ClusterEncoder(
+            connect_timeout_s=self.config.connect_timeout_s,
+            max_requests=self.config.max_upstream_requests,
+        )
+        self._endpoint_bytes = functools.lru_cache(maxsize=4096)(encode_endpoints)
+        self._last_ingresses: Sequence[Ingress] | None = None
+        self._built: dict[str, _Built] = {}
+        self._keys: list[str] = []
+        self._parts: list[list[bytes]] = [[], [], []]
+        self._claims: list[dict[str, list[tuple[str, int]]]] = [{}, {}, {}]
+        self._conflicted: set[str] = set()
+        self._duplicates: dict[str, int] = {}
+        self._rc_bytes: list[bytes] = [b"", b"", b""]
+        self._rc_dirty = {_EXT, _INT, _TLS}
+        self._refs: dict[str, int] = {}
+        self._new_clusters: set[str] = set()
+        self._last_backends: Mapping[str, Backend] | None = None
+        self._seen_backend: dict[str, Backend | None] = {}
+        self._cluster_http2: dict[str, bool] = {}
+        self._clusters: dict[str, bytes] = {}
+        self._endpoints: dict[str, bytes] = {}
+        self._clusters_out: dict[str, bytes] = {}
+        self._endpoints_out: dict[str, bytes] = {}
+        self._clusters_dirty = self._endpoints_dirty = True
+        self._tls_keys: set[str] = set()
+        self._tls_dirty = True
+        self._last_certificates: Mapping[str, Certificate] | None = None
+        self._tls_errors: dict[str, list[str]] = {}
+        self._tls_listener: bytes | None = None
+        self._plain_listeners = self._build_plain_listeners()
+
+    # ---- public -------------------------------------------------------------------
+
+    def translate(self, state: RoutingState) -> resources.Resources:
+        self._sync_ingresses(state.ingresses)
+        self._sync_backends(state.backends)
+        if self._tls_dirty or state.certificates is not self._last_certificates:
+            self._sync_tls(state.certificates)
+        return self._assemble()
+
+    @property
+    def errors(self) -> dict[str, tuple[str, ...]]:
+        """Ingress key → one-line problems found by the last translate (host conflicts,
+        missing certificates, duplicate ingresses)."""
+        found: dict[str, list[str]] = {}
+        for key in sorted(self._conflicted):
+            built = self._built[key]
+            for (_, rule), slot in sorted(built.slots.items(), key=lambda item: item[0][::-1]):
+                for host, name in zip(slot.hosts, slot.names, strict=True):
+                    if host in slot.lost:
+                        owner = self._claims[slot.rc][name][0]
+                        where = (
+                            f"spec.rules[{owner[1]}]" if owner[0] == key else f"ingress {owner[0]}"
+                        )
+                        found.setdefault(key, []).append(
+                            f"spec.rules[{rule}].hosts: host {host!r} is already served by {where}"
+                        )
+        for key, messages in self._tls_errors.items():
+            found.setdefault(key, []).extend(messages)
+        for key, count in self._duplicates.items():
+            found.setdefault(key, []).append(
+                f"metadata: ingress {key} is given {count} times, only the first is used"
+            )
+        return {key: tuple(dict.fromkeys(messages)) for key, messages in sorted(found.items())}
+
+    # ---- ingresses → virtual hosts --------------------------------------------------
+
+    def _sync_ingresses(self, ingresses: Sequence[Ingress]) -> None:
+        if ingresses is self._last_ingresses:
+            return
+        changes = self._changes(ingresses)
+        self._last_ingresses = ingresses
+        recheck: set[tuple[int, tuple[str, int]]] = set()
+        dirty: set[str] = set()
+        for key, ingress in changes.items():
+            old = self._built.get(key)
+            if old is not None and ingress is not None:
+                if old.ingress is ingress or old.ingress == ingress:
+                    old.ingress = ingress
+                    continue
+            if old is not None:
+                self._unclaim(old, recheck)
+                self._release_clusters(old.clusters)
+                self._tls_dirty |= bool(old.ingress.tls)
+                self._tls_keys.discard(key)
+                self._conflicted.discard(key)
+            if ingress is None:
+                self._remove_key(key)
+                continue
+            built = self._build(ingress)
+            if old is None:
+                self._insert_key(key)
+            self._built[key] = built
+            self._claim(built, recheck)
+            self._acquire_clusters(built.clusters)
+            if ingress.tls:
+                self._tls_keys.add(key)
+                self._tls_dirty = True
+            dirty.add(key)
+        dirty |= self._resolve(recheck)
+        for key in dirty:
+            built = self._built.get(key)
+            if built is None:
+                continue
+            index = bisect.bisect_left(self._keys, key)
+            for rc in range(3):
+                part = b"".join(
+                    slot.entry for (slot_rc, _), slot in built.slots.items() if slot_rc == rc
+                )
+                if part != built.parts[rc] or self._parts[rc][index] is not part:
+                    built.parts[rc] = part
+                    self._parts[rc][index] = part
+                    self._rc_dirty.add(rc)
+
+    def _changes(self, ingresses: Sequence[Ingress]) -> dict[str, Ingress | None]:
+        """Keys whose ingress may have changed: the new value, or None when removed."""
+        old = self._last_ingresses
+        if old is None or self._duplicates or len(old) != len(ingresses):
+            return self._full_changes(ingresses)
+        changed = list(compress(range(len(ingresses)), map(is_not, old, ingresses)))
+        removed = {old[i].key for i in changed}
+        added: dict[str, Ingress | None] = {}
+        for i in changed:
+            key = ingresses[i].key
+            if key in added or (key in self._built and key not in removed):
+                return self._full_changes(ingresses)
+            added[key] = ingresses[i]
+        changes: dict[str, Ingress | None] = dict.fromkeys(removed - added.keys())
+        changes.update(added)
+        return changes
+
+    def _full_changes(self, ingresses: Sequence[Ingress]) -> dict[str, Ingress | None]:
+        wanted: dict[str, Ingress] = {}
+        duplicates: dict[str, int] = {}
+        for ingress in ingresses:
+            key = ingress.key
+            if key in wanted:
+                duplicates[key] = duplicates.get(key, 1) + 1
+            else:
+                wanted[key] = ingress
+        self._duplicates = duplicates
+        changes: dict[str, Ingress | None] = {
+            key: None for key in self._built if key not in wanted
+        }
+        for key, ingress in wanted.items():
+            built = self._built.get(key)
+            if built is None or built.ingress is not ingress:
+                changes[key] = ingress
+        return changes
+
+    def _build(self, ingress: Ingress) -> _Built:
+        config = self.config
+        key = ingress.key
+        redirected = ingress.http_option is HTTPOption.REDIRECTED
+        slots: dict[tuple[int, int], _Slot] = {}
+        for index, rule in enumerate(ingress.rules):
+            names = _host_names(rule.hosts)
+            rank = (key, index)
+            vhost = rule_virtual_host(
+                ingress, index, default_timeout_s=config.default_timeout_s
+            ).SerializeToString()
+            entry = virtual_host_entry(vhost)
+            slots[_INT, index] = _Slot(_INT, rank, rule.hosts, names, False, entry, entry)
+            if rule.visibility is not Visibility.EXTERNAL_IP:
+                continue
+            if ingress.tls:
+                slots[_TLS, index] = _Slot(_TLS, rank, rule.hosts, names, False, entry, entry)
+            if redirected:
+                vhost = redirect_virtual_host(
+                    ingress, index, https_port=config.https_redirect_port
+                ).SerializeToString()
+                entry = virtual_host_entry(vhost)
+            slots[_EXT, index] = _Slot(_EXT, rank, rule.hosts, names, redirected, entry, entry)
+        clusters = frozenset(
+            split.backend.key
+            for rule in ingress.rules
+            for path in rule.paths
+            for split in path.splits
+            if split.percent > 0
+        )
+        return _Built(ingress, slots, clusters)
+
+    def _insert_key(self, key: str) -> None:
+        index = bisect.bisect_left(self._keys, key)
+        self._keys.insert(index, key)
+        for parts in self._parts:
+            parts.insert(index, b"")
+
+    def _remove_key(self, key: str) -> None:
+        del self._built[key]
+        index = bisect.bisect_left(self._keys, key)
+        del self._keys[index]
+        for rc, parts in enumerate(self._parts):
+            if parts.pop(index):
+                self._rc_dirty.add(rc)
+
+    def _claim(self, built: _Built, recheck: set[tuple[int, tuple[str, int]]]) -> None:
+        for slot in built.slots.values():
+            claims = self._claims[slot.rc]
+            for name in slot.names:
+                ranks = claims.get(name)
+                if ranks is None:
+                    claims[name] = [slot.rank]
+                    continue
+                bisect.insort(ranks, slot.rank)
+                recheck.update((slot.rc, rank) for rank in ranks)
+
+    def _unclaim(self, built: _Built, recheck: set[tuple[int, tuple[str, int]]]) -> None:
+        for slot in built.slots.values():
+            claims = self._claims[slot.rc]
+            for name in slot.names:
+                ranks = claims[name]
+                ranks.remove(slot.rank)
+                if ranks:
+                    recheck.update((slot.rc, rank) for rank in ranks)
+                else:
+                    del claims[name]
+
+    def _resolve(self, recheck: set[tuple[int, tuple[str, int]]]) -> set[str]:
+        """Settle which contested hosts each slot keeps; return keys whose bytes changed."""
+        dirty: set[str] = set()
+        for rc, (key, index) in recheck:
+            built = self._built.get(key)
+            slot = built.slots.get((rc, index)) if built is not None else None
+            if slot is None:
+                continue
+            claims = self._claims[rc]
+            lost = tuple(
+                host
+                for host, name in zip(slot.hosts, slot.names, strict=True)
+                if claims[name][0] != slot.rank
+            )
+            if lost == slot.lost:
+                continue
+            slot.lost = lost
+            slot.entry = self._entry_without(built.ingress, slot, lost)
+            if any(s.lost for s in built.slots.values()):
+                self._conflicted.add(key)
+            else:
+                self._conflicted.discard(key)
+            dirty.add(key)
+        return dirty
+
+    def _entry_without(self, ingress: Ingress, slot: _Slot, lost: tuple[str, ...]) -> bytes:
+        if not lost:
+            return slot.full
+        domains = [host for host in slot.hosts if host not in lost]
+        if not domains:
+            return b""
+        index = slot.rank[1]
+        if slot.redirect:
+            vhost = redirect_virtual_host(
+                ingress, index, https_port=self.config.https_redirect_port, domains=domains
+            )
+        else:
+            vhost = rule_virtual_host(
+                ingress, index, default_timeout_s=self.config.default_timeout_s, domains=domains
+            )
+        return virtual_host_entry(vhost.SerializeToString())
+
+    # ---- clusters and endpoints -----------------------------------------------------
+
+    def _acquire_clusters(self, keys: frozenset[str]) -> None:
+        refs = self._refs
+        for key in keys:
+            count = refs.get(key, 0)
+            refs[key] = count + 1
+            if not count:
+                self._new_clusters.add(key)
+
+    def _release_clusters(self, keys: frozenset[str]) -> None:
+        refs = self._refs
+        for key in keys:
+            count = refs[key] - 1
+            if count:
+                refs[key] = count
+                continue
+            del refs[key]
+            self._new_clusters.discard(key)
+            self._seen_backend.pop(key, None)
+            self._cluster_http2.pop(key, None)
+            self._clusters.pop(key, None)
+            self._endpoints.pop(key, None)
+            self._clusters_dirty = self._endpoints_dirty = True
+
+    def _sync_backends(self, backends: Mapping[str, Backend]) -> None:
+        if backends is not self._last_backends:
+            keys: Iterable[str] = self._refs
+            self._last_backends = backends
+        else:
+            keys = self._new_clusters
+        seen = self._seen_backend
+        missing = object()
+        for key in keys:
+            backend = backends.get(key)
+            if seen.get(key, missing) is backend:
+                continue
+            seen[key] = backend
+            http2 = backend is not None and backend.http2
+            if self._cluster_http2.get(key) is not http2:
+                self._cluster_http2[key] = http2
+                self._clusters[key] = self._clusters_encoder.encode(key, http2)
+                self._clusters_dirty = True
+            assignment = load_assignment_bytes(key, self._endpoint_bytes(backend))
+            if self._endpoints.get(key) != assignment:
+                self._endpoints[key] = assignment
+                self._endpoints_dirty = True
+        self._new_clusters.clear()
+
+    # ---- listeners ----------------------------------------------------------------
+
+    def _build_plain_listeners(self) -> dict[str, bytes]:
+        config = self.config
+        return {
+            name: http_listener(
+                name,
+                bind_address=config.bind_address,
+                port=port,
+                route_config_name=name,
+                stream_idle_timeout_s=config.stream_idle_timeout_s,
+            ).SerializeToString()
+            for name, port in ((EXTERNAL, config.external_port), (INTERNAL, config.internal_port))
+        }
+
+    def _sync_tls(self, certificates: Mapping[str, Certificate]) -> None:
+        """One SNI filter chain per TLS entry; a server name goes to the first claimant."""
+        self._tls_dirty = False
+        self._last_certificates = certificates
+        self._tls_errors = {}
+        claimed: dict[str, str] = {}
+        chains: list[SNIChain] = []
+        for key in sorted(self._tls_keys):
+            for index, tls in enumerate(self._built[key].ingress.tls):
+                where = f"spec.tls[{index}]"
+                secret = f"{tls.secret_namespace}/{tls.secret_name}"
+                certificate = certificates.get(secret)
+                if certificate is None:
+                    self._tls_error(key, f"{where}: secret {secret} has no certificate")
+                    continue
+                names = tuple(dict.fromkeys(_host_names(tls.hosts))) or ("",)
+                free = []
+                for name in names:
+                    if name in claimed:
+                        host = repr(name) if name else "the default certificate"
+                        self._tls_error(
+                            key, f"{where}.hosts: {host} is already served by {claimed[name]}"
+                        )
+                    else:
+                        claimed[name] = f"ingress {key}"
+                        free.append(name)
+                if free:
+                    server_names = tuple(name for name in free if name)
+                    chains.append(SNIChain(f"{key}/tls[{index}]", server_names, certificate))
+        config = self.config
+        self._tls_listener = (
+            https_listener(
+                EXTERNAL_TLS,
+                bind_address=config.bind_address,
+                port=config.tls_port,
+                route_config_name=EXTERNAL_TLS,
+                chains=chains,
+                stream_idle_timeout_s=config.stream_idle_timeout_s,
+            ).SerializeToString()
+            if chains
+            else None
+        )
+
+    def _tls_error(self, key: str, message: str) -> None:
+        self._tls_errors.setdefault(key, []).append(message)
+
+    # ---- output -------------------------------------------------------------------
+
+    def _assemble(self) -> resources.Resources:
+        for rc in self._rc_dirty:
+            self._rc_bytes[rc] = route_configuration_bytes(ROUTE_CONFIGS[rc], self._parts[rc])
+        self._rc_dirty.clear()
+        if self._clusters_dirty:
+            self._clusters_out = dict(self._clusters)
+            self._clusters_dirty = False
+        if self._endpoints_dirty:
+            self._endpoints_out = dict(self._endpoints)
+            self._endpoints_dirty = False
+        listeners = dict(self._plain_listeners)
+        routes = {EXTERNAL: self._rc_bytes[_EXT], INTERNAL: self._rc_bytes[_INT]}
+        if self._tls_listener is not None:
+            listeners[EXTERNAL_TLS] = self._tls_listener
+            routes[EXTERNAL_TLS] = self._rc_bytes[_TLS]
+        return {
+            resources.CLUSTER: self._clusters_out,
+            resources.ENDPOINT: self._endpoints_out,
+            resources.LISTENER: listeners,
+            resources.ROUTE: routes,
+        }
+
+
+def translate(state: RoutingState, config: GatewayConfig | None = None) -> resources.Resources:
+    """Translate one state from scratch."""
+    return Translator(config).translate(state)
