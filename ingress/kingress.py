@@ -11,11 +11,10 @@ whose message is a single line naming the field path.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, NoReturn, TypeVar
 
 import yaml
-
 from wakegate.ingress.model import (
     TLS,
     BackendRef,
@@ -128,7 +127,7 @@ def _integer(value: object, path: str) -> int:
     return value
 
 
-def _string_map(value: object, path: str) -> Headers:
+def _headers_to_set(value: object, path: str) -> Headers:
     if value is None:
         return ()
     if not isinstance(value, Mapping):
@@ -136,6 +135,8 @@ def _string_map(value: object, path: str) -> Headers:
     items = []
     for name, header_value in value.items():
         _header_name(name, f"{path}.{name}")
+        if name.lower() == "host":
+            _fail(f"{path}.{name}", "the Host header cannot be set, use rewriteHost")
         items.append((name, _string(header_value, f"{path}.{name}")))
     return tuple(sorted(items))
 
@@ -228,7 +229,7 @@ def _split(value: object, path: str, namespace: str) -> Split:
     return Split(
         backend=BackendRef(namespace=service_namespace, name=name, port=port),
         percent=percent,
-        append_headers=_string_map(obj.get("appendHeaders"), f"{path}.appendHeaders"),
+        append_headers=_headers_to_set(obj.get("appendHeaders"), f"{path}.appendHeaders"),
     )
 
 
@@ -282,7 +283,7 @@ _PATH_FIELDS = frozenset(
 def _path(value: object, path: str, namespace: str) -> Path:
     obj = _object(value, path, _PATH_FIELDS)
     if not obj:
-        _fail(path, "missing required field, expected at least splits")
+        _fail(path, "missing required field, expected splits")
     prefix = _string(obj.get("path") or "", f"{path}.path")
     if prefix and not prefix.startswith("/"):
         _fail(f"{path}.path", f"path {prefix!r} must start with '/'")
@@ -298,7 +299,7 @@ def _path(value: object, path: str, namespace: str) -> Path:
         path=prefix,
         headers=_header_matches(obj.get("headers"), f"{path}.headers"),
         rewrite_host=rewrite_host,
-        append_headers=_string_map(obj.get("appendHeaders"), f"{path}.appendHeaders"),
+        append_headers=_headers_to_set(obj.get("appendHeaders"), f"{path}.appendHeaders"),
         timeout_s=None if timeout is None else parse_duration(timeout, f"{path}.timeout"),
         retry=_retry(obj.get("retries"), f"{path}.retries"),
     )
@@ -322,7 +323,9 @@ def _rule(value: object, path: str, namespace: str) -> Rule:
     if not obj:
         _fail(path, "missing required field, expected hosts and http")
     hosts = _hosts(obj.get("hosts"), f"{path}.hosts", required=True)
-    visibility = _enum(obj.get("visibility"), f"{path}.visibility", Visibility, Visibility.EXTERNAL_IP)
+    visibility = _enum(
+        obj.get("visibility"), f"{path}.visibility", Visibility, Visibility.EXTERNAL_IP
+    )
     if obj.get("http") is None:
         _fail(f"{path}.http", "missing required field")
     http = _object(obj["http"], f"{path}.http", frozenset({"paths"}))
@@ -402,11 +405,16 @@ def parse_ingress(obj: Mapping[str, Any]) -> Ingress:
     )
 
 
-def _with_prefix(prefix: str, parse: Callable[[], list[Ingress]]) -> list[Ingress]:
-    try:
-        return parse()
-    except IngressError as err:
-        raise IngressError(f"{prefix}{err}") from None
+def _parse_document(document: object) -> list[Ingress]:
+    if isinstance(document, Mapping) and document.get("kind") == "List":
+        ingresses = []
+        for index, item in enumerate(_list(document.get("items") or [], "items")):
+            try:
+                ingresses.append(parse_ingress(item))
+            except IngressError as err:
+                raise IngressError(f"items[{index}]: {err}") from None
+        return ingresses
+    return [parse_ingress(document)]  # type: ignore[arg-type]
 
 
 def load_ingresses(text: str) -> list[Ingress]:
@@ -415,26 +423,21 @@ def load_ingresses(text: str) -> list[Ingress]:
     Empty documents are skipped; a `kind: List` document contributes its `items`.
     Errors name the zero-based document index.
     """
+    documents: list[object] = []
     try:
-        documents = list(yaml.safe_load_all(text))
+        for document in yaml.safe_load_all(text):
+            documents.append(document)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
-        raise IngressError(f"malformed YAML{where}: {problem}") from None
+        raise IngressError(f"document {len(documents)}: malformed YAML{where}: {problem}") from None
     ingresses: list[Ingress] = []
     for index, document in enumerate(documents):
         if document is None:
             continue
-        prefix = f"document {index}: "
-        if isinstance(document, Mapping) and document.get("kind") == "List":
-            items = document.get("items") or []
-            if not isinstance(items, list):
-                raise IngressError(f"{prefix}items: expected a list, got {_type_name(items)}")
-            for item_index, item in enumerate(items):
-                ingresses += _with_prefix(
-                    f"{prefix}items[{item_index}]: ", lambda item=item: [parse_ingress(item)]
-                )
-            continue
-        ingresses += _with_prefix(prefix, lambda document=document: [parse_ingress(document)])
+        try:
+            ingresses += _parse_document(document)
+        except IngressError as err:
+            raise IngressError(f"document {index}: {err}") from None
     return ingresses

@@ -106,7 +106,10 @@ class EnvoyGateway:
     number (`preflight=False` skips that and leaves it to Envoy to fail).
     `start()` returns once the admin `/ready` endpoint reports LIVE. With
     `supervise=True` a process that dies after a successful start is restarted
-    with exponential back-off until `stop()`.
+    (with exponential back-off while it keeps dying within `stable_after`
+    seconds) until `stop()`; a restarted Envoy picks its configuration up from
+    the control plane again. `drain_time` is Envoy's `--drain-time-s` (how long
+    connections of a replaced listener may finish), Envoy's default when None.
     """
 
     def __init__(
@@ -117,7 +120,7 @@ class EnvoyGateway:
         envoy_path: str | None = None,
         log_level: str = "info",
         concurrency: int | None = None,
-        drain_time: float = 5.0,
+        drain_time: float | None = None,
         extra_args: Sequence[str] = (),
         check_ports: Sequence[tuple[str, int]] = (),
         preflight: bool = True,
@@ -252,9 +255,9 @@ class EnvoyGateway:
             "--disable-hot-restart",
             "--admin-address-path",
             str(self.admin_address_path),
-            "--drain-time-s",
-            str(max(0, round(self.drain_time))),
         ]
+        if self.drain_time is not None:
+            args += ["--drain-time-s", str(max(0, round(self.drain_time)))]
         if self.concurrency is not None:
             args += ["--concurrency", str(self.concurrency)]
         return args + self.extra_args
@@ -290,9 +293,7 @@ class EnvoyGateway:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
             while True:
                 if proc.returncode is not None:
-                    raise GatewayError(
-                        f"Envoy exited with code {proc.returncode}: {self._reason()}"
-                    )
+                    raise GatewayError(f"Envoy {self._exit_reason(proc.returncode)}")
                 if self.admin_port is None:
                     self.admin_port = self._read_admin_port()
                 if self.admin_port is not None and (
@@ -316,6 +317,13 @@ class EnvoyGateway:
             return None
         _, _, port = text.rpartition(":")
         return int(port) if port.isdigit() else None
+
+    def _exit_reason(self, code: int) -> str:
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                return f"was killed by {signal.Signals(-code).name}"
+        reason = self._reason()
+        return f"exited with code {code}" + (f": {reason}" if reason else "")
 
     def _reason(self) -> str:
         text = self.read_log()[self._log_offset :]
@@ -341,23 +349,23 @@ class EnvoyGateway:
             try:
                 async for attempt in AsyncRetrying(
                     wait=wait_exponential(multiplier=0.5, max=self.restart_backoff_max),
-                    retry=retry_if_exception_type(GatewayError),
+                    retry=retry_if_exception_type((GatewayError, OSError)),
                     before_sleep=_log_restart_failure,
                 ):
                     with attempt:
                         if launch:
                             self.restarts += 1
-                            await self._launch(self.restart_timeout)
+                            await self._launch(self.restart_timeout, wait_live=False)
                         launch = True
                         assert self._proc is not None
                         code = await self._proc.wait()
                         if self._stopping:
                             return
                         lived = time.monotonic() - self._live_since
-                        message = f"Envoy exited with code {code}: {self._reason()}"
-                        log.error("%s; restarting", message)
+                        message = f"Envoy {self._exit_reason(code)}"
                         if lived < self.stable_after:
                             raise GatewayError(message)
+                        log.error("%s; restarting it", message)
                         raise _StableRunEnded
             except _StableRunEnded:
                 continue
@@ -370,7 +378,7 @@ class _StableRunEnded(Exception):
 def _log_restart_failure(state: RetryCallState) -> None:
     error = state.outcome.exception() if state.outcome else None
     delay = state.next_action.sleep if state.next_action else 0
-    log.warning("Envoy restart %d: %s; next try in %.1fs", state.attempt_number, error, delay)
+    log.error("%s; restarting it in %.1fs", error, delay)
 
 
 async def _is_live(session: aiohttp.ClientSession, admin_url: str) -> bool:

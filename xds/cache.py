@@ -9,6 +9,7 @@ stream of the group, so pushing to many gateways never re-encodes a resource.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import threading
 from collections import OrderedDict
@@ -16,8 +17,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import discovery_pb2
-from wakegate.xds.resources import TYPES_IN_ORDER, Resources, content_version
+from google.protobuf.message import DecodeError
+from wakegate.xds.resources import CLUSTER, TYPES_IN_ORDER, Resources, content_version
 
 # Field tags (number << 3 | wire type 2) of the length-delimited fields that the
 # responses are assembled from.
@@ -187,6 +190,25 @@ class Snapshot:
             }
             self._encoded[key] = cached
         return cached  # type: ignore[return-value]
+
+    def eds_names(self, clusters: Iterable[str]) -> set[str]:
+        """The endpoint (ClusterLoadAssignment) names that these clusters use."""
+        key = ("eds-name", CLUSTER)
+        known: dict[str, str] = self._encoded.setdefault(key, {})  # type: ignore[assignment]
+        bodies = self.resources[CLUSTER]
+        out = set()
+        for name in clusters:
+            eds_name = known.get(name)
+            if eds_name is None:
+                eds_name = name
+                body = bodies.get(name)
+                if body is not None:
+                    with contextlib.suppress(DecodeError):
+                        service = cluster_pb2.Cluster.FromString(body).eds_cluster_config
+                        eds_name = service.service_name or name
+                known[name] = eds_name
+            out.add(eds_name)
+        return out
 
 
 Watcher = Callable[[], None]

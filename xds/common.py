@@ -20,12 +20,17 @@ def ads_config_source() -> config_source_pb2.ConfigSource:
 
 
 def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _SMALL[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+_SMALL = [bytes((value,)) for value in range(0x80)]
 
 
 def length_delimited(field_number: int, payload: bytes) -> bytes:

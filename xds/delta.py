@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from envoy.config.core.v3.base_pb2 import Node
 from envoy.service.discovery.v3 import discovery_pb2
 from wakegate.xds.cache import SnapshotCache, encode_delta_response
-from wakegate.xds.resources import FULL_STATE_TYPES, SHORT_NAMES, TYPES_IN_ORDER
+from wakegate.xds.resources import CLUSTER, ENDPOINT, FULL_STATE_TYPES, SHORT_NAMES
 from wakegate.xds.sotw import StreamBase
 from wakegate.xds.status import StatusBoard, TypeLedger
 
@@ -81,21 +81,8 @@ class DeltaStream(StreamBase):
                         del state.client[name]
             state.fresh = set(state.names)
         if first or changed:
-            response = self._respond(type_url, state)
-            return [response] if response else []
+            return self.respond_with_endpoints(type_url, state)
         return []
-
-    def refresh(self) -> list[bytes]:
-        if self.advance() is None:
-            return []
-        out = []
-        for type_url in TYPES_IN_ORDER:
-            state = self.types.get(type_url)
-            if state is not None:
-                response = self._respond(type_url, state)
-                if response:
-                    out.append(response)
-        return out
 
     def _answer(
         self, type_url: str, state: _TypeState, request: discovery_pb2.DeltaDiscoveryRequest
@@ -158,9 +145,17 @@ class DeltaStream(StreamBase):
         versions = snapshot.names(type_url)
         client = state.client
         ledger = state.ledger
+        resend: set[str] = set()
+        if type_url == ENDPOINT and self.resend_endpoints:
+            resend, self.resend_endpoints = self.resend_endpoints, set()
         if state.wildcard:
             type_version = snapshot.type_versions[type_url]
-            if not state.needs_response and not state.fresh and state.in_sync_with == type_version:
+            if (
+                not state.needs_response
+                and not state.fresh
+                and not resend
+                and state.in_sync_with == type_version
+            ):
                 ledger.sent_seq = self.seq
                 ledger.settle()
                 return None
@@ -172,6 +167,15 @@ class DeltaStream(StreamBase):
             removed = [
                 n for n in state.names if n not in versions and (n in client or n in state.fresh)
             ]
+        if resend:
+            already = set(updated)
+            updated += [
+                name
+                for name in resend
+                if name in versions
+                and name not in already
+                and (state.wildcard or name in state.names)
+            ]
         state.fresh.clear()
         if state.wildcard:
             state.in_sync_with = snapshot.type_versions[type_url]
@@ -179,6 +183,9 @@ class DeltaStream(StreamBase):
             ledger.sent_seq = self.seq
             ledger.settle()
             return None
+        if type_url == CLUSTER:
+            held = {name: client[name] for name in updated if name in client}
+            self.note_modified_clusters(held, versions)
         for name in updated:
             client[name] = versions[name]
         for name in removed:

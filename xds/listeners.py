@@ -7,7 +7,7 @@ websocket upgrades and normalises paths like an edge proxy should.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from envoy.config.core.v3 import address_pb2, base_pb2
@@ -20,8 +20,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from google.protobuf import any_pb2, wrappers_pb2
-
-from wakegate.ingress.model import Certificate
+from wakegate.ingress.model import Certificate, Ingress
 from wakegate.xds.common import ads_config_source, duration
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
@@ -89,15 +88,51 @@ class SNIChain:
     certificate: Certificate
 
 
+def sni_chains(
+    ingresses: Iterable[Ingress], certificates: Mapping[str, Certificate]
+) -> tuple[list[SNIChain], dict[str, tuple[str, ...]]]:
+    """One chain per TLS entry whose secret has a certificate, in the given order.
+
+    A server name goes to the first entry that lists it (Envoy refuses two chains
+    with the same match); an entry without hosts is the default chain. Returns the
+    chains and, per ingress key, one-line problems.
+    """
+    claimed: dict[str, str] = {}
+    chains: list[SNIChain] = []
+    errors: dict[str, list[str]] = {}
+    for ingress in ingresses:
+        for index, tls in enumerate(ingress.tls):
+            where = f"spec.tls[{index}]"
+            secret = f"{tls.secret_namespace}/{tls.secret_name}"
+            certificate = certificates.get(secret)
+            if certificate is None:
+                errors.setdefault(ingress.key, []).append(
+                    f"{where}: secret {secret} has no certificate"
+                )
+                continue
+            free = []
+            for name in dict.fromkeys(host.lower() for host in tls.hosts) or ("",):
+                if name in claimed:
+                    host = repr(name) if name else "the default certificate"
+                    errors.setdefault(ingress.key, []).append(
+                        f"{where}.hosts: {host} is already served by ingress {claimed[name]}"
+                    )
+                else:
+                    claimed[name] = ingress.key
+                    free.append(name)
+            if free:
+                server_names = tuple(name for name in free if name)
+                chains.append(SNIChain(f"{ingress.key}/tls[{index}]", server_names, certificate))
+    return chains, {key: tuple(messages) for key, messages in errors.items()}
+
+
 def downstream_tls_context(certificate: Certificate) -> tls_pb2.DownstreamTlsContext:
     return tls_pb2.DownstreamTlsContext(
-        common_tls_context=common_pb2.CommonTlsContext(
+        common_tls_context=tls_pb2.CommonTlsContext(
             alpn_protocols=["h2", "http/1.1"],
             tls_certificates=[
                 common_pb2.TlsCertificate(
-                    certificate_chain=base_pb2.DataSource(
-                        inline_string=certificate.cert_chain_pem
-                    ),
+                    certificate_chain=base_pb2.DataSource(inline_string=certificate.cert_chain_pem),
                     private_key=base_pb2.DataSource(inline_string=certificate.private_key_pem),
                 )
             ],

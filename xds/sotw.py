@@ -7,13 +7,20 @@ go in, serialised responses come out. The gRPC plumbing lives in `server.py`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from envoy.config.core.v3.base_pb2 import Node
 from envoy.service.discovery.v3 import discovery_pb2
 from wakegate.xds.cache import Snapshot, SnapshotCache, encode_sotw_response
-from wakegate.xds.resources import FULL_STATE_TYPES, SHORT_NAMES, TYPES_IN_ORDER
+from wakegate.xds.resources import (
+    CLUSTER,
+    ENDPOINT,
+    FULL_STATE_TYPES,
+    SHORT_NAMES,
+    TYPES_IN_ORDER,
+)
 from wakegate.xds.status import StatusBoard, TypeLedger
 
 log = logging.getLogger("wakegate.xds")
@@ -41,7 +48,10 @@ class StreamBase:
         self.seq = 0
         self.snapshot: Snapshot | None = None
         self.ledgers: dict[str, TypeLedger] = {}
+        self.types: dict[str, Any] = {}
         self.on_identify: Callable[[StreamBase], None] | None = None
+        self.resend_endpoints: set[str] = set()
+        """Endpoint names to send again: their clusters changed and are warming."""
         self._nonce = 0
         self._closed = False
         self._ignored_types: set[str] = set()
@@ -95,6 +105,48 @@ class StreamBase:
         self.seq, self.snapshot = current
         return self.snapshot
 
+    def note_modified_clusters(self, before: Mapping[str, str], after: Mapping[str, str]) -> None:
+        """Remember the endpoint names of clusters that changed between two pushes.
+
+        Envoy warms a modified EDS cluster until it receives its endpoints, and
+        does not always ask for them again (delta never does), so they are sent
+        after the clusters even when they did not change.
+        """
+        if not before or self.snapshot is None:
+            return
+        modified = [name for name, v in after.items() if name in before and before[name] != v]
+        if modified:
+            self.resend_endpoints.update(self.snapshot.eds_names(modified))
+
+    def refresh(self) -> list[bytes]:
+        """Responses for every subscribed type that the newest snapshot changed."""
+        if self.advance() is None:
+            return []
+        out = []
+        for type_url in TYPES_IN_ORDER:
+            state = self.types.get(type_url)
+            if state is not None:
+                response = self._respond(type_url, state)
+                if response:
+                    out.append(response)
+        return out
+
+    def respond_with_endpoints(self, type_url: str, state: Any) -> list[bytes]:
+        """A response for `type_url`, then the endpoints that changed clusters need."""
+        out = []
+        response = self._respond(type_url, state)
+        if response:
+            out.append(response)
+        endpoints = self.types.get(ENDPOINT)
+        if type_url == CLUSTER and endpoints is not None and self.resend_endpoints:
+            response = self._respond(ENDPOINT, endpoints)
+            if response:
+                out.append(response)
+        return out
+
+    def _respond(self, type_url: str, state: Any) -> bytes | None:
+        raise NotImplementedError
+
     def acked_through(self, seq: int, snapshot: Snapshot) -> bool:
         """Whether the gateway accepted, for every type it uses, snapshot `seq` or later."""
         for type_url in TYPES_IN_ORDER:
@@ -113,10 +165,12 @@ class _TypeState:
     """Subscribed names; None means every resource of the type."""
     ledger: TypeLedger = field(default_factory=TypeLedger)
     needs_response: bool = True
-    sent: dict[str, str] = field(default_factory=dict)
+    sent: Mapping[str, str] = field(default_factory=dict)
+    """Name → version of every resource in the last response."""
     sent_type_version: str | None = None
     version: str = ""
     nonce: str | None = None
+    answered: bool = True
     snapshot_version: str = ""
 
 
@@ -141,61 +195,60 @@ class SotwStream(StreamBase):
             self.ledgers[type_url] = state.ledger
             if request.version_info:
                 self.board.acked(self.node_id or "", type_url, request.version_info, None)
-            response = self._respond(type_url, state)
-            return [response] if response else []
+            return self.respond_with_endpoints(type_url, state)
         if request.response_nonce != state.nonce:
             log.debug("gateway %s: stale nonce %s ignored", self.node_id, request.response_nonce)
             return []
-        state.nonce = None
-        state.ledger.in_flight = 0
+        if not state.answered:
+            state.answered = True
+            self._answer(type_url, state, request)
+        names = _names(type_url, request, state.names, first=False)
+        if names != state.names:
+            state.names = names
+            return self.respond_with_endpoints(type_url, state)
+        return []
+
+    def _answer(
+        self, type_url: str, state: _TypeState, request: discovery_pb2.DiscoveryRequest
+    ) -> None:
+        ledger = state.ledger
+        ledger.in_flight = 0
         if request.HasField("error_detail"):
             self.board.nacked(
                 self.node_id or "", type_url, state.version, request.error_detail.message
             )
-            state.ledger.rejected = True
+            ledger.rejected = True
         else:
             self.board.acked(
                 self.node_id or "", type_url, request.version_info, state.snapshot_version
             )
-            state.ledger.rejected = False
-        state.ledger.settle()
-        names = _names(type_url, request, state.names, first=False)
-        if names != state.names:
-            state.names = names
-            response = self._respond(type_url, state)
-            return [response] if response else []
-        return []
-
-    def refresh(self) -> list[bytes]:
-        if self.advance() is None:
-            return []
-        out = []
-        for type_url in TYPES_IN_ORDER:
-            state = self.types.get(type_url)
-            if state is not None:
-                response = self._respond(type_url, state)
-                if response:
-                    out.append(response)
-        return out
+            ledger.rejected = False
+        ledger.settle()
 
     def _respond(self, type_url: str, state: _TypeState) -> bytes | None:
         snapshot = self.snapshot
         if snapshot is None:
             return None
         ledger = state.ledger
+        versions = snapshot.names(type_url)
         if state.names is None:
             type_version = snapshot.type_versions[type_url]
             if not state.needs_response and type_version == state.sent_type_version:
                 ledger.sent_seq = self.seq
                 ledger.settle()
                 return None
+            if type_url == CLUSTER:
+                self.note_modified_clusters(state.sent, versions)
             body = [snapshot.sotw_all(type_url)]
             state.sent_type_version = type_version
-            state.sent = {}
+            state.sent = versions
+            count = len(versions)
         else:
-            versions = snapshot.names(type_url)
             desired = {name: versions[name] for name in state.names if name in versions}
             changed = any(state.sent.get(name) != v for name, v in desired.items())
+            if type_url == ENDPOINT and self.resend_endpoints:
+                changed |= not self.resend_endpoints.isdisjoint(desired)
+                self.resend_endpoints.clear()
             if not state.needs_response and not changed:
                 state.sent = desired
                 ledger.sent_seq = self.seq
@@ -205,9 +258,11 @@ class SotwStream(StreamBase):
             body = [fields[name] for name in sorted(desired)]
             state.sent = desired
             state.sent_type_version = None
+            count = len(desired)
         state.needs_response = False
         state.version = snapshot.type_versions[type_url]
         state.nonce = self.next_nonce()
+        state.answered = False
         state.snapshot_version = snapshot.version
         ledger.sent_seq = self.seq
         ledger.in_flight = 1
@@ -217,7 +272,7 @@ class SotwStream(StreamBase):
             SHORT_NAMES[type_url],
             state.version,
             self.node_id,
-            len(snapshot.resources[type_url]) if state.names is None else len(body),
+            count,
         )
         return encode_sotw_response(
             type_url=type_url, version=state.version, nonce=state.nonce, resources=body

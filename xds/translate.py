@@ -19,15 +19,22 @@ from __future__ import annotations
 import bisect
 import functools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import compress
 from operator import is_not
 
-from wakegate.ingress.model import Backend, Certificate, HTTPOption, Ingress, RoutingState, Visibility
+from wakegate.ingress.model import (
+    Backend,
+    Certificate,
+    HTTPOption,
+    Ingress,
+    RoutingState,
+    Visibility,
+)
 from wakegate.xds import resources
 from wakegate.xds.clusters import ClusterEncoder
 from wakegate.xds.endpoints import encode_endpoints, load_assignment_bytes
-from wakegate.xds.listeners import SNIChain, http_listener, https_listener
+from wakegate.xds.listeners import http_listener, https_listener, sni_chains
 from wakegate.xds.routes import (
     redirect_virtual_host,
     route_configuration_bytes,
@@ -46,6 +53,8 @@ _EXT, _INT, _TLS = range(3)
 
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
+    """How the gateway listens and the defaults it applies to every route."""
+
     external_port: int = 8080
     internal_port: int = 8081
     tls_port: int = 8443
@@ -68,24 +77,40 @@ class _Slot:
 
     rc: int
     rank: tuple[str, int]
+    """(ingress key, rule index): the lowest rank serving a host keeps it."""
     hosts: tuple[str, ...]
     names: tuple[str, ...]
+    """The hosts lowercased, as Envoy compares them."""
     redirect: bool
     full: bytes
+    """The encoded `virtual_hosts` entry with every host."""
     entry: bytes
+    """What goes into the route configuration: `full`, or a re-encoding without the
+    hosts lost to lower ranks, or nothing when all are lost."""
     lost: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
 class _Built:
+    """What one ingress contributes: virtual hosts, the clusters they use, problems."""
+
     ingress: Ingress
     slots: dict[tuple[int, int], _Slot]
     clusters: frozenset[str]
-    parts: list[bytes] = field(default_factory=lambda: [b"", b"", b""])
+    notes: tuple[str, ...]
 
 
 def _host_names(hosts: Iterable[str]) -> tuple[str, ...]:
     return tuple(host.lower() for host in hosts)
+
+
+def _unique_hosts(hosts: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Hosts without case-insensitive repeats (Envoy rejects those), and their names."""
+    names = _host_names(hosts)
+    if len(set(names)) == len(names):
+        return hosts, names
+    first = {name: host for name, host in reversed(tuple(zip(names, hosts, strict=True)))}
+    return tuple(first.values()), tuple(first)
 
 
 class Translator:
@@ -104,6 +129,7 @@ class Translator:
         self._parts: list[list[bytes]] = [[], [], []]
         self._claims: list[dict[str, list[tuple[str, int]]]] = [{}, {}, {}]
         self._conflicted: set[str] = set()
+        self._noted: set[str] = set()
         self._duplicates: dict[str, int] = {}
         self._rc_bytes: list[bytes] = [b"", b"", b""]
         self._rc_dirty = {_EXT, _INT, _TLS}
@@ -120,13 +146,15 @@ class Translator:
         self._tls_keys: set[str] = set()
         self._tls_dirty = True
         self._last_certificates: Mapping[str, Certificate] | None = None
-        self._tls_errors: dict[str, list[str]] = {}
+        self._tls_errors: dict[str, tuple[str, ...]] = {}
         self._tls_listener: bytes | None = None
         self._plain_listeners = self._build_plain_listeners()
 
     # ---- public -------------------------------------------------------------------
 
     def translate(self, state: RoutingState) -> resources.Resources:
+        """Resources for the whole state. Mappings and bytes that did not change are the
+        objects returned before, so treat them as read-only."""
         self._sync_ingresses(state.ingresses)
         self._sync_backends(state.backends)
         if self._tls_dirty or state.certificates is not self._last_certificates:
@@ -137,7 +165,7 @@ class Translator:
     def errors(self) -> dict[str, tuple[str, ...]]:
         """Ingress key → one-line problems found by the last translate (host conflicts,
         missing certificates, duplicate ingresses)."""
-        found: dict[str, list[str]] = {}
+        found: dict[str, list[str]] = {key: list(self._built[key].notes) for key in self._noted}
         for key in sorted(self._conflicted):
             built = self._built[key]
             for (_, rule), slot in sorted(built.slots.items(), key=lambda item: item[0][::-1]):
@@ -175,19 +203,25 @@ class Translator:
                     continue
             if old is not None:
                 self._unclaim(old, recheck)
-                self._release_clusters(old.clusters)
                 self._tls_dirty |= bool(old.ingress.tls)
                 self._tls_keys.discard(key)
                 self._conflicted.discard(key)
+                self._noted.discard(key)
             if ingress is None:
-                self._remove_key(key)
+                if old is not None:
+                    self._release_clusters(old.clusters)
+                    self._remove_key(key)
                 continue
             built = self._build(ingress)
+            self._acquire_clusters(built.clusters)
             if old is None:
                 self._insert_key(key)
+            else:
+                self._release_clusters(old.clusters)
             self._built[key] = built
             self._claim(built, recheck)
-            self._acquire_clusters(built.clusters)
+            if built.notes:
+                self._noted.add(key)
             if ingress.tls:
                 self._tls_keys.add(key)
                 self._tls_dirty = True
@@ -198,13 +232,12 @@ class Translator:
             if built is None:
                 continue
             index = bisect.bisect_left(self._keys, key)
-            for rc in range(3):
+            for rc, parts in enumerate(self._parts):
                 part = b"".join(
                     slot.entry for (slot_rc, _), slot in built.slots.items() if slot_rc == rc
                 )
-                if part != built.parts[rc] or self._parts[rc][index] is not part:
-                    built.parts[rc] = part
-                    self._parts[rc][index] = part
+                if parts[index] != part:
+                    parts[index] = part
                     self._rc_dirty.add(rc)
 
     def _changes(self, ingresses: Sequence[Ingress]) -> dict[str, Ingress | None]:
@@ -234,9 +267,7 @@ class Translator:
             else:
                 wanted[key] = ingress
         self._duplicates = duplicates
-        changes: dict[str, Ingress | None] = {
-            key: None for key in self._built if key not in wanted
-        }
+        changes: dict[str, Ingress | None] = {key: None for key in self._built if key not in wanted}
         for key, ingress in wanted.items():
             built = self._built.get(key)
             if built is None or built.ingress is not ingress:
@@ -248,24 +279,29 @@ class Translator:
         key = ingress.key
         redirected = ingress.http_option is HTTPOption.REDIRECTED
         slots: dict[tuple[int, int], _Slot] = {}
+        notes = []
         for index, rule in enumerate(ingress.rules):
-            names = _host_names(rule.hosts)
+            if not rule.hosts:
+                notes.append(f"spec.rules[{index}].hosts: no hosts, the rule is not served")
+                continue
+            hosts, names = _unique_hosts(rule.hosts)
+            domains = None if hosts == rule.hosts else hosts
             rank = (key, index)
             vhost = rule_virtual_host(
-                ingress, index, default_timeout_s=config.default_timeout_s
+                ingress, index, default_timeout_s=config.default_timeout_s, domains=domains
             ).SerializeToString()
             entry = virtual_host_entry(vhost)
-            slots[_INT, index] = _Slot(_INT, rank, rule.hosts, names, False, entry, entry)
+            slots[_INT, index] = _Slot(_INT, rank, hosts, names, False, entry, entry)
             if rule.visibility is not Visibility.EXTERNAL_IP:
                 continue
             if ingress.tls:
-                slots[_TLS, index] = _Slot(_TLS, rank, rule.hosts, names, False, entry, entry)
+                slots[_TLS, index] = _Slot(_TLS, rank, hosts, names, False, entry, entry)
             if redirected:
                 vhost = redirect_virtual_host(
-                    ingress, index, https_port=config.https_redirect_port
+                    ingress, index, https_port=config.https_redirect_port, domains=domains
                 ).SerializeToString()
                 entry = virtual_host_entry(vhost)
-            slots[_EXT, index] = _Slot(_EXT, rank, rule.hosts, names, redirected, entry, entry)
+            slots[_EXT, index] = _Slot(_EXT, rank, hosts, names, redirected, entry, entry)
         clusters = frozenset(
             split.backend.key
             for rule in ingress.rules
@@ -273,7 +309,7 @@ class Translator:
             for split in path.splits
             if split.percent > 0
         )
-        return _Built(ingress, slots, clusters)
+        return _Built(ingress, slots, clusters, tuple(notes))
 
     def _insert_key(self, key: str) -> None:
         index = bisect.bisect_left(self._keys, key)
@@ -418,34 +454,10 @@ class Translator:
         }
 
     def _sync_tls(self, certificates: Mapping[str, Certificate]) -> None:
-        """One SNI filter chain per TLS entry; a server name goes to the first claimant."""
         self._tls_dirty = False
         self._last_certificates = certificates
-        self._tls_errors = {}
-        claimed: dict[str, str] = {}
-        chains: list[SNIChain] = []
-        for key in sorted(self._tls_keys):
-            for index, tls in enumerate(self._built[key].ingress.tls):
-                where = f"spec.tls[{index}]"
-                secret = f"{tls.secret_namespace}/{tls.secret_name}"
-                certificate = certificates.get(secret)
-                if certificate is None:
-                    self._tls_error(key, f"{where}: secret {secret} has no certificate")
-                    continue
-                names = tuple(dict.fromkeys(_host_names(tls.hosts))) or ("",)
-                free = []
-                for name in names:
-                    if name in claimed:
-                        host = repr(name) if name else "the default certificate"
-                        self._tls_error(
-                            key, f"{where}.hosts: {host} is already served by {claimed[name]}"
-                        )
-                    else:
-                        claimed[name] = f"ingress {key}"
-                        free.append(name)
-                if free:
-                    server_names = tuple(name for name in free if name)
-                    chains.append(SNIChain(f"{key}/tls[{index}]", server_names, certificate))
+        ingresses = [self._built[key].ingress for key in sorted(self._tls_keys)]
+        chains, self._tls_errors = sni_chains(ingresses, certificates)
         config = self.config
         self._tls_listener = (
             https_listener(
@@ -459,9 +471,6 @@ class Translator:
             if chains
             else None
         )
-
-    def _tls_error(self, key: str, message: str) -> None:
-        self._tls_errors.setdefault(key, []).append(message)
 
     # ---- output -------------------------------------------------------------------
 

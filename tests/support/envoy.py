@@ -1,10 +1,10 @@
 """A real control plane and real Envoy gateways for tests.
 
-    async with xds_control_plane() as cp:
-        cp.set("gateway", resources)                     # a new snapshot, versions auto
-        async with running_envoy(cp.port, node_cluster="gateway") as envoy:
-            await cp.push("gateway", newer_resources)    # set + wait until ACKed
-            print(envoy.admin_port, envoy.log())
+async with xds_control_plane() as cp:
+    cp.set("gateway", resources)                     # a new snapshot, versions auto
+    async with running_envoy(cp.port, node_cluster="gateway") as envoy:
+        await cp.push("gateway", newer_resources)    # set + wait until ACKed
+        print(envoy.admin_port, envoy.log())
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wakegate.envoy_process import EnvoyGateway
 from wakegate.xds.bootstrap import build_bootstrap
 from wakegate.xds.cache import Snapshot, SnapshotCache
 from wakegate.xds.resources import Resources
 from wakegate.xds.server import XdsServer
+
+from wakegate.envoy_process import EnvoyGateway
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_GROUP = "gateway"
@@ -47,9 +48,7 @@ class ControlPlane:
     host: str = LOOPBACK
     _versions: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
-    def set(
-        self, group: str, resources: Resources, *, version: str | None = None
-    ) -> Snapshot:
+    def set(self, group: str, resources: Resources, *, version: str | None = None) -> Snapshot:
         """Make `resources` the current snapshot of `group`; returns it."""
         snapshot = Snapshot(version=version or f"v{next(self._versions)}", resources=resources)
         self.cache.set_snapshot(group, snapshot)
@@ -61,7 +60,7 @@ class ControlPlane:
         resources: Resources,
         *,
         version: str | None = None,
-        timeout: float = 15.0,
+        timeout: float = 15.0,  # noqa: ASYNC109
     ) -> Snapshot:
         """`set` and wait until every gateway of `group` ACKed it; fails the test if not."""
         snapshot = self.set(group, resources, version=version)
@@ -133,9 +132,11 @@ async def running_envoy(
     node_id: str | None = None,
     xds_host: str = LOOPBACK,
     wait_live: bool = True,
-    timeout: float = 30.0,
+    timeout: float = 30.0,  # noqa: ASYNC109
     log_level: str = "info",
     concurrency: int = 1,
+    supervise: bool = False,
+    drain_time: float | None = None,
     bootstrap_overrides: Mapping[str, Any] | None = None,
     **bootstrap_kwargs: Any,
 ) -> AsyncIterator[RunningEnvoy]:
@@ -159,7 +160,12 @@ async def running_envoy(
         bootstrap.update(bootstrap_overrides)
     workdir = Path(tempfile.mkdtemp(prefix="wakegate-envoy-"))
     gateway = EnvoyGateway(
-        bootstrap, workdir, log_level=log_level, concurrency=concurrency, drain_time=0
+        bootstrap,
+        workdir,
+        log_level=log_level,
+        concurrency=concurrency,
+        drain_time=drain_time,
+        supervise=supervise,
     )
     envoy = RunningEnvoy(gateway=gateway, node_id=node_id, node_cluster=node_cluster)
     try:

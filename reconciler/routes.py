@@ -1,0 +1,246 @@
+"""A Service's Route: traffic targets → the ingress rule model, as Knative builds a KIngress.
+
+Mirrors Knative's route reconciler (`route/traffic`, `route/resources/ingress.go`):
+targets are flattened to revisions (`latestRevision` → the newest ready revision), the
+main host splits traffic by percent with targets naming the same revision merged, each
+tag gets its own host routed wholly to its revision, and every host exists on the
+cluster-local listener as `{host}.{namespace}`, `.svc` and `.svc.{cluster domain}`;
+services labelled cluster-local get nothing else. Each split tells the activator its
+revision with `Knative-Serving-Namespace` and `Knative-Serving-Revision`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from wakegate.ingress.model import BackendRef, Ingress, Path, Rule, Split, Visibility
+from wakegate.reconciler.revisions import Revision, latest_created, latest_ready, service_revisions
+from wakegate.reconciler.serving import Service
+from wakegate.reconciler.status import ROUTES_READY, Condition, ConditionStatus
+
+NAMESPACE_HEADER = "Knative-Serving-Namespace"
+REVISION_HEADER = "Knative-Serving-Revision"
+TAG_HEADER = "Knative-Serving-Tag"
+DEFAULT_ROUTE_HEADER = "Knative-Serving-Default-Route"
+SERVICE_PORT = 80
+"""The port of a revision's (Kubernetes) service, which the activator also listens on."""
+DEFAULT_DOMAIN = "example.com"
+CLUSTER_DOMAIN = "cluster.local"
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficStatus:
+    """One entry of `status.traffic`: a spec target resolved to its revision."""
+
+    revision_name: str
+    percent: int
+    latest_revision: bool
+    tag: str = ""
+    url: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "revisionName": self.revision_name,
+            "percent": self.percent,
+            "latestRevision": self.latest_revision,
+        }
+        if self.tag:
+            out["tag"] = self.tag
+        if self.url:
+            out["url"] = self.url
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RouteStatus:
+    url: str
+    """The main URL: external unless the service is cluster-local."""
+    address_url: str
+    """The cluster-local URL (`http://{name}.{namespace}.svc.{cluster domain}`)."""
+    traffic: tuple[TrafficStatus, ...]
+    """Empty when the targets cannot all be resolved."""
+    condition: Condition
+    """RoutesReady as far as traffic assignment goes (the gateways' ACK is the caller's)."""
+
+    @property
+    def traffic_assigned(self) -> bool:
+        """False means: keep the ingress applied before, the returned one has no rules."""
+        return self.condition.is_true
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    revision: Revision
+    percent: int
+
+
+def _cluster_local_hosts(host: str, namespace: str, cluster_domain: str) -> tuple[str, ...]:
+    base = f"{host}.{namespace}"
+    return (base, f"{base}.svc", f"{base}.svc.{cluster_domain}")
+
+
+def _url(host: str, service: Service, domain: str, cluster_domain: str) -> str:
+    if service.cluster_local:
+        return f"http://{host}.{service.namespace}.svc.{cluster_domain}"
+    return f"http://{host}.{service.namespace}.{domain}"
+
+
+def _consolidate(targets: Iterable[_Target]) -> list[_Target]:
+    """Merge targets naming the same revision, first occurrence's position kept."""
+    merged: dict[str, _Target] = {}
+    for target in targets:
+        seen = merged.get(target.revision.name)
+        percent = target.percent + (seen.percent if seen else 0)
+        merged[target.revision.name] = _Target(target.revision, percent)
+    out = list(merged.values())
+    if len(out) == 1:
+        out = [_Target(out[0].revision, 100)]
+    return out
+
+
+def _path(namespace: str, targets: Iterable[_Target], **extra: Any) -> Path:
+    live = [t for t in targets if t.percent > 0]
+    splits = tuple(
+        Split(
+            backend=BackendRef(namespace, t.revision.name, SERVICE_PORT),
+            percent=t.percent,
+            append_headers=(
+                (NAMESPACE_HEADER, namespace),
+                (REVISION_HEADER, t.revision.name),
+            ),
+        )
+        for t in live
+    )
+    timeout = max(t.revision.template.timeout_seconds for t in live)
+    return Path(splits=splits, timeout_s=float(timeout), **extra)
+
+
+def _unassigned(
+    service: Service, status: ConditionStatus, message: str, domain: str, cluster_domain: str
+) -> tuple[Ingress, RouteStatus]:
+    condition = Condition(ROUTES_READY, status, "RevisionMissing", message)
+    route = RouteStatus(
+        url=_url(service.name, service, domain, cluster_domain),
+        address_url=f"http://{service.name}.{service.namespace}.svc.{cluster_domain}",
+        traffic=(),
+        condition=condition,
+    )
+    return Ingress(namespace=service.namespace, name=service.name, rules=()), route
+
+
+def route_ingress(
+    service: Service,
+    revisions: Iterable[Revision],
+    *,
+    domain: str = DEFAULT_DOMAIN,
+    ready: Collection[str] | None = None,
+    failed: Collection[str] = (),
+    tag_header_routing: bool = False,
+    cluster_domain: str = CLUSTER_DOMAIN,
+) -> tuple[Ingress, RouteStatus]:
+    """The ingress rules and route status for `service`'s traffic.
+
+    `ready` names the revisions that have become ready (a revision scaled to zero stays
+    ready; None means all), `failed` those that never will. When a target cannot be
+    resolved, the status says why (reason `RevisionMissing`) and the returned ingress has
+    no rules: the caller keeps what it applied before. `tag_header_routing` is Knative's
+    `tag-header-based-routing` feature: on the main host a request carrying
+    `Knative-Serving-Tag: <tag>` goes to that tag's revision.
+    """
+    own = service_revisions(service, revisions)
+    by_name = {r.name: r for r in own}
+    newest_ready = latest_ready([r for r in own if r.name not in failed], ready)
+    namespace, name = service.namespace, service.name
+
+    resolved: list[tuple[Revision, int, bool, str]] = []
+    problem: tuple[ConditionStatus, str] | None = None
+    for target in service.traffic:
+        if target.latest_revision:
+            if newest_ready is None:
+                newest = latest_created(own)
+                if newest is not None and newest.name in failed:
+                    found = (
+                        ConditionStatus.FALSE,
+                        f'Configuration "{name}" does not have any ready Revision.',
+                    )
+                else:
+                    found = (
+                        ConditionStatus.UNKNOWN,
+                        f'Configuration "{name}" is waiting for a Revision to become ready.',
+                    )
+            else:
+                resolved.append((newest_ready, target.percent, True, target.tag))
+                continue
+        else:
+            revision = by_name.get(target.revision_name)
+            if revision is None:
+                found = (
+                    ConditionStatus.FALSE,
+                    f'Revision "{target.revision_name}" referenced in traffic not found.',
+                )
+            elif revision.name in failed:
+                found = (
+                    ConditionStatus.FALSE,
+                    f'Revision "{revision.name}" failed to become ready.',
+                )
+            elif ready is not None and revision.name not in ready:
+                found = (ConditionStatus.UNKNOWN, f'Revision "{revision.name}" is not yet ready.')
+            else:
+                resolved.append((revision, target.percent, False, target.tag))
+                continue
+        # As Knative does: a failure replaces what was found before, a wait does not.
+        if problem is None or found[0] is ConditionStatus.FALSE:
+            problem = found
+    if problem is not None:
+        return _unassigned(service, problem[0], problem[1], domain, cluster_domain)
+
+    groups: dict[str, list[_Target]] = {"": []}
+    for revision, percent, _, tag in resolved:
+        groups[""].append(_Target(revision, percent))
+        if tag:
+            groups[tag] = [_Target(revision, 100)]
+    splits = {key: _consolidate(targets) for key, targets in groups.items()}
+
+    visibilities = [Visibility.CLUSTER_LOCAL]
+    if not service.cluster_local:
+        visibilities.append(Visibility.EXTERNAL_IP)
+    tags = sorted(k for k in splits if k)
+    rules: list[Rule] = []
+    for key in ["", *tags]:
+        host = f"{key}-{name}" if key else name
+        paths: list[Path]
+        if not tag_header_routing:
+            paths = [_path(namespace, splits[key])]
+        elif key:
+            paths = [_path(namespace, splits[key], append_headers=((TAG_HEADER, key),))]
+        else:
+            paths = [
+                _path(namespace, splits[tag], headers=((TAG_HEADER, tag),)) for tag in tags
+            ] + [_path(namespace, splits[""], append_headers=((DEFAULT_ROUTE_HEADER, "true"),))]
+        for visibility in visibilities:
+            hosts = (
+                _cluster_local_hosts(host, namespace, cluster_domain)
+                if visibility is Visibility.CLUSTER_LOCAL
+                else (f"{host}.{namespace}.{domain}",)
+            )
+            rules.append(Rule(hosts=hosts, paths=tuple(paths), visibility=visibility))
+
+    traffic: list[TrafficStatus] = []
+    for revision, percent, latest, tag in resolved:
+        url = _url(f"{tag}-{name}", service, domain, cluster_domain) if tag else ""
+        for i, seen in enumerate(traffic):
+            if (seen.revision_name, seen.tag, seen.latest_revision) == (revision.name, tag, latest):
+                traffic[i] = TrafficStatus(revision.name, seen.percent + percent, latest, tag, url)
+                break
+        else:
+            traffic.append(TrafficStatus(revision.name, percent, latest, tag, url))
+
+    route = RouteStatus(
+        url=_url(name, service, domain, cluster_domain),
+        address_url=f"http://{name}.{namespace}.svc.{cluster_domain}",
+        traffic=tuple(traffic),
+        condition=Condition(ROUTES_READY, ConditionStatus.TRUE),
+    )
+    return Ingress(namespace=namespace, name=name, rules=tuple(rules)), route

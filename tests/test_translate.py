@@ -1,0 +1,497 @@
+"""What the translator generates for each ingress feature, decoded back into messages."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm,
+)
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
+from wakegate.ingress.model import (
+    TLS,
+    Backend,
+    BackendRef,
+    Certificate,
+    Endpoint,
+    HTTPOption,
+    Ingress,
+    Path,
+    Retry,
+    RoutingState,
+    Rule,
+    Split,
+    Visibility,
+)
+from wakegate.xds import resources
+from wakegate.xds.clusters import HTTP_PROTOCOL_OPTIONS
+from wakegate.xds.translate import GatewayConfig, Translator, translate
+
+OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def ref(name: str, port: int | str = 80, namespace: str = "default") -> BackendRef:
+    return BackendRef(namespace, name, port)
+
+
+def simple(
+    name: str,
+    *hosts: str,
+    visibility: Visibility = Visibility.EXTERNAL_IP,
+    namespace: str = "default",
+    **path_fields: object,
+) -> Ingress:
+    path = Path(splits=(Split(ref(f"{name}-00001", namespace=namespace), 100),))
+    return Ingress(
+        namespace=namespace,
+        name=name,
+        rules=(
+            Rule(
+                hosts=hosts or (f"{name}.{namespace}.example.com",),
+                paths=(replace(path, **path_fields),),
+                visibility=visibility,
+            ),
+        ),
+    )
+
+
+def routes(out: resources.Resources, name: str) -> route_pb2.RouteConfiguration:
+    return route_pb2.RouteConfiguration.FromString(out[resources.ROUTE][name])
+
+
+def vhost(out: resources.Resources, config: str, domain: str) -> rc.VirtualHost:
+    matches = [v for v in routes(out, config).virtual_hosts if domain in v.domains]
+    assert len(matches) == 1, f"{domain} in {config}: {len(matches)} virtual hosts"
+    return matches[0]
+
+
+def domains(out: resources.Resources, config: str) -> set[str]:
+    return {d for v in routes(out, config).virtual_hosts for d in v.domains}
+
+
+def listener(out: resources.Resources, name: str) -> listener_pb2.Listener:
+    return listener_pb2.Listener.FromString(out[resources.LISTENER][name])
+
+
+def manager(chain: listener_pb2.FilterChain) -> hcm.HttpConnectionManager:
+    out = hcm.HttpConnectionManager()
+    assert chain.filters[0].typed_config.Unpack(out)
+    return out
+
+
+def cluster(out: resources.Resources, name: str) -> cluster_pb2.Cluster:
+    return cluster_pb2.Cluster.FromString(out[resources.CLUSTER][name])
+
+
+def assignment(out: resources.Resources, name: str) -> endpoint_pb2.ClusterLoadAssignment:
+    return endpoint_pb2.ClusterLoadAssignment.FromString(out[resources.ENDPOINT][name])
+
+
+def run(*ingresses: Ingress, **state: object) -> resources.Resources:
+    return translate(RoutingState(ingresses=ingresses, **state))  # type: ignore[arg-type]
+
+
+# ---- hosts and visibility -------------------------------------------------------------
+
+
+def test_rule_hosts_become_the_virtual_host_domains() -> None:
+    out = run(simple("hello", "hello.default.example.com", "hello.example.org"))
+    host = vhost(out, "external", "hello.default.example.com")
+    assert list(host.domains) == ["hello.default.example.com", "hello.example.org"]
+    assert host.name == "default/hello/rules[0]"
+    assert routes(out, "external").ignore_port_in_host_matching
+
+
+def test_no_catch_all_virtual_host() -> None:
+    out = run(simple("hello"))
+    for config in ("external", "internal"):
+        assert "*" not in domains(out, config)
+        assert len(routes(out, config).virtual_hosts) == 1
+
+
+def test_empty_state_has_empty_route_configurations() -> None:
+    out = run()
+    assert set(out[resources.ROUTE]) == {"external", "internal"}
+    assert not routes(out, "external").virtual_hosts
+    assert set(out[resources.LISTENER]) == {"external", "internal"}
+    assert out[resources.CLUSTER] == {}
+
+
+def test_cluster_local_rules_are_served_only_internally() -> None:
+    out = run(
+        simple("pub", "pub.default.example.com"),
+        simple("priv", "priv.default.svc.cluster.local", visibility=Visibility.CLUSTER_LOCAL),
+    )
+    assert domains(out, "external") == {"pub.default.example.com"}
+    assert domains(out, "internal") == {"pub.default.example.com", "priv.default.svc.cluster.local"}
+
+
+# ---- matching, splitting, headers -------------------------------------------------------
+
+
+def test_path_is_a_prefix_and_headers_match_exactly() -> None:
+    ingress = Ingress(
+        "default",
+        "multi",
+        (
+            Rule(
+                ("multi.example.com",),
+                (
+                    Path(
+                        splits=(Split(ref("tagged"), 100),),
+                        path="/api",
+                        headers=(("Knative-Serving-Tag", "canary"),),
+                    ),
+                    Path(splits=(Split(ref("rest"), 100),)),
+                ),
+            ),
+        ),
+    )
+    first, second = vhost(run(ingress), "external", "multi.example.com").routes
+    assert first.match.prefix == "/api"
+    assert len(first.match.headers) == 1
+    assert first.match.headers[0].name == "Knative-Serving-Tag"
+    assert first.match.headers[0].string_match.exact == "canary"
+    assert second.match.prefix == "/"
+    assert not second.match.headers
+    assert first.route.weighted_clusters.clusters[0].name == "default/tagged:80"
+
+
+def test_splits_become_weighted_clusters_and_zero_percent_is_dropped() -> None:
+    splits = (Split(ref("a"), 70), Split(ref("b"), 30), Split(ref("old"), 0))
+    ingress = Ingress("default", "w", (Rule(("w.example.com",), (Path(splits=splits),)),))
+    out = run(ingress)
+    weighted = vhost(out, "external", "w.example.com").routes[0].route.weighted_clusters
+    assert [(c.name, c.weight.value) for c in weighted.clusters] == [
+        ("default/a:80", 70),
+        ("default/b:80", 30),
+    ]
+    assert set(out[resources.CLUSTER]) == {"default/a:80", "default/b:80"}
+
+
+def test_headers_are_set_never_appended() -> None:
+    split = Split(
+        ref("hello-00001"),
+        100,
+        (("Knative-Serving-Namespace", "default"), ("Knative-Serving-Revision", "hello-00001")),
+    )
+    ingress = Ingress(
+        "default",
+        "h",
+        (
+            Rule(
+                ("h.example.com",),
+                (Path(splits=(split,), append_headers=(("Knative-Serving-Tag", "t"),)),),
+            ),
+        ),
+    )
+    out = run(ingress)
+    route = vhost(out, "external", "h.example.com").routes[0]
+    per_split = route.route.weighted_clusters.clusters[0].request_headers_to_add
+    assert [(h.header.key, h.header.value, h.append_action) for h in per_split] == [
+        ("Knative-Serving-Namespace", "default", OVERWRITE),
+        ("Knative-Serving-Revision", "hello-00001", OVERWRITE),
+    ]
+    assert [(h.header.key, h.append_action) for h in route.request_headers_to_add] == [
+        ("Knative-Serving-Tag", OVERWRITE)
+    ]
+    assert routes(out, "external").most_specific_header_mutations_wins
+
+
+def test_rewrite_host() -> None:
+    out = run(simple("vanity", "www.vanity.example", rewrite_host="hello.default.svc"))
+    action = vhost(out, "external", "www.vanity.example").routes[0].route
+    assert action.host_rewrite_literal == "hello.default.svc"
+    plain = vhost(run(simple("plain")), "external", "plain.default.example.com").routes[0]
+    assert not plain.route.host_rewrite_literal
+
+
+def test_path_without_traffic_answers_503() -> None:
+    ingress = simple("idle")
+    rule = ingress.rules[0]
+    path = replace(rule.paths[0], splits=(Split(ref("idle-00001"), 0),))
+    out = run(replace(ingress, rules=(replace(rule, paths=(path,)),)))
+    route = vhost(out, "external", "idle.default.example.com").routes[0]
+    assert route.WhichOneof("action") == "direct_response"
+    assert route.direct_response.status == 503
+    assert out[resources.CLUSTER] == {}
+
+
+def test_rule_without_hosts_is_reported_not_served() -> None:
+    ingress = simple("nohost")
+    ingress = replace(ingress, rules=(replace(ingress.rules[0], hosts=()),))
+    translator = Translator()
+    out = translator.translate(RoutingState(ingresses=(ingress,)))
+    assert not routes(out, "external").virtual_hosts
+    assert translator.errors == {
+        "default/nohost": ("spec.rules[0].hosts: no hosts, the rule is not served",)
+    }
+
+
+# ---- timeouts, retries, websockets -------------------------------------------------------
+
+
+def test_default_timeout_is_a_time_to_first_byte_of_300s() -> None:
+    action = vhost(run(simple("t")), "external", "t.default.example.com").routes[0].route
+    assert action.HasField("timeout")
+    assert action.timeout.ToTimedelta().total_seconds() == 0
+    assert action.retry_policy.per_try_timeout.ToTimedelta().total_seconds() == 300
+    assert action.retry_policy.num_retries.value == 0
+    assert not action.retry_policy.retry_on
+
+
+def test_path_timeout_and_configured_default() -> None:
+    out = run(simple("t", timeout_s=12.5))
+    action = vhost(out, "external", "t.default.example.com").routes[0].route
+    assert action.retry_policy.per_try_timeout.ToTimedelta().total_seconds() == 12.5
+    config = GatewayConfig(default_timeout_s=45)
+    out = translate(RoutingState(ingresses=(simple("t"),)), config)
+    action = vhost(out, "external", "t.default.example.com").routes[0].route
+    assert action.retry_policy.per_try_timeout.ToTimedelta().total_seconds() == 45
+
+
+def test_zero_timeout_means_none() -> None:
+    out = run(simple("t", timeout_s=0.0))
+    action = vhost(out, "external", "t.default.example.com").routes[0].route
+    assert not action.HasField("retry_policy")
+    assert action.HasField("timeout") and action.timeout.seconds == 0
+
+
+def test_retries() -> None:
+    out = run(simple("r", timeout_s=30.0, retry=Retry(attempts=3, per_try_timeout_s=2.0)))
+    policy = vhost(out, "external", "r.default.example.com").routes[0].route.retry_policy
+    assert policy.num_retries.value == 3
+    assert set(policy.retry_on.split(",")) >= {"5xx", "connect-failure", "refused-stream"}
+    assert policy.per_try_timeout.ToTimedelta().total_seconds() == 2.0
+    out = run(simple("r", timeout_s=30.0, retry=Retry(attempts=2)))
+    policy = vhost(out, "external", "r.default.example.com").routes[0].route.retry_policy
+    assert (policy.num_retries.value, policy.per_try_timeout.seconds) == (2, 30)
+
+
+def test_websockets_are_allowed() -> None:
+    out = run(simple("ws"))
+    action = vhost(out, "external", "ws.default.example.com").routes[0].route
+    assert [(u.upgrade_type, u.enabled.value) for u in action.upgrade_configs] == [
+        ("websocket", True)
+    ]
+    for name in ("external", "internal"):
+        upgrades = manager(listener(out, name).filter_chains[0]).upgrade_configs
+        assert [u.upgrade_type for u in upgrades] == ["websocket"]
+
+
+# ---- listeners -------------------------------------------------------------------------
+
+
+def test_http_listeners() -> None:
+    config = GatewayConfig(external_port=18080, internal_port=18081, bind_address="127.0.0.1")
+    out = translate(RoutingState(), config)
+    for name, port in (("external", 18080), ("internal", 18081)):
+        lis = listener(out, name)
+        assert lis.name == name
+        assert lis.address.socket_address.address == "127.0.0.1"
+        assert lis.address.socket_address.port_value == port
+        mgr = manager(lis.filter_chains[0])
+        assert mgr.codec_type == hcm.HttpConnectionManager.AUTO
+        assert mgr.rds.route_config_name == name
+        assert mgr.rds.config_source.HasField("ads")
+        assert mgr.rds.config_source.resource_api_version == config_source_pb2.V3
+        assert [f.name for f in mgr.http_filters] == ["envoy.filters.http.router"]
+        assert mgr.use_remote_address.value and mgr.normalize_path.value and mgr.merge_slashes
+        assert mgr.stream_idle_timeout.seconds == 300
+
+
+def with_tls(ingress: Ingress, secret: str, *hosts: str) -> Ingress:
+    return replace(
+        ingress, tls=(*ingress.tls, TLS(hosts or ingress.rules[0].hosts, "default", secret))
+    )
+
+
+def test_tls_filter_chain_per_entry_matched_by_sni() -> None:
+    a = with_tls(simple("a"), "a-cert")
+    b = with_tls(simple("b"), "b-cert")
+    certificates = {
+        "default/a-cert": Certificate("A", "KA"),
+        "default/b-cert": Certificate("B", "KB"),
+    }
+    state = RoutingState(ingresses=(a, b, simple("plain")), certificates=certificates)
+    out = translate(state, GatewayConfig(tls_port=9443))
+    lis = listener(out, "external-tls")
+    assert lis.address.socket_address.port_value == 9443
+    assert lis.listener_filters[0].typed_config.Is(tls_inspector_pb2.TlsInspector.DESCRIPTOR)
+    chains = {tuple(c.filter_chain_match.server_names): c for c in lis.filter_chains}
+    assert set(chains) == {("a.default.example.com",), ("b.default.example.com",)}
+    context = tls_pb2.DownstreamTlsContext()
+    chains[("a.default.example.com",)].transport_socket.typed_config.Unpack(context)
+    certificate = context.common_tls_context.tls_certificates[0]
+    assert (certificate.certificate_chain.inline_string, certificate.private_key.inline_string) == (
+        "A",
+        "KA",
+    )
+    assert list(context.common_tls_context.alpn_protocols) == ["h2", "http/1.1"]
+    assert manager(chains[("a.default.example.com",)]).rds.route_config_name == "external-tls"
+    assert domains(out, "external-tls") == {"a.default.example.com", "b.default.example.com"}
+
+
+def test_no_tls_listener_without_tls() -> None:
+    out = run(simple("a"))
+    assert "external-tls" not in out[resources.LISTENER]
+    assert "external-tls" not in out[resources.ROUTE]
+
+
+def test_missing_certificate_and_sni_conflict_are_reported() -> None:
+    a = with_tls(simple("a"), "shared", "a.default.example.com")
+    b = with_tls(simple("b"), "shared", "a.default.example.com", "b.default.example.com")
+    c = with_tls(simple("c"), "absent")
+    state = RoutingState(
+        ingresses=(a, b, c), certificates={"default/shared": Certificate("S", "K")}
+    )
+    translator = Translator()
+    out = translator.translate(state)
+    names = [
+        list(c.filter_chain_match.server_names) for c in listener(out, "external-tls").filter_chains
+    ]
+    assert names == [["a.default.example.com"], ["b.default.example.com"]]
+    errors = translator.errors
+    assert errors["default/b"] == (
+        "spec.tls[0].hosts: 'a.default.example.com' is already served by ingress default/a",
+    )
+    assert errors["default/c"] == ("spec.tls[0]: secret default/absent has no certificate",)
+
+
+def test_redirected_http_answers_with_https_redirect() -> None:
+    ingress = replace(with_tls(simple("r"), "r-cert"), http_option=HTTPOption.REDIRECTED)
+    state = RoutingState(
+        ingresses=(ingress,), certificates={"default/r-cert": Certificate("C", "K")}
+    )
+    out = translate(state, GatewayConfig(https_redirect_port=8443))
+    plain = vhost(out, "external", "r.default.example.com").routes[0]
+    assert plain.WhichOneof("action") == "redirect"
+    assert plain.redirect.https_redirect
+    assert plain.redirect.response_code == rc.RedirectAction.MOVED_PERMANENTLY
+    assert plain.redirect.port_redirect == 8443
+    for config in ("external-tls", "internal"):
+        served = vhost(out, config, "r.default.example.com").routes[0]
+        assert served.WhichOneof("action") == "route"
+
+
+# ---- clusters and endpoints --------------------------------------------------------------
+
+
+def test_cluster_per_backend_over_eds() -> None:
+    out = run(simple("hello"))
+    c = cluster(out, "default/hello-00001:80")
+    assert c.name == "default/hello-00001:80"
+    assert c.type == cluster_pb2.Cluster.EDS
+    assert c.eds_cluster_config.eds_config.HasField("ads")
+    assert c.eds_cluster_config.eds_config.resource_api_version == config_source_pb2.V3
+    assert c.lb_policy == cluster_pb2.Cluster.LEAST_REQUEST
+    assert c.connect_timeout.seconds == 5
+    options = hpo.HttpProtocolOptions()
+    assert c.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Unpack(options)
+    assert options.explicit_http_config.HasField("http_protocol_options")
+
+
+def test_h2c_backend_gets_an_http2_cluster() -> None:
+    ingress = simple("grpc")
+    key = "default/grpc-00001:80"
+    out = run(ingress, backends={key: Backend((Endpoint("10.0.0.1", 8080),), http2=True)})
+    options = hpo.HttpProtocolOptions()
+    cluster(out, key).typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Unpack(options)
+    assert options.explicit_http_config.HasField("http2_protocol_options")
+
+
+def test_endpoints_come_from_the_backend() -> None:
+    key = "default/hello-00001:80"
+    backend = Backend((Endpoint("10.0.0.1", 8012), Endpoint("10.0.0.2", 8013)))
+    cla = assignment(run(simple("hello"), backends={key: backend}), key)
+    assert cla.cluster_name == key
+    addresses = [
+        (e.endpoint.address.socket_address.address, e.endpoint.address.socket_address.port_value)
+        for locality in cla.endpoints
+        for e in locality.lb_endpoints
+    ]
+    assert addresses == [("10.0.0.1", 8012), ("10.0.0.2", 8013)]
+
+
+def test_missing_backend_gives_an_empty_assignment() -> None:
+    out = run(simple("hello"))
+    key = "default/hello-00001:80"
+    assert key in out[resources.CLUSTER]
+    cla = assignment(out, key)
+    assert cla.cluster_name == key
+    assert not cla.endpoints
+
+
+def test_every_routed_cluster_exists() -> None:
+    ingresses = [simple(f"s{i}") for i in range(5)]
+    out = run(*ingresses)
+    named = {
+        c.name
+        for v in routes(out, "internal").virtual_hosts
+        for r in v.routes
+        for c in r.route.weighted_clusters.clusters
+    }
+    assert named == set(out[resources.CLUSTER]) == set(out[resources.ENDPOINT])
+
+
+# ---- conflicts ---------------------------------------------------------------------------
+
+
+def test_duplicate_host_goes_to_the_first_ingress_by_key() -> None:
+    first = simple("a", "shared.example.com", "a.example.com")
+    second = simple("b", "shared.example.com", "b.example.com")
+    translator = Translator()
+    out = translator.translate(RoutingState(ingresses=(second, first)))
+    assert list(vhost(out, "external", "shared.example.com").domains) == [
+        "shared.example.com",
+        "a.example.com",
+    ]
+    assert list(vhost(out, "external", "b.example.com").domains) == ["b.example.com"]
+    assert translator.errors == {
+        "default/b": (
+            "spec.rules[0].hosts: host 'shared.example.com' is already served by ingress default/a",
+        )
+    }
+
+
+def test_duplicate_host_within_one_ingress() -> None:
+    ingress = Ingress(
+        "default",
+        "twice",
+        (
+            Rule(("x.example.com",), (Path(splits=(Split(ref("a"), 100),)),)),
+            Rule(("X.example.com",), (Path(splits=(Split(ref("b"), 100),)),)),
+        ),
+    )
+    translator = Translator()
+    out = translator.translate(RoutingState(ingresses=(ingress,)))
+    assert len(routes(out, "external").virtual_hosts) == 1
+    assert translator.errors["default/twice"] == (
+        "spec.rules[1].hosts: host 'X.example.com' is already served by spec.rules[0]",
+    )
+
+
+def test_duplicate_ingress_key_uses_the_first() -> None:
+    first = simple("a", "one.example.com")
+    again = simple("a", "two.example.com")
+    translator = Translator()
+    out = translator.translate(RoutingState(ingresses=(first, again)))
+    assert domains(out, "external") == {"one.example.com"}
+    assert "given 2 times" in translator.errors["default/a"][0]
+
+
+@pytest.mark.parametrize("http_option", list(HTTPOption))
+def test_output_is_deterministic(http_option: HTTPOption) -> None:
+    ingresses = [replace(simple(f"s{i}"), http_option=http_option) for i in range(20)]
+    one = run(*ingresses)
+    two = run(*reversed(ingresses))
+    assert one == two
