@@ -12,7 +12,7 @@ revision with `Knative-Serving-Namespace` and `Knative-Serving-Revision`.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from wakegate.ingress.model import BackendRef, Ingress, Path, Rule, Split, Visibility
@@ -117,17 +117,125 @@ def _path(namespace: str, targets: Iterable[_Target], **extra: Any) -> Path:
     return Path(splits=splits, timeout_s=float(timeout), **extra)
 
 
-def _unassigned(
-    service: Service, status: ConditionStatus, message: str, domain: str, cluster_domain: str
-) -> tuple[Ingress, RouteStatus]:
-    condition = Condition(ROUTES_READY, status, "RevisionMissing", message)
-    route = RouteStatus(
-        url=_url(service.name, service, domain, cluster_domain),
-        address_url=f"http://{service.name}.{service.namespace}.svc.{cluster_domain}",
-        traffic=(),
-        condition=condition,
-    )
-    return Ingress(namespace=service.namespace, name=service.name, rules=()), route
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    """A spec traffic target with its revision found."""
+
+    revision: Revision
+    percent: int
+    latest: bool
+    tag: str
+
+
+def _resolve(
+    service: Service,
+    own: list[Revision],
+    ready: Collection[str] | None,
+    failed: Collection[str],
+) -> tuple[list[_Resolved], tuple[ConditionStatus, str] | None]:
+    """Flatten the traffic targets to revisions, or say why one cannot be."""
+    by_name = {r.name: r for r in own}
+    newest_ready = latest_ready([r for r in own if r.name not in failed], ready)
+    resolved: list[_Resolved] = []
+    problem: tuple[ConditionStatus, str] | None = None
+    for target in service.traffic:
+        found: tuple[ConditionStatus, str]
+        if target.latest_revision:
+            if newest_ready is not None:
+                resolved.append(_Resolved(newest_ready, target.percent, True, target.tag))
+                continue
+            newest = latest_created(own)
+            if newest is not None and newest.name in failed:
+                found = (
+                    ConditionStatus.FALSE,
+                    f'Configuration "{service.name}" does not have any ready Revision.',
+                )
+            else:
+                found = (
+                    ConditionStatus.UNKNOWN,
+                    f'Configuration "{service.name}" is waiting for a Revision to become ready.',
+                )
+        else:
+            revision = by_name.get(target.revision_name)
+            if revision is None:
+                found = (
+                    ConditionStatus.FALSE,
+                    f'Revision "{target.revision_name}" referenced in traffic not found.',
+                )
+            elif revision.name in failed:
+                found = (
+                    ConditionStatus.FALSE,
+                    f'Revision "{revision.name}" failed to become ready.',
+                )
+            elif ready is not None and revision.name not in ready:
+                found = (ConditionStatus.UNKNOWN, f'Revision "{revision.name}" is not yet ready.')
+            else:
+                resolved.append(_Resolved(revision, target.percent, False, target.tag))
+                continue
+        # As Knative does: a failure replaces what was found before, a wait does not.
+        if problem is None or found[0] is ConditionStatus.FALSE:
+            problem = found
+    return resolved, problem
+
+
+def _rules(
+    service: Service,
+    resolved: list[_Resolved],
+    domain: str,
+    cluster_domain: str,
+    tag_header_routing: bool,
+) -> tuple[Rule, ...]:
+    namespace, name = service.namespace, service.name
+    groups: dict[str, list[_Target]] = {"": []}
+    for r in resolved:
+        groups[""].append(_Target(r.revision, r.percent))
+        if r.tag:
+            groups[r.tag] = [_Target(r.revision, 100)]
+    splits = {key: _consolidate(targets) for key, targets in groups.items()}
+    tags = sorted(key for key in splits if key)
+
+    visibilities = [Visibility.CLUSTER_LOCAL]
+    if not service.cluster_local:
+        visibilities.append(Visibility.EXTERNAL_IP)
+    rules: list[Rule] = []
+    for key in ["", *tags]:
+        host = f"{key}-{name}" if key else name
+        if not tag_header_routing:
+            paths = [_path(namespace, splits[key])]
+        elif key:
+            paths = [_path(namespace, splits[key], append_headers=((TAG_HEADER, key),))]
+        else:
+            by_header = [_path(namespace, splits[t], headers=((TAG_HEADER, t),)) for t in tags]
+            default = _path(namespace, splits[""], append_headers=((DEFAULT_ROUTE_HEADER, "true"),))
+            paths = [*by_header, default]
+        for visibility in visibilities:
+            hosts = (
+                _cluster_local_hosts(host, namespace, cluster_domain)
+                if visibility is Visibility.CLUSTER_LOCAL
+                else (f"{host}.{namespace}.{domain}",)
+            )
+            rules.append(Rule(hosts=hosts, paths=tuple(paths), visibility=visibility))
+    return tuple(rules)
+
+
+def _traffic_status(
+    service: Service, resolved: list[_Resolved], domain: str, cluster_domain: str
+) -> tuple[TrafficStatus, ...]:
+    """`status.traffic`: one entry per target, merging only identical revision+tag pairs."""
+    traffic: list[TrafficStatus] = []
+    for r in resolved:
+        url = _url(f"{r.tag}-{service.name}", service, domain, cluster_domain) if r.tag else ""
+        for i, seen in enumerate(traffic):
+            if (seen.revision_name, seen.tag, seen.latest_revision) == (
+                r.revision.name,
+                r.tag,
+                r.latest,
+            ):
+                traffic[i] = replace(seen, percent=seen.percent + r.percent)
+                break
+        else:
+            traffic.append(TrafficStatus(r.revision.name, r.percent, r.latest, r.tag, url))
+    return tuple(traffic)
 
 
 def route_ingress(
@@ -149,98 +257,18 @@ def route_ingress(
     `tag-header-based-routing` feature: on the main host a request carrying
     `Knative-Serving-Tag: <tag>` goes to that tag's revision.
     """
-    own = service_revisions(service, revisions)
-    by_name = {r.name: r for r in own}
-    newest_ready = latest_ready([r for r in own if r.name not in failed], ready)
-    namespace, name = service.namespace, service.name
-
-    resolved: list[tuple[Revision, int, bool, str]] = []
-    problem: tuple[ConditionStatus, str] | None = None
-    for target in service.traffic:
-        if target.latest_revision:
-            if newest_ready is None:
-                newest = latest_created(own)
-                if newest is not None and newest.name in failed:
-                    found = (
-                        ConditionStatus.FALSE,
-                        f'Configuration "{name}" does not have any ready Revision.',
-                    )
-                else:
-                    found = (
-                        ConditionStatus.UNKNOWN,
-                        f'Configuration "{name}" is waiting for a Revision to become ready.',
-                    )
-            else:
-                resolved.append((newest_ready, target.percent, True, target.tag))
-                continue
-        else:
-            revision = by_name.get(target.revision_name)
-            if revision is None:
-                found = (
-                    ConditionStatus.FALSE,
-                    f'Revision "{target.revision_name}" referenced in traffic not found.',
-                )
-            elif revision.name in failed:
-                found = (
-                    ConditionStatus.FALSE,
-                    f'Revision "{revision.name}" failed to become ready.',
-                )
-            elif ready is not None and revision.name not in ready:
-                found = (ConditionStatus.UNKNOWN, f'Revision "{revision.name}" is not yet ready.')
-            else:
-                resolved.append((revision, target.percent, False, target.tag))
-                continue
-        # As Knative does: a failure replaces what was found before, a wait does not.
-        if problem is None or found[0] is ConditionStatus.FALSE:
-            problem = found
-    if problem is not None:
-        return _unassigned(service, problem[0], problem[1], domain, cluster_domain)
-
-    groups: dict[str, list[_Target]] = {"": []}
-    for revision, percent, _, tag in resolved:
-        groups[""].append(_Target(revision, percent))
-        if tag:
-            groups[tag] = [_Target(revision, 100)]
-    splits = {key: _consolidate(targets) for key, targets in groups.items()}
-
-    visibilities = [Visibility.CLUSTER_LOCAL]
-    if not service.cluster_local:
-        visibilities.append(Visibility.EXTERNAL_IP)
-    tags = sorted(k for k in splits if k)
-    rules: list[Rule] = []
-    for key in ["", *tags]:
-        host = f"{key}-{name}" if key else name
-        paths: list[Path]
-        if not tag_header_routing:
-            paths = [_path(namespace, splits[key])]
-        elif key:
-            paths = [_path(namespace, splits[key], append_headers=((TAG_HEADER, key),))]
-        else:
-            paths = [
-                _path(namespace, splits[tag], headers=((TAG_HEADER, tag),)) for tag in tags
-            ] + [_path(namespace, splits[""], append_headers=((DEFAULT_ROUTE_HEADER, "true"),))]
-        for visibility in visibilities:
-            hosts = (
-                _cluster_local_hosts(host, namespace, cluster_domain)
-                if visibility is Visibility.CLUSTER_LOCAL
-                else (f"{host}.{namespace}.{domain}",)
-            )
-            rules.append(Rule(hosts=hosts, paths=tuple(paths), visibility=visibility))
-
-    traffic: list[TrafficStatus] = []
-    for revision, percent, latest, tag in resolved:
-        url = _url(f"{tag}-{name}", service, domain, cluster_domain) if tag else ""
-        for i, seen in enumerate(traffic):
-            if (seen.revision_name, seen.tag, seen.latest_revision) == (revision.name, tag, latest):
-                traffic[i] = TrafficStatus(revision.name, seen.percent + percent, latest, tag, url)
-                break
-        else:
-            traffic.append(TrafficStatus(revision.name, percent, latest, tag, url))
-
+    resolved, problem = _resolve(service, service_revisions(service, revisions), ready, failed)
+    if problem is None:
+        rules = _rules(service, resolved, domain, cluster_domain, tag_header_routing)
+        traffic = _traffic_status(service, resolved, domain, cluster_domain)
+        condition = Condition(ROUTES_READY, ConditionStatus.TRUE)
+    else:
+        rules, traffic = (), ()
+        condition = Condition(ROUTES_READY, problem[0], "RevisionMissing", problem[1])
     route = RouteStatus(
-        url=_url(name, service, domain, cluster_domain),
-        address_url=f"http://{name}.{namespace}.svc.{cluster_domain}",
-        traffic=tuple(traffic),
-        condition=Condition(ROUTES_READY, ConditionStatus.TRUE),
+        url=_url(service.name, service, domain, cluster_domain),
+        address_url=f"http://{service.name}.{service.namespace}.svc.{cluster_domain}",
+        traffic=traffic,
+        condition=condition,
     )
-    return Ingress(namespace=namespace, name=name, rules=tuple(rules)), route
+    return Ingress(namespace=service.namespace, name=service.name, rules=rules), route

@@ -215,7 +215,8 @@ _DURATION_UNITS = {
 
 
 def _fail(path: str, message: str) -> NoReturn:
-    raise ServiceError(f"{path}: {message}" if path else message)
+    text = f"{path}: {message}" if path else message
+    raise ServiceError(text.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 def _shown(value: object) -> str:
@@ -237,7 +238,6 @@ def _shown(value: object) -> str:
 
 def parse_go_duration(text: str) -> float | None:
     """Seconds from a Go duration (`6s`, `1m30s`, `1.5h`), or None if it is not one."""
-    text = text.strip()
     sign = -1.0 if text.startswith("-") else 1.0
     body = text[1:] if text[:1] in ("-", "+") else text
     if body == "0":
@@ -275,10 +275,7 @@ def child_name(parent: str, suffix: str) -> str:
     if len(parent) + len(suffix) <= _MAX_NAME:
         return parent + suffix
     digest = hashlib.md5(parent.encode(), usedforsecurity=False).hexdigest()
-    head = _MAX_NAME - len(digest) - len(suffix)
-    if head <= 0:
-        return hashlib.md5((parent + suffix).encode(), usedforsecurity=False).hexdigest()
-    return parent[:head] + digest + suffix
+    return parent[: _MAX_NAME - len(digest) - len(suffix)] + digest + suffix
 
 
 # --- structural readers --------------------------------------------------------------

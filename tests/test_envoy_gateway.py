@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -468,3 +469,48 @@ async def test_running_envoy_exposes_admin_and_log(control_plane: ControlPlane) 
             stats = await envoy.stats("cluster_manager.cds.")
             assert stats["cluster_manager.cds.update_success"] >= 1
             assert "starting main dispatch loop" in envoy.log()
+
+
+_ORPHAN_SCRIPT = """
+import asyncio, sys, tempfile
+from wakegate.envoy_process import EnvoyGateway
+from wakegate.xds.bootstrap import build_bootstrap
+
+async def main():
+    bootstrap = build_bootstrap(
+        node_id="orphan", node_cluster="g", xds_host="127.0.0.1", xds_port=int(sys.argv[1]),
+        admin_port=0,
+    )
+    gateway = EnvoyGateway(bootstrap, tempfile.mkdtemp(), concurrency=1)
+    await gateway.start(20, wait_live=False)
+    print(gateway.pid, flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+async def test_gateway_dies_with_its_parent() -> None:
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _ORPHAN_SCRIPT, str(free_port()), stdout=asyncio.subprocess.PIPE
+    )
+    assert parent.stdout is not None
+    line = await asyncio.wait_for(parent.stdout.readline(), 30)
+    envoy_pid = int(line)
+    assert _alive(envoy_pid)
+    parent.kill()
+    await parent.wait()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while _alive(envoy_pid):
+        assert loop.time() < deadline, "Envoy outlived its parent"
+        await asyncio.sleep(0.05)

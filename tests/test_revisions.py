@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from wakegate.reconciler import revisions
 from wakegate.reconciler.revisions import (
     AUTOSCALING_DEFAULTS,

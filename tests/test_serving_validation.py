@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from wakegate.reconciler.serving import (
     DEFAULT_PROBE,
     ServiceError,

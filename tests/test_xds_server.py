@@ -16,7 +16,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 from wakegate.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
-from wakegate.xds.server import ADS_SERVICE
+from wakegate.xds.server import ADS_SERVICE, XdsServer
 
 from tests.support.envoy import ControlPlane
 
@@ -770,3 +770,9 @@ async def test_delta_nack_keeps_last_accepted_and_is_not_resent(
     await s.ack(cds)
     assert await cp.server.wait_acked(GROUP, fixed.version, 5)
     assert node(cp, "gw-1").acked[CLUSTER] == fixed.version
+
+
+async def test_a_taken_port_is_refused(control_plane: ControlPlane) -> None:
+    second = XdsServer(control_plane.cache)
+    with pytest.raises(OSError, match=f"127.0.0.1:{control_plane.port}"):
+        await second.start("127.0.0.1", control_plane.port)

@@ -225,15 +225,17 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from wakegate.envoy_process import GatewayError
+    from wakegate.ingress.kingress import IngressError
+    from wakegate.reconciler.manifests import ManifestError
+
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:
-        if type(exc).__name__ in {"CliError", "ManifestError", "GatewayError", "IngressError"}:
-            print(f"wakegate: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except (CliError, ManifestError, IngressError, GatewayError, OSError) as exc:
+        print(f"wakegate: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

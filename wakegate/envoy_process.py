@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -63,13 +62,14 @@ def check_port_free(port: int, host: str = "127.0.0.1", *, purpose: str = "") ->
             ) from None
 
 
-_libc: ctypes.CDLL | None = None
-
-
-def _die_with_parent() -> None:
-    """Runs in the forked child: have the kernel SIGTERM Envoy when its parent dies."""
-    if _libc is not None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+# Execs Envoy after asking the kernel to SIGTERM it when its parent dies. A
+# separate interpreter does this so the control plane never forks with its gRPC
+# threads running (as a preexec_fn would).
+_PDEATHSIG_EXEC = (
+    "import ctypes, os, sys; "
+    f"ctypes.CDLL(None).prctl({_PR_SET_PDEATHSIG}, {int(signal.SIGTERM)}); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
 def last_log_line(text: str) -> str:
@@ -260,6 +260,8 @@ class EnvoyGateway:
             args += ["--drain-time-s", str(max(0, round(self.drain_time)))]
         if self.concurrency is not None:
             args += ["--concurrency", str(self.concurrency)]
+        if self.die_with_parent:
+            args = [sys.executable, "-S", "-E", "-c", _PDEATHSIG_EXEC, *args]
         return args + self.extra_args
 
     async def _launch(self, timeout: float, *, wait_live: bool = True) -> None:  # noqa: ASYNC109
@@ -267,9 +269,6 @@ class EnvoyGateway:
         self.bootstrap_path.write_text(json.dumps(self.bootstrap, indent=2))
         self.admin_address_path.unlink(missing_ok=True)
         self.admin_port = None
-        global _libc
-        if self.die_with_parent and _libc is None:
-            _libc = ctypes.CDLL(None, use_errno=True)
         with self.log_path.open("ab") as log_file:
             self._log_offset = log_file.tell()
             self._proc = await asyncio.create_subprocess_exec(
@@ -277,7 +276,6 @@ class EnvoyGateway:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         log.info("Envoy started (pid %d), log %s", self._proc.pid, self.log_path)
         try:

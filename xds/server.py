@@ -28,6 +28,8 @@ _SERVER_OPTIONS = [
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_ping_strikes", 0),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    # A second control plane on the same port must fail, not share the port.
+    ("grpc.so_reuseport", 0),
 ]
 
 _WAKE = object()
@@ -93,12 +95,15 @@ class XdsServer:
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
-        if credentials is None:
-            bound = server.add_insecure_port(address)
-        else:
-            bound = server.add_secure_port(address, credentials)
+        try:
+            if credentials is None:
+                bound = server.add_insecure_port(address)
+            else:
+                bound = server.add_secure_port(address, credentials)
+        except RuntimeError:
+            bound = 0
         if not bound:
-            raise OSError(f"cannot listen for xDS on {address}")
+            raise OSError(f"cannot listen for xDS on {address}: address in use or unavailable")
         await server.start()
         serving = health_pb2.HealthCheckResponse.SERVING
         await self._health.set("", serving)

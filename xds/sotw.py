@@ -231,9 +231,14 @@ class SotwStream(StreamBase):
             return None
         ledger = state.ledger
         versions = snapshot.names(type_url)
+        resend = False
+        if type_url == ENDPOINT and self.resend_endpoints:
+            wanted = versions if state.names is None else state.names
+            resend = not self.resend_endpoints.isdisjoint(wanted)
+            self.resend_endpoints.clear()
         if state.names is None:
             type_version = snapshot.type_versions[type_url]
-            if not state.needs_response and type_version == state.sent_type_version:
+            if not state.needs_response and not resend and type_version == state.sent_type_version:
                 ledger.sent_seq = self.seq
                 ledger.settle()
                 return None
@@ -245,10 +250,7 @@ class SotwStream(StreamBase):
             count = len(versions)
         else:
             desired = {name: versions[name] for name in state.names if name in versions}
-            changed = any(state.sent.get(name) != v for name, v in desired.items())
-            if type_url == ENDPOINT and self.resend_endpoints:
-                changed |= not self.resend_endpoints.isdisjoint(desired)
-                self.resend_endpoints.clear()
+            changed = resend or any(state.sent.get(name) != v for name, v in desired.items())
             if not state.needs_response and not changed:
                 state.sent = desired
                 ledger.sent_seq = self.seq
