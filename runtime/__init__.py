@@ -1,0 +1,1 @@
+"""The local runtime: a revision's pods as supervised local processes."""
