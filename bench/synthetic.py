@@ -8,8 +8,8 @@ from wakegate.ingress.model import (
     Endpoint,
     Ingress,
     Path,
-    Rule,
     RoutingState,
+    Rule,
     Split,
 )
 

@@ -12,13 +12,13 @@ import aiohttp
 import pytest
 import pytest_asyncio
 import yaml
+from wakegate.reconciler.manifests import ManifestReconciler
+from wakegate.xds.translate import GatewayConfig
 
 from tests.support.backends import Backend, get, launch_backend
 from tests.support.envoy import free_port, running_envoy
 from wakegate.api import Api
 from wakegate.controlplane import ControlPlane
-from wakegate.reconciler.manifests import ManifestReconciler
-from wakegate.xds.translate import GatewayConfig
 
 pytestmark = pytest.mark.envoy
 
@@ -57,7 +57,9 @@ def manifest(port: int, *, percent: int = 100, visibility: str = "ExternalIP") -
         "apiVersion": "v1",
         "kind": "Endpoints",
         "metadata": {"name": "echo", "namespace": "default"},
-        "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"name": "http", "port": port}]}],
+        "subsets": [
+            {"addresses": [{"ip": "127.0.0.1"}], "ports": [{"name": "http", "port": port}]}
+        ],
     }
     return yaml.safe_dump_all([ingress, endpoints])
 
@@ -157,8 +159,14 @@ async def test_cli_apply_reports_errors_with_exit_code_2(stack: Stack, tmp_path)
 
     async def cli(*args: str) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "wakegate.cli", *args, "--api-port", str(stack.api_port),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "wakegate.cli",
+            *args,
+            "--api-port",
+            str(stack.api_port),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         out, err = await proc.communicate()
         return proc.returncode or 0, out.decode(), err.decode()

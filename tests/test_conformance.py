@@ -19,6 +19,10 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from wakegate.ingress.kingress import parse_ingress
+from wakegate.ingress.model import Backend as RoutedBackend
+from wakegate.ingress.model import Certificate, Endpoint, Ingress
+from wakegate.xds.translate import GatewayConfig
 
 from tests.support.backends import (
     Backend,
@@ -31,10 +35,6 @@ from tests.support.backends import (
 )
 from tests.support.envoy import RunningEnvoy, free_port, running_envoy
 from wakegate.controlplane import ControlPlane
-from wakegate.ingress.kingress import parse_ingress
-from wakegate.ingress.model import Backend as RoutedBackend
-from wakegate.ingress.model import Certificate, Endpoint, Ingress
-from wakegate.xds.translate import GatewayConfig
 
 pytestmark = [pytest.mark.envoy, pytest.mark.asyncio(loop_scope="module")]
 
@@ -236,8 +236,13 @@ async def test_path(gw: Gateway) -> None:
             ),
         )
     )
-    for p, want in [("/foo", "b1"), ("/foo/deeper", "b1"), ("/bar", "b2"), ("/", "b0"),
-                    ("/baz", "b0")]:
+    for p, want in [
+        ("/foo", "b1"),
+        ("/foo/deeper", "b1"),
+        ("/bar", "b2"),
+        ("/", "b0"),
+        ("/baz", "b0"),
+    ]:
         status, body = await backend_of(gw, host, p)
         assert (status, body["name"], body["path"]) == (200, want, p)
 
@@ -407,9 +412,7 @@ async def test_tag_header_routing(gw: Gateway) -> None:
 
 async def test_retry(gw: Gateway) -> None:
     host = "retry.example.com"
-    await gw.apply(
-        kingress("retry", rule([host], path(split("b9"), retries={"attempts": 3})))
-    )
+    await gw.apply(kingress("retry", rule([host], path(split("b9"), retries={"attempts": 3}))))
     key = f"k-{id(gw)}"
     status, body = await backend_of(gw, host, f"/retry?key={key}&fail=2")
     assert status == 200 and body["attempt"] == 3
@@ -443,7 +446,9 @@ async def test_update_without_dropped_traffic(gw: Gateway) -> None:
         try:
             for i in range(10):  # header-only changes
                 await gw.apply(
-                    kingress("update", rule([host], path(split("b0"), appendHeaders={"Gen": f"h{i}"})))
+                    kingress(
+                        "update", rule([host], path(split("b0"), appendHeaders={"Gen": f"h{i}"}))
+                    )
                 )
                 status, body, _ = await get(gw.external + "/", host=host, session=session)
                 assert (status, body["headers"].get("gen")) == (200, f"h{i}")

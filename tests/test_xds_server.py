@@ -473,17 +473,25 @@ async def test_sotw_reconnect_gets_the_whole_current_snapshot(
 ) -> None:
     cp = control_plane
     cp.set(GROUP, resources())
+    gauge = {"group": GROUP}
+    connected_before = REGISTRY.get_sample_value("wakegate_xds_connected_gateways", gauge) or 0
     s = open_stream(channel)
     await s.request(CLUSTER)
     cds = await s.recv()
     await s.ack(cds)
     await settle(cp, "gw-1", CLUSTER, cds.version_info)
+    connected = REGISTRY.get_sample_value("wakegate_xds_connected_gateways", gauge)
+    assert connected == connected_before + 1
     s.call.cancel()
     for _ in range(200):
         if not node(cp, "gw-1").connected:
             break
         await asyncio.sleep(0.01)
-    assert not node(cp, "gw-1").connected
+    status = node(cp, "gw-1")
+    assert not status.connected
+    assert status.disconnected_at is not None
+    connected = REGISTRY.get_sample_value("wakegate_xds_connected_gateways", gauge)
+    assert connected == connected_before
 
     many = {f"c{i}": cluster(f"c{i}") for i in range(2_000)}
     latest = cp.set(GROUP, resources(clusters=many))

@@ -46,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gateway_args(p)
     p.add_argument("--xds-host", default="127.0.0.1")
     p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
-    p.add_argument("--log", type=Path, default=Path("envoy.log"), help="Envoy log file")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(".wakegate/gateway"),
+        help="where the bootstrap and Envoy's log are written",
+    )
     p.set_defaults(handler=cmd_gateway)
 
     p = sub.add_parser("serve", help="run the control plane (and a gateway) from manifests")
@@ -109,9 +114,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     from wakegate.envoy_process import EnvoyGateway
 
     async def run() -> None:
-        gateway = EnvoyGateway(_bootstrap(args), admin_port=args.admin_port, log_path=args.log)
-        await gateway.start()
-        print(f"envoy gateway running (admin http://127.0.0.1:{args.admin_port}, log {args.log})")
+        gateway = EnvoyGateway(_bootstrap(args), args.workdir, supervise=True)
+        await gateway.start(wait_live=False)
+        print(f"envoy gateway running (admin {gateway.admin_url}, log {gateway.log_path})")
         try:
             await _until_signalled()
         finally:
@@ -124,18 +129,11 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from wakegate.api import Api
     from wakegate.controlplane import ControlPlane
-    from wakegate.envoy_process import EnvoyGateway, ensure_port_free
+    from wakegate.envoy_process import EnvoyGateway, check_port_free
     from wakegate.reconciler.manifests import ManifestReconciler, load_manifests
     from wakegate.xds.translate import GatewayConfig
 
     manifests = [load_manifests(path.read_text(), source=str(path)) for path in args.filename]
-    if not args.no_gateway:
-        for name, port in (
-            ("--port", args.port),
-            ("--internal-port", args.internal_port),
-            ("--admin-port", args.admin_port),
-        ):
-            ensure_port_free(args.bind if name != "--admin-port" else "127.0.0.1", port, name)
 
     async def run() -> None:
         cp = ControlPlane(
@@ -144,30 +142,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 internal_port=args.internal_port,
                 tls_port=args.tls_port,
                 bind_address=args.bind,
+                https_redirect_port=args.tls_port,
             ),
             group=args.node_cluster,
         )
         reconciler = ManifestReconciler(cp)
         for m in manifests:
             reconciler.apply(m)
+        gateway = None
+        if not args.no_gateway:
+            for port, flag in ((args.port, "--port"), (args.internal_port, "--internal-port")):
+                check_port_free(port, args.bind, purpose=f"gateway listener ({flag})")
+            check_port_free(args.admin_port, "127.0.0.1", purpose="Envoy admin (--admin-port)")
+            gateway = EnvoyGateway({}, args.data_dir / "gateway", supervise=True)
         xds_port = await cp.start(args.xds_host, args.xds_port)
         api = Api(cp, reconciler)
         api_port = await api.start("127.0.0.1", args.api_port)
-        gateway = None
         try:
             print(f"xds      grpc://{args.xds_host}:{xds_port}", flush=True)
             print(f"api      http://127.0.0.1:{api_port}", flush=True)
-            if not args.no_gateway:
-                args.data_dir.mkdir(parents=True, exist_ok=True)
+            if gateway is not None:
                 args.xds_port = xds_port
-                gateway = EnvoyGateway(
-                    _bootstrap(args),
-                    admin_port=args.admin_port,
-                    log_path=args.data_dir / "envoy.log",
-                )
+                gateway.bootstrap = _bootstrap(args)
                 await gateway.start()
                 await cp.wait_served(timeout=10)
-                print(f"gateway  http://{args.bind}:{args.port} (cluster-local :{args.internal_port})")
+                print(
+                    f"gateway  http://{args.bind}:{args.port} (cluster-local :{args.internal_port})"
+                )
                 for ingress in cp.ingresses():
                     for rule in ingress.rules:
                         for host in rule.hosts:
@@ -193,7 +194,7 @@ def _api(port: int, method: str, path: str, body: bytes | None = None) -> tuple[
         return exc.code, json.loads(exc.read() or b"{}")
     except urllib.error.URLError as exc:
         raise CliError(
-            f"api: cannot reach http://127.0.0.1:{port} ({exc.reason}); is `wakegate serve` running?"
+            f"api: cannot reach http://127.0.0.1:{port} ({exc.reason}); is the stack running?"
         ) from exc
 
 

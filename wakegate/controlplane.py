@@ -4,6 +4,12 @@ Level-triggered: every change marks the state dirty and the publisher recomputes
 the whole snapshot from the whole state (the translator's memoisation keeps that
 cheap). The first change in an idle system is published at once; further
 changes within the debounce window are coalesced into the next snapshot.
+
+Changes to the set of clusters are published make-before-break. A route may only
+name a cluster every gateway has already warmed, and a cluster may only go once no
+route names it, so such a change goes out in up to three ACKed steps: new clusters
+and endpoints first (routes unchanged), then the new routes (old clusters kept),
+then the removal of clusters nothing routes to any more.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import dataclass, field
 
 from wakegate.ingress.model import Backend, Certificate, Ingress, RoutingState
 from wakegate.xds.cache import Snapshot, SnapshotCache
+from wakegate.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources
 from wakegate.xds.server import XdsServer
 from wakegate.xds.translate import GatewayConfig, Translator
 
@@ -39,10 +46,13 @@ class ControlPlane:
         *,
         group: str = DEFAULT_GROUP,
         debounce_s: float = 0.05,
+        step_timeout_s: float = 5.0,
     ) -> None:
         self.gateway = gateway or GatewayConfig()
         self.group = group
         self.debounce_s = debounce_s
+        self.step_timeout_s = step_timeout_s
+        """How long one make-before-break step waits for gateways to ACK."""
         self.cache = SnapshotCache()
         self.server = XdsServer(self.cache, group_of=lambda node: self.group)
         self.translator = Translator(self.gateway)
@@ -54,6 +64,7 @@ class ControlPlane:
         self._counter = itertools.count(1)
         self._boot = f"{os.getpid():x}{int(time.time()):x}"
         self._changes = 0
+        self._published_changes = 0
         self.last: Published | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -119,30 +130,68 @@ class ControlPlane:
         self._changes += 1
         self._dirty.set()
 
+    def _set(self, resources: Resources) -> str:
+        version = f"{self._boot}-{next(self._counter)}"
+        self.cache.set_snapshot(self.group, Snapshot(version=version, resources=resources))
+        return version
+
     def publish(self) -> str:
         """Translate the whole state and set it as the group's snapshot, now."""
         self._dirty.clear()
-        resources = self.translator.translate(self.state())
-        version = f"{self._boot}-{next(self._counter)}"
-        self.cache.set_snapshot(self.group, Snapshot(version=version, resources=resources))
+        changes = self._changes
+        version = self._set(self.translator.translate(self.state()))
+        self._done(version, changes)
+        return version
+
+    def _done(self, version: str, changes: int) -> None:
         self.last = Published(version=version, at=time.monotonic())
+        self._published_changes = changes
+
+    async def _step(self, resources: Resources) -> None:
+        version = self._set(resources)
+        if not await self.server.wait_acked(
+            self.group, version, self.step_timeout_s, min_gateways=0
+        ):
+            log.warning("gateways did not ACK step %s within %.1fs", version, self.step_timeout_s)
+
+    async def publish_safely(self) -> str:
+        """Publish the whole state, make-before-break for clusters that come and go."""
+        self._dirty.clear()
+        changes = self._changes
+        target = self.translator.translate(self.state())
+        current = self.cache.get_snapshot(self.group)
+        if current is not None and self.server.connected(self.group):
+            old = current.resources
+            added = target.get(CLUSTER, {}).keys() - old.get(CLUSTER, {}).keys()
+            removed = old.get(CLUSTER, {}).keys() - target.get(CLUSTER, {}).keys()
+            both = {
+                t: {**old.get(t, {}), **target.get(t, {})} for t in (CLUSTER, ENDPOINT)
+            }
+            if added:
+                await self._step({**old, **both, LISTENER: old[LISTENER], ROUTE: old[ROUTE]})
+            if removed:
+                await self._step({**target, **both})
+        version = self._set(target)
+        self._done(version, changes)
         return version
 
     async def _publisher(self) -> None:
         while True:
             await self._dirty.wait()
             try:
-                self.publish()
+                await self.publish_safely()
             except Exception:
                 log.exception("translation failed; the last good snapshot keeps serving")
+                self._published_changes = self._changes
             async with self._published:
                 self._published.notify_all()
             await asyncio.sleep(self.debounce_s)
 
     async def flush(self) -> str:
         """Wait until every change made so far is in a published snapshot."""
+        wanted = self._changes
         async with self._published:
-            await self._published.wait_for(lambda: not self._dirty.is_set())
+            await self._published.wait_for(lambda: self._published_changes >= wanted)
         assert self.last is not None
         return self.last.version
 

@@ -145,7 +145,7 @@ class EnvoyGateway:
         self.stable_after = stable_after
         self.die_with_parent = die_with_parent and sys.platform.startswith("linux")
         self.restarts = 0
-        self.admin_port: int | None = None
+        self._admin_port: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
@@ -163,6 +163,13 @@ class EnvoyGateway:
     @property
     def admin_address_path(self) -> Path:
         return self.workdir / "admin.address"
+
+    @property
+    def admin_port(self) -> int | None:
+        """The port Envoy's admin listens on, once it is up."""
+        if self._admin_port is None and self.running:
+            self._admin_port = self._read_admin_port()
+        return self._admin_port
 
     @property
     def admin_url(self) -> str:
@@ -196,7 +203,7 @@ class EnvoyGateway:
 
     async def start(
         self,
-        timeout: float = 30.0,  # noqa: ASYNC109
+        timeout: float = 30.0,
         *,
         wait_live: bool = True,
     ) -> None:
@@ -216,7 +223,7 @@ class EnvoyGateway:
         if self.supervise:
             self._supervisor = asyncio.create_task(self._supervise(), name="envoy-supervisor")
 
-    async def stop(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    async def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after `timeout` seconds."""
         self._stopping = True
         supervisor, self._supervisor = self._supervisor, None
@@ -264,11 +271,11 @@ class EnvoyGateway:
             args = [sys.executable, "-S", "-E", "-c", _PDEATHSIG_EXEC, *args]
         return args + self.extra_args
 
-    async def _launch(self, timeout: float, *, wait_live: bool = True) -> None:  # noqa: ASYNC109
+    async def _launch(self, timeout: float, *, wait_live: bool = True) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.bootstrap_path.write_text(json.dumps(self.bootstrap, indent=2))
         self.admin_address_path.unlink(missing_ok=True)
-        self.admin_port = None
+        self._admin_port = None
         with self.log_path.open("ab") as log_file:
             self._log_offset = log_file.tell()
             self._proc = await asyncio.create_subprocess_exec(
@@ -284,7 +291,7 @@ class EnvoyGateway:
             await self._terminate(2.0)
             raise
 
-    async def _wait_up(self, timeout: float, *, wait_live: bool) -> None:  # noqa: ASYNC109
+    async def _wait_up(self, timeout: float, *, wait_live: bool) -> None:
         assert self._proc is not None
         proc = self._proc
         deadline = time.monotonic() + timeout
@@ -292,8 +299,6 @@ class EnvoyGateway:
             while True:
                 if proc.returncode is not None:
                     raise GatewayError(f"Envoy {self._exit_reason(proc.returncode)}")
-                if self.admin_port is None:
-                    self.admin_port = self._read_admin_port()
                 if self.admin_port is not None and (
                     not wait_live or await _is_live(session, self.admin_url)
                 ):
@@ -327,7 +332,7 @@ class EnvoyGateway:
         text = self.read_log()[self._log_offset :]
         return last_log_line(text)
 
-    async def _terminate(self, timeout: float) -> None:  # noqa: ASYNC109
+    async def _terminate(self, timeout: float) -> None:
         proc = self._proc
         if proc is None or proc.returncode is not None:
             return

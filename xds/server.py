@@ -133,7 +133,7 @@ class XdsServer:
         self,
         group: str,
         version: str,
-        timeout: float,  # noqa: ASYNC109
+        timeout: float,
         *,
         min_gateways: int = 1,
     ) -> bool:

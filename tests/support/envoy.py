@@ -60,7 +60,7 @@ class ControlPlane:
         resources: Resources,
         *,
         version: str | None = None,
-        timeout: float = 15.0,  # noqa: ASYNC109
+        timeout: float = 15.0,
     ) -> Snapshot:
         """`set` and wait until every gateway of `group` ACKed it; fails the test if not."""
         snapshot = self.set(group, resources, version=version)
@@ -132,7 +132,7 @@ async def running_envoy(
     node_id: str | None = None,
     xds_host: str = LOOPBACK,
     wait_live: bool = True,
-    timeout: float = 30.0,  # noqa: ASYNC109
+    timeout: float = 30.0,
     log_level: str = "info",
     concurrency: int = 1,
     supervise: bool = False,
