@@ -434,7 +434,8 @@ async def test_modified_clusters_get_their_endpoints_again(
         await s.request(CLUSTER)
         await s.ack(await s.recv())
         await s.request(ENDPOINT, ["a", "svc-c"])
-    await s.ack(await s.recv())
+    subscribed = ["a", "svc-c"]
+    await s.ack(await s.recv(), names=subscribed)
 
     def names(response: Any) -> list[str]:
         return sorted(Stream.bodies(response) if delta else Stream.names(response))
@@ -446,7 +447,7 @@ async def test_modified_clusters_get_their_endpoints_again(
     eds = await s.recv()
     assert eds.type_url == ENDPOINT
     assert names(eds) == (["a"] if delta else ["a", "c"])
-    await s.ack(eds)
+    await s.ack(eds, names=subscribed)
 
     # A cluster named by its EDS service name; b's endpoints are not subscribed.
     cp.set(
