@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from wakegate.reconciler.serving import Probe
+
+log = logging.getLogger("wakegate.runtime")
 
 PROBE_USER_AGENT = "kube-probe/wakegate"
 """Apps (and Knative's own handlers) recognise probes by the `kube-probe/` prefix."""
@@ -176,7 +179,10 @@ class ReadinessProber:
         else:
             self.ready_event.clear()
         if self.on_change is not None:
-            self.on_change(ready)
+            try:
+                self.on_change(ready)
+            except Exception:
+                log.exception("readiness callback failed for %s:%d", self.host, self.port)
 
     async def _run(self) -> None:
         if self.probe.initial_delay_s:
@@ -190,8 +196,9 @@ class ReadinessProber:
             if successes >= needed:
                 break
             aggressive = time.monotonic() - started < timing.startup_aggressive_s
-            interval = timing.startup_interval_s if aggressive else timing.startup_slow_interval_s
-            await asyncio.sleep(interval if successes == 0 else min(interval, self.period_s))
+            await asyncio.sleep(
+                timing.startup_interval_s if aggressive else timing.startup_slow_interval_s
+            )
         self.ready_at = time.monotonic()
         self._set(True)
         failures = successes = 0

@@ -785,3 +785,32 @@ async def test_a_taken_port_is_refused(control_plane: ControlPlane) -> None:
     second = XdsServer(control_plane.cache)
     with pytest.raises(OSError, match=f"127.0.0.1:{control_plane.port}"):
         await second.start("127.0.0.1", control_plane.port)
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+async def test_ack_that_grows_the_subscription_is_not_enough(
+    control_plane: ControlPlane, channel: grpc.aio.Channel, delta: bool
+) -> None:
+    """An ACK carrying new names leaves the answer to those names to be ACKed."""
+    cp = control_plane
+    only_routes = {"clusters": {}, "listeners": {}}
+    cp.set(GROUP, resources(**only_routes))
+    s = open_stream(channel, delta=delta)
+    if delta:
+        await s.delta_request(ROUTE, ["r1"])
+    else:
+        await s.request(ROUTE, ["r1"])
+    await s.ack(await s.recv())
+    second = cp.set(
+        GROUP, resources(routes={"r1": route("r1", "2"), "r2": route("r2")}, **only_routes)
+    )
+    changed = await s.recv()
+    if delta:
+        await s.delta_request(ROUTE, ["r2"], nonce=changed.nonce)
+    else:
+        await s.ack(changed, names=["r1", "r2"])
+    grown = await s.recv()
+    assert "r2" in (Stream.bodies(grown) if delta else Stream.names(grown))
+    assert not await cp.server.wait_acked(GROUP, second.version, 0.2)
+    await s.ack(grown, names=["r1", "r2"])
+    assert await cp.server.wait_acked(GROUP, second.version, 5)

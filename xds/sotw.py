@@ -132,16 +132,23 @@ class StreamBase:
         return out
 
     def respond_with_endpoints(self, type_url: str, state: Any) -> list[bytes]:
-        """A response for `type_url`, then the endpoints that changed clusters need."""
+        """Answer a (changed) subscription: a response for `type_url`, then the
+        endpoints that changed clusters need.
+
+        What the gateway ACKed before covered its old subscription only, so a
+        type answered here counts as ACKed for the current snapshot only once
+        this answer is.
+        """
         out = []
-        response = self._respond(type_url, state)
-        if response:
-            out.append(response)
+        answered = [(type_url, self._respond(type_url, state))]
         endpoints = self.types.get(ENDPOINT)
         if type_url == CLUSTER and endpoints is not None and self.resend_endpoints:
-            response = self._respond(ENDPOINT, endpoints)
+            answered.append((ENDPOINT, self._respond(ENDPOINT, endpoints)))
+        for answered_type, response in answered:
             if response:
                 out.append(response)
+                ledger = self.ledgers[answered_type]
+                ledger.acked_seq = min(ledger.acked_seq, self.seq - 1)
         return out
 
     def _respond(self, type_url: str, state: Any) -> bytes | None:
