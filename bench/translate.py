@@ -12,23 +12,25 @@ import statistics
 import time
 
 from wakegate.xds.cache import Snapshot
-from wakegate.xds.resources import Resources
 from wakegate.xds.translate import GatewayConfig, Translator
 
 from bench.synthetic import ingress, state
 
 
-def _build(translator: Translator, st) -> Resources:
-    resources = translator.translate(st)
-    Snapshot(version="bench", resources=resources)
-    return resources
+def _build(translator: Translator, st, previous: Snapshot | None = None) -> Snapshot:
+    """Translate and build the snapshot, as the control plane does on every change."""
+    snapshot = Snapshot("bench", translator.translate(st), previous)
+    # Encode as the server does for the first gateway stream that sends it.
+    for type_url in snapshot.resources:
+        snapshot.sotw_fields(type_url)
+    return snapshot
 
 
-def _rebuilt(before: Resources, after: Resources) -> int:
+def _rebuilt(before: Snapshot, after: Snapshot) -> int:
     """Resources whose serialised bytes are a new object (were rebuilt)."""
     count = 0
-    for type_url, named in after.items():
-        old = before.get(type_url, {})
+    for type_url, named in after.resources.items():
+        old = before.resources.get(type_url, {})
         count += sum(1 for name, body in named.items() if old.get(name) is not body)
     return count
 
@@ -40,7 +42,7 @@ def run(sizes: tuple[int, ...] = (1_000, 10_000), changes: int = 50) -> None:
         full = []
         for _ in range(3):
             t0 = time.perf_counter()
-            resources = _build(Translator(GatewayConfig()), st)
+            resources = _build(Translator(GatewayConfig()), st).resources
             full.append(time.perf_counter() - t0)
         total = sum(len(v) for v in resources.values())
         size = sum(len(b) for v in resources.values() for b in v.values())
@@ -58,7 +60,7 @@ def run(sizes: tuple[int, ...] = (1_000, 10_000), changes: int = 50) -> None:
             ingresses[i] = ingress(i, generation=k + 1)
             changed = dataclasses.replace(st, ingresses=tuple(ingresses))
             t0 = time.perf_counter()
-            after = _build(translator, changed)
+            after = _build(translator, changed, before)
             times.append(time.perf_counter() - t0)
             rebuilt.append(_rebuilt(before, after))
             before = after

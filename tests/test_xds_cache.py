@@ -154,3 +154,32 @@ async def test_watchers_are_woken_on_their_loop_until_cancelled() -> None:
     cache.set_snapshot("a", Snapshot("2", {}))
     await asyncio.sleep(0)
     assert len(woken) == 2
+
+
+def test_snapshot_built_on_a_previous_one_matches_one_built_from_scratch() -> None:
+    """Reusing unchanged resources' versions and encodings changes nothing observable."""
+    clusters = {f"c{i}": cluster_pb2.Cluster(name=f"c{i}").SerializeToString() for i in range(50)}
+    first = Snapshot("1", {CLUSTER: clusters, ROUTE: {"r": b"\x0a\x01r"}})
+    for type_url in (CLUSTER, ROUTE):
+        first.sotw_fields(type_url)
+        first.delta_fields(type_url)
+    changed = dict(clusters)
+    changed["c7"] = cluster_pb2.Cluster(
+        name="c7", type=cluster_pb2.Cluster.STATIC
+    ).SerializeToString()
+    del changed["c8"]
+    changed["c99"] = cluster_pb2.Cluster(name="c99").SerializeToString()
+    resources = {CLUSTER: changed, ROUTE: first.resources[ROUTE]}
+
+    derived = Snapshot("2", resources, first)
+    fresh = Snapshot("2", resources)
+    assert derived.resource_versions[CLUSTER] == fresh.resource_versions[CLUSTER]
+    assert derived.type_versions == fresh.type_versions
+    assert derived.resource_versions[CLUSTER]["c7"] != first.resource_versions[CLUSTER]["c7"]
+    for type_url in (CLUSTER, ROUTE, LISTENER, ENDPOINT):
+        assert dict(derived.sotw_fields(type_url)) == dict(fresh.sotw_fields(type_url))
+        assert dict(derived.delta_fields(type_url)) == dict(fresh.delta_fields(type_url))
+        assert derived.sotw_all(type_url) == fresh.sotw_all(type_url)
+    # Unchanged resources are not encoded again.
+    assert derived.sotw_fields(CLUSTER)["c1"] is first.sotw_fields(CLUSTER)["c1"]
+    assert derived.sotw_all(ROUTE) is first.sotw_all(ROUTE)

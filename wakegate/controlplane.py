@@ -132,7 +132,8 @@ class ControlPlane:
 
     def _set(self, resources: Resources) -> str:
         version = f"{self._boot}-{next(self._counter)}"
-        self.cache.set_snapshot(self.group, Snapshot(version=version, resources=resources))
+        previous = self.cache.get_snapshot(self.group)
+        self.cache.set_snapshot(self.group, Snapshot(version, resources, previous))
         return version
 
     def publish(self) -> str:

@@ -14,7 +14,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from types import MappingProxyType
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -115,34 +115,93 @@ class Snapshot:
     group. Per-resource versions are content hashes, so a resource that did not
     change keeps its version across snapshots; a type's version is a hash of its
     resources' names and versions.
+
+    Given the group's `previous` snapshot, every resource whose serialised bytes
+    are the very same object is neither hashed nor wire-encoded again, so a small
+    change to a large snapshot costs little more than the resources it touched.
     """
 
     version: str
     resources: Resources
+    previous: InitVar[Snapshot | None] = None
     resource_versions: Mapping[str, Mapping[str, str]] = field(init=False, repr=False)
     type_versions: Mapping[str, str] = field(init=False, repr=False)
     _encoded: dict[tuple[str, str], object] = field(init=False, repr=False)
+    _inherited: dict[tuple[str, str], tuple[Mapping[str, bytes], Mapping[str, bytes]]] = field(
+        init=False, repr=False
+    )
+    _given: dict[str, Mapping[str, bytes]] = field(init=False, repr=False)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, previous: Snapshot | None) -> None:
         unknown = set(self.resources) - set(TYPES_IN_ORDER)
         if unknown:
             raise ValueError(f"unknown resource type(s): {', '.join(sorted(unknown))}")
         resources: dict[str, Mapping[str, bytes]] = {}
         resource_versions: dict[str, Mapping[str, str]] = {}
         type_versions: dict[str, str] = {}
+        encoded: dict[tuple[str, str], object] = {}
+        inherited: dict[tuple[str, str], tuple[Mapping[str, bytes], Mapping[str, bytes]]] = {}
+        given: dict[str, Mapping[str, bytes]] = {}
         for type_url in TYPES_IN_ORDER:
-            bodies = {
-                name: body if type(body) is bytes else bytes(body)
-                for name, body in self.resources.get(type_url, {}).items()
+            given[type_url] = self.resources.get(type_url, {})
+            old = previous.resources[type_url] if previous is not None else {}
+            if previous is not None and given[type_url] is previous._given[type_url]:
+                bodies: Mapping[str, bytes] = old
+            else:
+                bodies = {
+                    name: body if type(body) is bytes else bytes(body)
+                    for name, body in given[type_url].items()
+                }
+            if previous is not None and (
+                bodies is old
+                or (
+                    len(bodies) == len(old)
+                    and all(old.get(name) is body for name, body in bodies.items())
+                )
+            ):
+                resources[type_url] = old
+                resource_versions[type_url] = previous.resource_versions[type_url]
+                type_versions[type_url] = previous.type_versions[type_url]
+                for kind in ("sotw", "sotw-all", "delta"):
+                    if (kind, type_url) in previous._encoded:
+                        encoded[(kind, type_url)] = previous._encoded[(kind, type_url)]
+                continue
+            old_versions = previous.resource_versions[type_url] if previous is not None else {}
+            versions = {
+                name: old_versions[name] if old.get(name) is body else content_version(body)
+                for name, body in bodies.items()
             }
-            versions = {name: content_version(body) for name, body in bodies.items()}
             resources[type_url] = MappingProxyType(bodies)
             resource_versions[type_url] = MappingProxyType(versions)
             type_versions[type_url] = _type_version(versions)
+            if previous is not None:
+                for kind in ("sotw", "delta"):
+                    fields = previous._encoded.get((kind, type_url))
+                    if fields is not None:
+                        inherited[(kind, type_url)] = (old, fields)  # type: ignore[assignment]
+        if previous is not None and ("eds-name", CLUSTER) in previous._encoded:
+            known: Mapping[str, str] = previous._encoded[("eds-name", CLUSTER)]  # type: ignore[assignment]
+            old, new = previous.resources[CLUSTER], resources[CLUSTER]
+            encoded[("eds-name", CLUSTER)] = (
+                dict(known)
+                if old is new
+                else {n: e for n, e in known.items() if new.get(n) is old.get(n)}
+            )
         object.__setattr__(self, "resources", MappingProxyType(resources))
         object.__setattr__(self, "resource_versions", MappingProxyType(resource_versions))
         object.__setattr__(self, "type_versions", MappingProxyType(type_versions))
-        object.__setattr__(self, "_encoded", {})
+        object.__setattr__(self, "_encoded", encoded)
+        object.__setattr__(self, "_inherited", inherited)
+        object.__setattr__(self, "_given", given)
+
+    def _reuse(self, kind: str, type_url: str) -> Callable[[str, bytes], bytes | None]:
+        """Look up an encoding of the previous snapshot for an identical resource."""
+        old_bodies, old_fields = self._inherited.pop((kind, type_url), ({}, {}))
+
+        def lookup(name: str, body: bytes) -> bytes | None:
+            return old_fields.get(name) if old_bodies.get(name) is body else None
+
+        return lookup
 
     def names(self, type_url: str) -> Mapping[str, str]:
         """Resource name → version for one type."""
@@ -153,8 +212,9 @@ class Snapshot:
         key = ("sotw", type_url)
         cached = self._encoded.get(key)
         if cached is None:
+            reuse = self._reuse("sotw", type_url)
             cached = {
-                name: _field(_RESP_RESOURCES, _any(type_url, body))
+                name: reuse(name, body) or _field(_RESP_RESOURCES, _any(type_url, body))
                 for name, body in self.resources[type_url].items()
             }
             self._encoded[key] = cached
@@ -175,8 +235,10 @@ class Snapshot:
         cached = self._encoded.get(key)
         if cached is None:
             versions = self.resource_versions[type_url]
+            reuse = self._reuse("delta", type_url)
             cached = {
-                name: _field(
+                name: reuse(name, body)
+                or _field(
                     _DELTA_RESOURCES,
                     b"".join(
                         (

@@ -30,4 +30,4 @@ Resources = Mapping[str, Mapping[str, bytes]]
 
 def content_version(body: bytes) -> str:
     """A short, stable version string for one resource's serialised bytes."""
-    return hashlib.blake2b(body, digest_size=8).hexdigest()
+    return hashlib.sha256(body).hexdigest()[:16]
