@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bench.stack import cpu_seconds, gateway, single_route, start_hello, table
+from bench.stack import cpu_seconds, gateway, machine_cpu, single_route, start_hello, table
 
 HOST = "helloworld-go.default.example.com"
 TARGET_RATIO = 0.90
@@ -96,13 +96,17 @@ async def load(
     if warmup > 0:
         await _exec(command(tool, url, host, warmup, connections, rate))
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    busy, total = machine_cpu()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     out = await _exec(command(tool, url, host, duration, connections, rate))
     wall = time.monotonic() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy_after, total_after = machine_cpu()
     cpu = {name: (cpu_seconds(pid) - before[name]) / wall for name, pid in pids.items()}
     cpu[tool] = (after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime) / wall
+    cores = (total_after - total) / wall
+    cpu["machine"] = (busy_after - busy) / (total_after - total) * cores
     rps, p50, p99, ok, failed = (parse_hey if tool == "hey" else parse_wrk)(out)
     return Load(tool, rate, path, rps, p50, p99, ok, failed, cpu)
 

@@ -1,0 +1,1 @@
+"""The activator: holds a revision's requests while it has no ready pod, then forwards them."""

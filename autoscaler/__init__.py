@@ -1,0 +1,1 @@
+"""The KPA autoscaler: concurrency metrics → desired scale per revision."""
