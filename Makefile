@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint bench clean
+.PHONY: venv run test bench protos clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
+
+# Regenerate the Python code of the project's own protos (tests fail if it is stale).
+protos: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=protos/gen \
+		--grpc_python_out=protos/gen protos/wakegate/proto/v1/*.proto
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -1,0 +1,182 @@
+"""(d) Control-plane memory with 10,000 rules loaded and a real Envoy served and ACKed.
+
+The control plane runs in a process of its own that builds the synthetic state,
+publishes it and serves xDS; once a real Envoy has ACKed everything, its VmRSS and
+VmHWM (peak) are read from /proc. Baseline: the same process with 0 rules, in the same
+run. Target: ≤ 250 MB with 10,000 rules. Envoy's RSS is shown for context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from wakegate.xds.translate import GatewayConfig
+
+from bench.synthetic import state
+from wakegate.controlplane import ControlPlane
+
+REPO = Path(__file__).resolve().parents[1]
+GROUP = "bench-memory"
+TARGET_BYTES = 250 * 2**20
+
+
+# --- the control-plane process -----------------------------------------------------------
+
+
+def serve(rules: int, external_port: int, internal_port: int, tls_port: int) -> None:
+    """Run a control plane holding `rules` synthetic rules until stdin closes.
+
+    Prints `XDS <port> <build s> <resource bytes>` once it serves, then
+    `ACKED <0|1> <s>` when a gateway has ACKed the state (or did not in time).
+    """
+    asyncio.run(_serve(rules, GatewayConfig(external_port, internal_port, tls_port, "127.0.0.1")))
+
+
+async def _serve(rules: int, config: GatewayConfig) -> None:
+    t0 = time.perf_counter()
+    cp = ControlPlane(config, group=GROUP)
+    st = state(rules)
+    for key, backend in st.backends.items():
+        cp.set_backend(key, backend)
+    for ingress in st.ingresses:
+        cp.apply_ingress(ingress)
+    del st
+    port = await cp.start("127.0.0.1", 0)
+    snapshot = cp.cache.get_snapshot(GROUP)
+    assert snapshot is not None and cp.last is not None
+    size = sum(len(body) for named in snapshot.resources.values() for body in named.values())
+    print(f"XDS {port} {time.perf_counter() - t0:.3f} {size}", flush=True)
+    t1 = time.perf_counter()
+    acked = await cp.server.wait_acked(GROUP, cp.last.version, 600, min_gateways=1)
+    print(f"ACKED {int(acked)} {time.perf_counter() - t1:.3f}", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await cp.stop()
+
+
+# --- the measurement ---------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    rules: int
+    rss: int
+    hwm: int
+    build_s: float
+    ack_s: float
+    acked: bool
+    resource_bytes: int
+    envoy_rss: int
+
+
+async def measure(rules: int, *, timeout: float) -> Sample:
+    from bench.stack import proc_status
+    from tests.support.envoy import free_port, running_envoy
+
+    ports = [free_port() for _ in range(3)]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        f"from bench.memory import serve; serve({rules}, {', '.join(map(str, ports))})",
+        cwd=REPO,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        async with asyncio.timeout(timeout):
+            _, xds_port, build_s, size = (await proc.stdout.readline()).decode().split()
+            async with running_envoy(
+                int(xds_port), node_cluster=GROUP, log_level="warning", timeout=timeout
+            ) as envoy:
+                _, acked, ack_s = (await proc.stdout.readline()).decode().split()
+                status = proc_status(proc.pid)
+                assert envoy.gateway.pid is not None
+                envoy_rss = proc_status(envoy.gateway.pid)["VmRSS"]
+    finally:
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+    return Sample(
+        rules=rules,
+        rss=status["VmRSS"],
+        hwm=status["VmHWM"],
+        build_s=float(build_s),
+        ack_s=float(ack_s),
+        acked=acked == "1",
+        resource_bytes=int(size),
+        envoy_rss=envoy_rss,
+    )
+
+
+def report(samples: Sequence[Sample]) -> None:
+    from bench.stack import mb, table
+
+    base = samples[0]
+    rows = []
+    for s in samples:
+        target = f"≤ {TARGET_BYTES / 2**20:.0f}"
+        if s.rules >= 10_000:
+            target += " met" if s.rss <= TARGET_BYTES else " MISSED"
+        elif s is base:
+            target = "(baseline)"
+        else:
+            target = ""
+        rows.append(
+            [
+                f"{s.rules:,}",
+                mb(s.rss),
+                mb(s.hwm),
+                f"{s.rss / base.rss:.1f}x",
+                f"+{mb(s.rss - base.rss)}",
+                target,
+                f"{s.resource_bytes / 1e6:.1f}",
+                f"{s.build_s:.2f}",
+                f"{s.ack_s:.2f}" + ("" if s.acked else " (not ACKed)"),
+                mb(s.envoy_rss),
+            ]
+        )
+    header = ["rules", "RSS MB", "peak MB", "vs base", "Δ MB", "target MB", "xDS MB"]
+    print(table([*header, "build s", "ACK s", "Envoy RSS MB"], rows))
+    print(
+        "RSS/peak: the control-plane process (VmRSS/VmHWM) after Envoy ACKed; xDS MB: the "
+        "serialised resources of the snapshot; build s: state + translate + first snapshot; "
+        "ACK s: Envoy connected → ACKed everything."
+    )
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    sizes = [0, *(n for n in args.rules if n > 0)]
+    print(
+        f"== (d) control-plane memory with {', '.join(f'{n:,}' for n in sizes[1:])} rules, "
+        "real Envoy connected and ACKed =="
+    )
+    samples = [await measure(n, timeout=args.timeout) for n in sizes]
+    report(samples)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.memory",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--rules", type=int, nargs="+", default=[10_000], help="sizes besides 0")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per size")
+    return p
+
+
+def run(argv: Sequence[str] = ()) -> None:
+    asyncio.run(main_async(parser().parse_args(list(argv))))
+
+
+if __name__ == "__main__":
+    run(sys.argv[1:])
