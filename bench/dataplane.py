@@ -188,9 +188,10 @@ def report(runs: Sequence[Load]) -> None:
     print(table([*header, "CPU (100% = one core)"], rows, left=2))
     print(
         f"{os.cpu_count()} cores shared by the load generator, the hello-world app (one "
-        "asyncio thread), Envoy and the idle control plane. Where the CPU column adds up to "
-        "about 200%, the machine, not the app, is the limit: every request Envoy proxies "
-        "costs CPU the app then lacks."
+        "asyncio thread), Envoy and the idle control plane; 'machine' is all CPU in use "
+        f"(of {100 * (os.cpu_count() or 1)}%, kernel networking included). Where it is near "
+        "the top, the machine, not the app, is the limit, and each request Envoy proxies "
+        "takes CPU the app then lacks."
     )
 
 

@@ -16,10 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from wakegate.xds.translate import GatewayConfig
-
 from bench.synthetic import state
 from wakegate.controlplane import ControlPlane
+from wakegate.xds.translate import GatewayConfig
 
 REPO = Path(__file__).resolve().parents[1]
 GROUP = "bench-memory"
@@ -98,6 +97,7 @@ async def measure(rules: int, *, timeout: float) -> Sample:
                 status = proc_status(proc.pid)
                 assert envoy.gateway.pid is not None
                 envoy_rss = proc_status(envoy.gateway.pid)["VmRSS"]
+                await envoy.gateway.stop(timeout=60)
     finally:
         proc.stdin.close()
         try:

@@ -30,8 +30,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wakegate.ingress.model import Ingress
-
 from bench.stack import (
     Gateway,
     backend_key,
@@ -45,6 +43,7 @@ from bench.stack import (
 )
 from bench.synthetic import state
 from wakegate.controlplane import ControlPlane
+from wakegate.ingress.model import Ingress
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE_HOST = "probe.default.example.com"
@@ -237,8 +236,8 @@ async def envoy_p50(gw: Gateway, stat: str) -> str:
     text = await gw.envoy.admin_get(f"/stats?filter=^{stat}$")
     for line in text.splitlines():
         if line.startswith(stat + ":") and "P50(" in line:
-            value = line.split("P50(", 1)[1].split(")", 1)[0].split(",")[-1]
-            return f"{float(value):.1f}"
+            value = float(line.split("P50(", 1)[1].split(")", 1)[0].split(",")[-1])
+            return f"{value:.1f}" if value else "< 1"
     return "-"
 
 
@@ -345,11 +344,15 @@ def report(results: Sequence[ModeResult], rules: int, gap_s: float, poll_s: floa
     print(table(["ms", "p50", "p95", "p99", "max", "p50 vs base", "target (ms)"], rows))
     for note in notes:
         print(note)
-    polling = "back to back" if poll_s <= 0 else f"every {poll_s * 1000:g} ms"
+    polling = (
+        "back to back, so 'served' overstates by up to one round trip"
+        if poll_s <= 0
+        else f"every {poll_s * 1000:g} ms, so 'served' overstates by up to that plus a round trip"
+    )
     print(
         f"{rules:,} rules + 1 probe; {gap_s * 1000:g} ms pause after each change; the client "
-        f"polls {polling} from its own process, so 'served' overstates by up to one round "
-        "trip; 'snapshot set' = apply → the control plane set the snapshot carrying the change"
+        f"polls {polling}, from its own process; 'snapshot set' = apply → the control plane "
+        "set the snapshot carrying the change (for a new cluster: the last of its steps)"
     )
 
 

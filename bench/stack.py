@@ -18,6 +18,10 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from tests.support.backends import Backend as EchoBackend
+from tests.support.backends import start_backend
+from tests.support.envoy import LOOPBACK, RunningEnvoy, free_port, running_envoy
+from wakegate.controlplane import ControlPlane
 from wakegate.ingress.model import (
     Backend,
     BackendRef,
@@ -29,11 +33,6 @@ from wakegate.ingress.model import (
     Split,
 )
 from wakegate.xds.translate import GatewayConfig
-
-from tests.support.backends import Backend as EchoBackend
-from tests.support.backends import start_backend
-from tests.support.envoy import LOOPBACK, RunningEnvoy, free_port, running_envoy
-from wakegate.controlplane import ControlPlane
 
 HELLO_APP = pathlib.Path(__file__).resolve().parents[1] / "examples" / "helloworld" / "app.py"
 GROUP = "bench"

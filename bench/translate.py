@@ -11,10 +11,9 @@ import dataclasses
 import statistics
 import time
 
+from bench.synthetic import ingress, state
 from wakegate.xds.cache import Snapshot
 from wakegate.xds.translate import GatewayConfig, Translator
-
-from bench.synthetic import ingress, state
 
 
 def _build(translator: Translator, st, previous: Snapshot | None = None) -> Snapshot:

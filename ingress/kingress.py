@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any, NoReturn, TypeVar
 
 import yaml
+
 from wakegate.ingress.model import (
     TLS,
     BackendRef,

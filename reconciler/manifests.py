@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import yaml
+
 from wakegate.ingress.kingress import IngressError, parse_ingress
 from wakegate.ingress.model import Backend, BackendRef, Certificate, Endpoint, Ingress
 

@@ -12,13 +12,13 @@ import aiohttp
 import pytest
 import pytest_asyncio
 import yaml
-from wakegate.reconciler.manifests import ManifestReconciler
-from wakegate.xds.translate import GatewayConfig
 
 from tests.support.backends import Backend, get, launch_backend
 from tests.support.envoy import free_port, running_envoy
 from wakegate.api import Api
 from wakegate.controlplane import ControlPlane
+from wakegate.reconciler.manifests import ManifestReconciler
+from wakegate.xds.translate import GatewayConfig
 
 pytestmark = pytest.mark.envoy
 

@@ -19,10 +19,6 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from wakegate.ingress.kingress import parse_ingress
-from wakegate.ingress.model import Backend as RoutedBackend
-from wakegate.ingress.model import Certificate, Endpoint, Ingress
-from wakegate.xds.translate import GatewayConfig
 
 from tests.support.backends import (
     Backend,
@@ -35,6 +31,10 @@ from tests.support.backends import (
 )
 from tests.support.envoy import RunningEnvoy, free_port, running_envoy
 from wakegate.controlplane import ControlPlane
+from wakegate.ingress.kingress import parse_ingress
+from wakegate.ingress.model import Backend as RoutedBackend
+from wakegate.ingress.model import Certificate, Endpoint, Ingress
+from wakegate.xds.translate import GatewayConfig
 
 pytestmark = [pytest.mark.envoy, pytest.mark.asyncio(loop_scope="module")]
 

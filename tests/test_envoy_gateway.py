@@ -29,13 +29,13 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.type.matcher.v3 import regex_pb2
 from google.protobuf import any_pb2, duration_pb2
 from prometheus_client import REGISTRY
+
+from tests.support.envoy import ControlPlane, RunningEnvoy, free_port, running_envoy
+from wakegate.envoy_process import EnvoyGateway, GatewayError, find_envoy
 from wakegate.xds.bootstrap import XdsTls, build_bootstrap
 from wakegate.xds.cache import Snapshot, SnapshotCache
 from wakegate.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from wakegate.xds.server import XdsServer
-
-from tests.support.envoy import ControlPlane, RunningEnvoy, free_port, running_envoy
-from wakegate.envoy_process import EnvoyGateway, GatewayError, find_envoy
 
 pytestmark = pytest.mark.envoy
 

@@ -28,6 +28,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
 from google.protobuf import json_format
+
 from wakegate.ingress.kingress import load_ingresses
 from wakegate.ingress.model import Backend, Certificate, Endpoint, RoutingState
 from wakegate.xds import resources

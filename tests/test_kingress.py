@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from wakegate.ingress.kingress import IngressError, load_ingresses, parse_duration, parse_ingress
 from wakegate.ingress.model import (
     TLS,

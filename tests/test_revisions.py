@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from wakegate.reconciler import revisions
 from wakegate.reconciler.revisions import (
     AUTOSCALING_DEFAULTS,

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.backends import get
 from wakegate.reconciler.revisions import Revision
 from wakegate.reconciler.serving import parse_template
 from wakegate.runtime.pods import (
@@ -30,8 +32,6 @@ from wakegate.runtime.pods import (
     resolve_command,
 )
 from wakegate.runtime.probes import ProbeTiming
-
-from tests.support.backends import get
 
 HELLO_DIR = Path(__file__).resolve().parents[1] / "examples" / "helloworld"
 FAST_PROBES = ProbeTiming(period_s=0.05, failure_threshold=2)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from wakegate.reconciler.serving import (
     DEFAULT_PROBE,
     ServiceError,

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 import yaml
+
 from wakegate.reconciler.revisions import Revision, next_revision
 from wakegate.reconciler.serving import Service, parse_service, service_to_dict
-
 from wakegate.store import DB_FILENAME, SCHEMA_VERSION, Store, StoreError
 
 HELLO = Path(__file__).resolve().parents[1] / "examples" / "helloworld" / "helloworld-go.yaml"

@@ -11,6 +11,7 @@ import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.route.v3 import route_pb2
+
 from wakegate.ingress.model import (
     TLS,
     Backend,

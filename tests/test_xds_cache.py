@@ -8,6 +8,7 @@ import threading
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+
 from wakegate.xds.cache import (
     Snapshot,
     SnapshotCache,

@@ -15,10 +15,10 @@ from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
-from wakegate.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
-from wakegate.xds.server import ADS_SERVICE, XdsServer
 
 from tests.support.envoy import ControlPlane
+from wakegate.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from wakegate.xds.server import ADS_SERVICE, XdsServer
 
 GROUP = "gateway"
 

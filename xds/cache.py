@@ -20,6 +20,7 @@ from types import MappingProxyType
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import DecodeError
+
 from wakegate.xds.resources import CLUSTER, TYPES_IN_ORDER, Resources, content_version
 
 # Field tags (number << 3 | wire type 2) of the length-delimited fields that the

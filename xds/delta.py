@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from envoy.config.core.v3.base_pb2 import Node
 from envoy.service.discovery.v3 import discovery_pb2
+
 from wakegate.xds.cache import SnapshotCache, encode_delta_response
 from wakegate.xds.resources import CLUSTER, ENDPOINT, FULL_STATE_TYPES, SHORT_NAMES
 from wakegate.xds.sotw import StreamBase

@@ -5,6 +5,7 @@ from __future__ import annotations
 from envoy.config.core.v3 import address_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2 as ec
 from envoy.config.endpoint.v3 import endpoint_pb2
+
 from wakegate.ingress.model import Backend
 from wakegate.xds.common import length_delimited
 

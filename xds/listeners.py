@@ -20,6 +20,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from google.protobuf import any_pb2, wrappers_pb2
+
 from wakegate.ingress.model import Certificate, Ingress
 from wakegate.xds.common import ads_config_source, duration
 

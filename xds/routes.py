@@ -22,6 +22,7 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
+
 from wakegate.ingress.model import Headers, Ingress, Path, Split
 from wakegate.xds.common import length_delimited
 

@@ -11,6 +11,7 @@ import grpc
 from envoy.config.core.v3.base_pb2 import Node
 from envoy.service.discovery.v3 import discovery_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
 from wakegate.xds.cache import SnapshotCache
 from wakegate.xds.delta import DeltaStream
 from wakegate.xds.sotw import SotwStream, StreamBase, StreamError

@@ -13,6 +13,7 @@ from typing import Any
 
 from envoy.config.core.v3.base_pb2 import Node
 from envoy.service.discovery.v3 import discovery_pb2
+
 from wakegate.xds.cache import Snapshot, SnapshotCache, encode_sotw_response
 from wakegate.xds.resources import (
     CLUSTER,

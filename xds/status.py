@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from prometheus_client import Counter, Gauge
+
 from wakegate.xds.resources import SHORT_NAMES
 
 log = logging.getLogger("wakegate.xds")

@@ -22,12 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wakegate.envoy_process import EnvoyGateway
 from wakegate.xds.bootstrap import build_bootstrap
 from wakegate.xds.cache import Snapshot, SnapshotCache
 from wakegate.xds.resources import Resources
 from wakegate.xds.server import XdsServer
-
-from wakegate.envoy_process import EnvoyGateway
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_GROUP = "gateway"

@@ -1,0 +1,384 @@
+"""The local Knative Serving reconciler: Services in the store → revisions, pods, routes.
+
+Level-triggered: a reconcile of one Service recomputes everything from the store
+and the live pods (revisions to run, endpoints, the route's ingress rules, status),
+so it can run any number of times. Applying validates every document before
+anything is written, and writes each Service with its new Revision in one
+transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from wakegate.ingress.model import Backend, BackendRef, Endpoint, Ingress
+from wakegate.reconciler.revisions import (
+    Revision,
+    latest_created,
+    next_revision,
+    service_revisions,
+)
+from wakegate.reconciler.routes import SERVICE_PORT, RouteStatus, route_ingress
+from wakegate.reconciler.serving import (
+    Service,
+    ServiceError,
+    load_services,
+    parse_service,
+    require_local_command,
+    service_to_dict,
+)
+from wakegate.reconciler.status import service_status
+from wakegate.runtime.pods import PodEndpoint, PodError, PodSpec, RevisionPods, resolve_command
+from wakegate.store import Store
+
+log = logging.getLogger(__name__)
+
+READY_SETTING = "ready-revisions"
+CRASHES_BEFORE_FAILED = 3
+RESYNC_S = 2.0
+"""Every Service is reconciled at least this often, so pod failures reach status."""
+
+
+class Routing(Protocol):
+    """What the reconciler needs of the control plane."""
+
+    def apply_ingress(self, ingress: Ingress) -> None: ...
+    def delete_ingress(self, key: str) -> bool: ...
+    def ingresses(self) -> list[Ingress]: ...
+    def set_backend(self, key: str, backend: Backend) -> None: ...
+    def delete_backend(self, key: str) -> None: ...
+    async def wait_served(self, timeout: float = 10.0) -> bool: ...
+
+
+ScalePolicy = Callable[[Revision, bool], int]
+"""(revision, routed) → pods to run. The autoscaler replaces the default."""
+
+
+def initial_scale_policy(revision: Revision, routed: bool) -> int:
+    """Without an autoscaler: routed (or not yet ready) revisions run their initial scale."""
+    spec = revision.autoscaling
+    if not routed:
+        return spec.min_scale
+    return max(spec.min_scale, spec.initial_scale, 1)
+
+
+@dataclass
+class _Live:
+    """Runtime state of one Service."""
+
+    pods: dict[str, RevisionPods] = field(default_factory=dict)
+    route: RouteStatus | None = None
+    served: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the latest created revision is ready, routed and ACKed by the gateways."""
+
+
+class LocalServing:
+    def __init__(
+        self,
+        store: Store,
+        routing: Routing,
+        *,
+        data_dir: str | os.PathLike[str],
+        domain: str = "example.com",
+        scale_policy: ScalePolicy = initial_scale_policy,
+        pod_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.store = store
+        self.routing = routing
+        self.domain = domain
+        self.scale_policy = scale_policy
+        self.log_dir = Path(data_dir) / "logs"
+        self.pod_options = pod_options or {}
+        self._live: dict[str, _Live] = {}
+        self._ready: set[str] = set(store.get_setting(READY_SETTING, []))
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._pending: set[str] = set()
+        self._worker: asyncio.Task[None] | None = None
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._worker = asyncio.create_task(self._work(), name="wakegate-serving")
+        for stored in self.store.list_services():
+            self.enqueue(stored.key)
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        await asyncio.gather(
+            *(pods.close() for live in self._live.values() for pods in live.pods.values())
+        )
+        self._live.clear()
+
+    # --- reads ---------------------------------------------------------------------
+
+    def services(self) -> list[tuple[Service, dict[str, Any]]]:
+        out = []
+        for stored in self.store.list_services():
+            service = parse_service(stored.manifest)
+            out.append((service, self.store.get_status(service.namespace, service.name) or {}))
+        return out
+
+    def revisions(self, namespace: str | None = None) -> list[Revision]:
+        return [Revision.from_dict(d) for d in self.store.list_revisions(namespace)]
+
+    def pods(self) -> list[dict[str, Any]]:
+        return [
+            status.to_dict()
+            for live in self._live.values()
+            for pods in live.pods.values()
+            for status in pods.status()
+        ]
+
+    def pod_log(self, name: str) -> Path | None:
+        for pod in self.pods():
+            if pod["name"] == name:
+                return Path(pod["logPath"])
+        return None
+
+    # --- apply / delete ----------------------------------------------------------------
+
+    def apply(self, text: str, base_dir: str | os.PathLike[str]) -> list[tuple[Service, str]]:
+        """Validate every Service in `text`, then store them; (service, revision) pairs.
+
+        Raises ServiceError (one line, naming the field) and changes nothing when
+        any document is invalid.
+        """
+        services = load_services(text)
+        now = datetime.now(UTC)
+        existing = self.revisions()
+        planned: list[tuple[Service, Revision | None]] = []
+        for service in services:
+            require_local_command(service)
+            revision = next_revision(service, existing, created_at=now)
+            candidate = revision or latest_created(service_revisions(service, existing))
+            assert candidate is not None
+            try:
+                resolve_command(PodSpec.from_revision(candidate, base_dir), os.environ)
+            except PodError as exc:
+                raise ServiceError(str(exc)) from None
+            own = service_revisions(service, [*existing, *([revision] if revision else [])])
+            self._check_traffic(service, own)
+            planned.append((service, revision))
+        self._check_hosts([s for s, _ in planned])
+        applied = []
+        with self.store.transaction():
+            for service, revision in planned:
+                self.store.put_service(service_to_dict(service))
+                if revision is not None:
+                    self.store.add_revision({**revision.to_dict(), "baseDir": str(base_dir)})
+        for service, revision in planned:
+            live = self._live.setdefault(service.key, _Live())
+            if revision is not None:
+                live.served.clear()
+            applied.append((service, revision.name if revision else ""))
+            self.enqueue(service.key)
+        return applied
+
+    @staticmethod
+    def _check_traffic(service: Service, own: list[Revision]) -> None:
+        names = {r.name for r in own}
+        for i, target in enumerate(service.traffic):
+            if target.revision_name and target.revision_name not in names:
+                known = ", ".join(sorted(names)) or "none"
+                raise ServiceError(
+                    f"spec.traffic[{i}].revisionName: revision {target.revision_name!r} "
+                    f"does not exist, expected one of: {known}"
+                )
+
+    def _check_hosts(self, services: Iterable[Service]) -> None:
+        claimed: dict[str, str] = {}
+        applying = {s.key for s in services}
+        for ingress in self.routing.ingresses():
+            if ingress.key in applying:
+                continue
+            for rule in ingress.rules:
+                for host in rule.hosts:
+                    claimed[host] = ingress.key
+        for service in services:
+            ingress, _ = route_ingress(service, self.revisions(), domain=self.domain)
+            for rule in ingress.rules:
+                for host in rule.hosts:
+                    owner = claimed.setdefault(host, service.key)
+                    if owner != service.key:
+                        raise ServiceError(
+                            f"metadata.name: host {host} of service {service.key} is already "
+                            f"served by {owner}"
+                        )
+
+    async def delete(self, namespace: str, name: str) -> bool:
+        key = f"{namespace}/{name}"
+        if self.store.get_service(namespace, name) is None:
+            return False
+        self.routing.delete_ingress(key)
+        await self.routing.wait_served(timeout=10)
+        live = self._live.pop(key, None)
+        revisions = [r for r in self.revisions(namespace) if r.service == name]
+        if live is not None:
+            await asyncio.gather(*(pods.close() for pods in live.pods.values()))
+        for revision in revisions:
+            self.routing.delete_backend(_backend_key(revision))
+            self._ready.discard(revision.key)
+        self._save_ready()
+        self.store.delete_service(namespace, name)
+        return True
+
+    async def wait_served(self, key: str, timeout: float) -> bool:
+        live = self._live.setdefault(key, _Live())
+        try:
+            await asyncio.wait_for(live.served.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def url(self, key: str) -> str:
+        namespace, _, name = key.partition("/")
+        status = self.store.get_status(namespace, name) or {}
+        return str(status.get("url", ""))
+
+    # --- reconciling -------------------------------------------------------------------
+
+    def enqueue(self, key: str) -> None:
+        if key not in self._pending:
+            self._pending.add(key)
+            self._queue.put_nowait(key)
+
+    async def _work(self) -> None:
+        resync = asyncio.get_running_loop().time() + RESYNC_S
+        while True:
+            try:
+                key = await asyncio.wait_for(
+                    self._queue.get(), max(0.0, resync - asyncio.get_running_loop().time())
+                )
+            except TimeoutError:
+                resync = asyncio.get_running_loop().time() + RESYNC_S
+                for stored in self.store.list_services():
+                    self.enqueue(stored.key)
+                continue
+            self._pending.discard(key)
+            try:
+                await self.reconcile(key)
+            except Exception:
+                log.exception("reconciling service %s failed", key)
+
+    async def reconcile(self, key: str) -> None:
+        namespace, _, name = key.partition("/")
+        stored = self.store.get_service(namespace, name)
+        if stored is None:
+            return
+        service = parse_service(stored.manifest)
+        live = self._live.setdefault(key, _Live())
+        revisions = service_revisions(service, self.revisions(namespace))
+        base_dirs = {
+            d["name"]: d.get("baseDir", ".")
+            for d in self.store.list_revisions(namespace, service.name)
+        }
+        failed = self._failed(live)
+        ingress, route = route_ingress(
+            service, revisions, domain=self.domain, ready=self._ready, failed=failed
+        )
+        routed = {t.revision_name for t in route.traffic}
+        newest = latest_created(revisions)
+
+        def wanted(revision: Revision) -> int:
+            starting = revision is newest and revision.key not in self._ready
+            return self.scale_policy(revision, revision.name in routed or starting)
+
+        for revision in revisions:
+            pods = live.pods.get(revision.name)
+            if pods is None and wanted(revision) == 0:
+                continue
+            if pods is None:
+                pods = self._revision_pods(key, revision, base_dirs.get(revision.name, "."))
+                live.pods[revision.name] = pods
+            if wanted(revision) >= len(pods.pods):
+                await pods.scale(wanted(revision))
+
+        served = False
+        if route.traffic_assigned:
+            self.routing.apply_ingress(ingress)
+            served = await self.routing.wait_served(timeout=10)
+            live.route = route
+        # Only once the route no longer names them do unrouted revisions shrink.
+        for revision in revisions:
+            pods = live.pods.get(revision.name)
+            if pods is not None and wanted(revision) < len(pods.pods):
+                await pods.scale(wanted(revision))
+
+        previous = self.store.get_status(namespace, name)
+        status = service_status(
+            service,
+            revisions,
+            live.route or route,
+            now=datetime.now(UTC),
+            ready={r.rsplit("/", 1)[-1] for r in self._ready if r.startswith(namespace + "/")},
+            failed=failed,
+            ingress_ready=served,
+            previous=previous,
+        )
+        self.store.put_status(namespace, name, status)
+        if (
+            served
+            and newest is not None
+            and newest.key in self._ready
+            and status.get("latestReadyRevisionName") == newest.name
+        ):
+            live.served.set()
+
+    def _failed(self, live: _Live) -> dict[str, str]:
+        failed = {}
+        for revision, pods in live.pods.items():
+            statuses = pods.status()
+            if (
+                statuses
+                and not any(s.ready for s in statuses)
+                and f"{pods.spec.namespace}/{revision}" not in self._ready
+                and any(s.restarts >= CRASHES_BEFORE_FAILED for s in statuses)
+            ):
+                failed[revision] = next(s.reason for s in statuses if s.reason)
+        return failed
+
+    def _revision_pods(self, key: str, revision: Revision, base_dir: str) -> RevisionPods:
+        backend_key = _backend_key(revision)
+        http2 = revision.template.container.port.http2
+
+        def changed(endpoints: list[PodEndpoint]) -> None:
+            self.routing.set_backend(
+                backend_key,
+                Backend(
+                    endpoints=tuple(Endpoint(e.address, e.port) for e in endpoints), http2=http2
+                ),
+            )
+            if endpoints and revision.key not in self._ready:
+                self._ready.add(revision.key)
+                self._save_ready()
+            self.enqueue(key)
+
+        async def before_stop(_pods: object) -> None:
+            await self.routing.wait_served(timeout=10)
+
+        return RevisionPods.for_revision(
+            revision,
+            base_dir=base_dir,
+            log_dir=self.log_dir,
+            on_change=changed,
+            before_stop=before_stop,
+            **self.pod_options,
+        )
+
+    def _save_ready(self) -> None:
+        self.store.put_setting(READY_SETTING, sorted(self._ready))
+
+
+def _backend_key(revision: Revision) -> str:
+    return BackendRef(revision.namespace, revision.name, SERVICE_PORT).key
