@@ -15,9 +15,8 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	PORT=8090 TARGET=World $(BIN)/python examples/helloworld/app.py & app=$$!; \
-	trap 'kill $$app 2>/dev/null' EXIT INT TERM; \
-	$(BIN)/wakegate serve -f examples/helloworld/ingress.yaml
+	$(BIN)/wakegate up -f examples/helloworld/helloworld-go.yaml
+
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -140,6 +140,10 @@ class LocalServing:
             for status in pods.status()
         ]
 
+    def is_ready(self, revision: Revision) -> bool:
+        """Whether the revision has ever had a ready pod (it stays ready at zero)."""
+        return revision.key in self._ready
+
     def pod_log(self, name: str) -> Path | None:
         for pod in self.pods():
             if pod["name"] == name:
@@ -284,8 +288,9 @@ class LocalServing:
             for d in self.store.list_revisions(namespace, service.name)
         }
         failed = self._failed(live)
+        ready = {r.name for r in revisions if r.key in self._ready}
         ingress, route = route_ingress(
-            service, revisions, domain=self.domain, ready=self._ready, failed=failed
+            service, revisions, domain=self.domain, ready=ready, failed=failed
         )
         routed = {t.revision_name for t in route.traffic}
         newest = latest_created(revisions)
@@ -321,7 +326,7 @@ class LocalServing:
             revisions,
             live.route or route,
             now=datetime.now(UTC),
-            ready={r.rsplit("/", 1)[-1] for r in self._ready if r.startswith(namespace + "/")},
+            ready=ready,
             failed=failed,
             ingress_ready=served,
             previous=previous,

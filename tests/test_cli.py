@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -39,13 +38,13 @@ def test_bootstrap_is_accepted_by_envoy(tmp_path: Path, delta: bool) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_serve_reports_a_port_in_use_and_exits_2(tmp_path: Path) -> None:
+def test_up_reports_a_port_in_use_and_exits_2(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [*WAKEGATE, "serve", "--port", str(port), "--data-dir", str(tmp_path)],
+            [*WAKEGATE, "up", "--port", str(port), "--data-dir", str(tmp_path)],
             capture_output=True,
             text=True,
             timeout=60,
@@ -55,11 +54,11 @@ def test_serve_reports_a_port_in_use_and_exits_2(tmp_path: Path) -> None:
     assert len(lines) == 1 and str(port) in lines[0] and "in use" in lines[0], result.stderr
 
 
-def test_serve_rejects_a_bad_manifest_and_exits_2(tmp_path: Path) -> None:
+def test_up_rejects_a_bad_manifest_and_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text((ROOT / "examples/helloworld/ingress.yaml").read_text().replace("100", "90"))
     result = subprocess.run(
-        [*WAKEGATE, "serve", "-f", str(bad), "--data-dir", str(tmp_path)],
+        [*WAKEGATE, "up", "-f", str(bad), "--data-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -69,39 +68,27 @@ def test_serve_rejects_a_bad_manifest_and_exits_2(tmp_path: Path) -> None:
 
 
 @pytest.mark.envoy
-async def test_serve_the_hello_world_example(tmp_path: Path) -> None:
-    """What `make run` does, on free ports: the example answers through the gateway."""
-    app_port, port = free_port(), free_port()
-    manifest = tmp_path / "ingress.yaml"
-    manifest.write_text(
-        (ROOT / "examples/helloworld/ingress.yaml").read_text().replace("8090", str(app_port))
-    )
-    env = {**os.environ, "PORT": str(app_port), "TARGET": "World"}
-    app = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "examples/helloworld/app.py"), env=env
-    )
-    serve = await asyncio.create_subprocess_exec(
-        *WAKEGATE, "serve", "-f", str(manifest), "--data-dir", str(tmp_path),
-        "--port", str(port), "--internal-port", str(free_port()),
-        "--tls-port", str(free_port()), "--admin-port", "0",
-        "--xds-port", "0", "--api-port", "0",
+async def test_up_serves_the_hello_world_example(tmp_path: Path) -> None:
+    """What `make run` does, on free ports: the seed's Service answers through the gateway."""
+    port = free_port()
+    up = await asyncio.create_subprocess_exec(
+        *WAKEGATE, "up", "-f", str(ROOT / "examples/helloworld/helloworld-go.yaml"),
+        "--data-dir", str(tmp_path), "--port", str(port), "--internal-port", str(free_port()),
+        "--tls-port", str(free_port()), "--admin-port", "0", "--xds-port", "0", "--api-port", "0",
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
-        assert serve.stdout is not None
+        assert up.stdout is not None
         lines: list[str] = []
         while not lines or lines[-1] != "ready":
-            line = await asyncio.wait_for(serve.stdout.readline(), 30)
-            assert line, f"serve exited early: {lines}"
+            line = await asyncio.wait_for(up.stdout.readline(), 60)
+            assert line, f"up exited early: {lines}"
             lines.append(line.decode().strip())
-        assert any("curl -H 'Host: helloworld-go.default.example.com'" in x for x in lines)
-        status, body, _ = await get(
-            f"http://127.0.0.1:{port}/", host="helloworld-go.default.example.com"
-        )
+        host = "helloworld-go.default.example.com"
+        assert f"curl -H 'Host: {host}' http://127.0.0.1:{port}/" in lines
+        status, body, _ = await get(f"http://127.0.0.1:{port}/", host=host)
         assert (status, body) == (200, "Hello World!\n")
     finally:
-        for proc in (serve, app):
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(serve.wait(), 15) == 0
-        await asyncio.wait_for(app.wait(), 15)
+        if up.returncode is None:
+            up.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(up.wait(), 30) == 0

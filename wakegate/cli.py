@@ -1,4 +1,9 @@
-"""wakegate: a Knative-compatible ingress control plane for Envoy."""
+"""wakegate: a Knative-compatible ingress control plane for Envoy.
+
+`wakegate up` runs the local stack in the foreground; the other commands talk to it
+over its loopback API. Errors are one line on stderr with exit code 2 (1 when the
+stack is running but a --wait timed out).
+"""
 
 from __future__ import annotations
 
@@ -9,43 +14,131 @@ import logging
 import signal
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 DEFAULT_API_PORT = 18001
 DEFAULT_XDS_PORT = 18000
 DEFAULT_ADMIN_PORT = 9901
+KINDS = {
+    "ksvc": "services",
+    "service": "services",
+    "services": "services",
+    "revision": "revisions",
+    "revisions": "revisions",
+    "rev": "revisions",
+    "route": "routes",
+    "routes": "routes",
+    "pod": "pods",
+    "pods": "pods",
+    "ingress": "ingresses",
+    "ingresses": "ingresses",
+}
 
 
 class CliError(Exception):
-    """An error reported to the user as one line, exit code 2."""
+    """An error reported to the user as one line."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
 
 
-def _add_gateway_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--node-id", default="wakegate-gateway-0", help="Envoy node id")
-    p.add_argument("--node-cluster", default="wakegate-gateway", help="Envoy node cluster")
-    p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT)
-    p.add_argument("--delta", action="store_true", help="use delta (incremental) xDS")
+# --- parser -----------------------------------------------------------------------------
+
+
+def _api_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--api-port", type=int, default=DEFAULT_API_PORT, help="the stack's API port")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wakegate", description=__doc__)
+    parser = argparse.ArgumentParser(prog="wakegate", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    p = sub.add_parser("up", help="run the local stack in the foreground")
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        type=Path,
+        default=[],
+        help="manifests to apply once the stack is up",
+    )
+    p.add_argument("--data-dir", type=Path, default=Path(".wakegate"))
+    p.add_argument("--domain", default="example.com", help="domain of service hosts")
+    p.add_argument("--port", type=int, default=8080, help="gateway's external HTTP port")
+    p.add_argument("--internal-port", type=int, default=8081, help="cluster-local listener")
+    p.add_argument("--tls-port", type=int, default=8443, help="external HTTPS listener")
+    p.add_argument("--bind", default="127.0.0.1", help="gateway listener address")
+    p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
+    p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT, help="Envoy admin")
+    p.add_argument("--delta", action="store_true", help="the gateway uses delta xDS")
+    p.add_argument("--no-gateway", action="store_true", help="serve xDS, start no Envoy")
+    _api_arg(p)
+    p.set_defaults(handler=cmd_up)
+
+    p = sub.add_parser("apply", help="apply manifests (Knative Services or KIngress)")
+    p.add_argument("-f", "--filename", required=True, type=Path)
+    p.add_argument("--wait", action="store_true", help="return once the gateway serves it")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds --wait may take")
+    _api_arg(p)
+    p.set_defaults(handler=cmd_apply)
+
+    p = sub.add_parser("get", help="list ksvc|revisions|routes|pods|ingresses")
+    p.add_argument("kind", choices=sorted(KINDS))
+    p.add_argument("-n", "--namespace", default=None, help="only this namespace")
+    p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    _api_arg(p)
+    p.set_defaults(handler=cmd_get)
+
+    p = sub.add_parser("describe", help="show one Service with its revisions and pods")
+    p.add_argument("kind", choices=["ksvc", "service"])
+    p.add_argument("name")
+    p.add_argument("-n", "--namespace", default="default")
+    _api_arg(p)
+    p.set_defaults(handler=cmd_describe)
+
+    p = sub.add_parser("delete", help="delete a Service (or a KIngress)")
+    p.add_argument("kind", choices=["ksvc", "service", "ingress"])
+    p.add_argument("name")
+    p.add_argument("-n", "--namespace", default="default")
+    _api_arg(p)
+    p.set_defaults(handler=cmd_delete)
+
+    p = sub.add_parser("logs", help="print a pod's log")
+    p.add_argument("pod")
+    p.add_argument("--tail", type=int, default=0, help="only the last N lines")
+    _api_arg(p)
+    p.set_defaults(handler=cmd_logs)
+
+    p = sub.add_parser("status", help="snapshot version and each gateway's xDS status")
+    _api_arg(p)
+    p.set_defaults(handler=cmd_status)
+
     p = sub.add_parser("bootstrap", help="print an Envoy gateway bootstrap")
-    _add_gateway_args(p)
+    p.add_argument("--node-id", default="wakegate-gateway-0")
+    p.add_argument("--node-cluster", default="wakegate-gateway")
     p.add_argument("--xds-host", default="127.0.0.1")
     p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
+    p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT)
+    p.add_argument("--delta", action="store_true", help="use delta (incremental) xDS")
     p.add_argument("-o", "--output", choices=["json", "yaml"], default="yaml")
     p.set_defaults(handler=cmd_bootstrap)
 
     p = sub.add_parser("gateway", help="run and supervise an Envoy gateway")
-    _add_gateway_args(p)
+    p.add_argument("--node-id", default="wakegate-gateway-0")
+    p.add_argument("--node-cluster", default="wakegate-gateway")
     p.add_argument("--xds-host", default="127.0.0.1")
     p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
+    p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT)
+    p.add_argument("--delta", action="store_true", help="use delta (incremental) xDS")
     p.add_argument(
         "--workdir",
         type=Path,
@@ -53,31 +146,252 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the bootstrap and Envoy's log are written",
     )
     p.set_defaults(handler=cmd_gateway)
+    return parser  # fmt: skip
 
-    p = sub.add_parser("serve", help="run the control plane (and a gateway) from manifests")
-    _add_gateway_args(p)
-    p.add_argument("-f", "--filename", action="append", type=Path, default=[])
-    p.add_argument("--port", type=int, default=8080, help="external HTTP listener port")
-    p.add_argument("--internal-port", type=int, default=8081, help="cluster-local listener")
-    p.add_argument("--tls-port", type=int, default=8443, help="external HTTPS listener")
-    p.add_argument("--bind", default="127.0.0.1", help="gateway listener address")
-    p.add_argument("--xds-host", default="127.0.0.1")
-    p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
-    p.add_argument("--api-port", type=int, default=DEFAULT_API_PORT)
-    p.add_argument("--data-dir", type=Path, default=Path(".wakegate"))
-    p.add_argument("--no-gateway", action="store_true", help="serve xDS only")
-    p.set_defaults(handler=cmd_serve)
 
-    p = sub.add_parser("apply", help="apply manifests to a running stack")
-    p.add_argument("-f", "--filename", required=True, type=Path)
-    p.add_argument("--wait", action="store_true", help="return once the gateways serve it")
-    p.add_argument("--api-port", type=int, default=DEFAULT_API_PORT)
-    p.set_defaults(handler=cmd_apply)
+# --- the stack ------------------------------------------------------------------------------
 
-    p = sub.add_parser("status", help="show the snapshot version and gateway xDS status")
-    p.add_argument("--api-port", type=int, default=DEFAULT_API_PORT)
-    p.set_defaults(handler=cmd_status)
-    return parser
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from wakegate.stack import LocalStack, StackConfig
+
+    manifests = []
+    for path in args.filename:
+        try:
+            manifests.append((path, path.read_text()))
+        except OSError as exc:
+            raise CliError(f"-f {path}: {exc.strerror}") from exc
+    stack = LocalStack(
+        StackConfig(
+            data_dir=args.data_dir,
+            domain=args.domain,
+            bind=args.bind,
+            port=args.port,
+            internal_port=args.internal_port,
+            tls_port=args.tls_port,
+            xds_port=args.xds_port,
+            api_port=args.api_port,
+            admin_port=args.admin_port,
+            delta=args.delta,
+            gateway=not args.no_gateway,
+        )
+    )
+    stack.preflight()
+
+    async def run() -> None:
+        try:
+            await stack.start()
+            print(f"api      http://127.0.0.1:{stack.api_port}", flush=True)
+            print(f"xds      grpc://{stack.config.xds_host}:{stack.xds_port}", flush=True)
+            if stack.gateway is not None:
+                print(f"gateway  http://{args.bind}:{args.port}  "
+                      f"(cluster-local :{args.internal_port}, admin {stack.gateway.admin_url})",
+                      flush=True)  # fmt: skip
+            print(f"data     {args.data_dir}", flush=True)
+            for path, text in manifests:
+                reply = await _apply_in_process(stack, text, path)
+                for line in reply:
+                    print(line, flush=True)
+            print("ready", flush=True)
+            await _until_signalled()
+        finally:
+            await stack.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+async def _apply_in_process(stack: Any, text: str, path: Path) -> list[str]:
+    """Apply a manifest given to `up -f` through the stack's own API."""
+    import aiohttp
+
+    query = urllib.parse.urlencode({"wait": "1", "dir": str(path.absolute().parent)})
+    url = f"http://127.0.0.1:{stack.api_port}/v1/manifests?{query}"
+    async with aiohttp.ClientSession() as session, session.put(url, data=text) as resp:
+        reply = await resp.json()
+    if resp.status >= 400 and "error" in reply:
+        raise CliError(f"-f {path}: {reply['error']}")
+    return _applied_lines(reply, port=stack.config.port, wait=True)
+
+
+def _applied_lines(reply: dict[str, Any], *, port: int | None, wait: bool) -> list[str]:
+    lines = []
+    for item in reply.get("applied", []):
+        if item["kind"] == "Service":
+            what = f"revision {item['revision']}" if item["revision"] else "unchanged"
+            lines.append(f"service.serving.knative.dev/{item['key']} applied ({what})")
+            url = item.get("url", "")
+            if wait and url and reply.get("served"):
+                lines.append(f"  {url} is served")
+                host = urllib.parse.urlsplit(url).hostname
+                if port is not None and host:
+                    lines.append(f"  curl -H 'Host: {host}' http://127.0.0.1:{port}/")
+        else:
+            lines.append(f"ingress {item['key']} applied (version {reply.get('version')})")
+    if wait and reply.get("served") and "seconds" in reply:
+        lines.append(f"served by every gateway after {reply['seconds']} s")
+    return lines
+
+
+# --- the client commands -----------------------------------------------------------------
+
+
+def _api(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=600) as resp:
+            raw, status, ctype = resp.read(), resp.status, resp.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as exc:
+        raw, status, ctype = exc.read(), exc.code, exc.headers.get("Content-Type", "")
+    except urllib.error.URLError as exc:
+        raise CliError(
+            f"api: cannot reach http://127.0.0.1:{port} ({exc.reason}); is `wakegate up` running?"
+        ) from exc
+    if "json" in ctype:
+        return status, json.loads(raw or b"null")
+    return status, raw.decode(errors="replace")
+
+
+def _check(status: int, reply: Any) -> Any:
+    if status >= 400:
+        message = reply.get("error") if isinstance(reply, dict) else str(reply).strip()
+        raise CliError(message or f"api answered {status}")
+    return reply
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    try:
+        body = args.filename.read_bytes()
+    except OSError as exc:
+        raise CliError(f"-f {args.filename}: {exc.strerror}") from exc
+    query = {"dir": str(args.filename.resolve().parent), "timeout": str(args.timeout)}
+    if args.wait:
+        query["wait"] = "1"
+    status, reply = _api(
+        args.api_port, "PUT", "/v1/manifests?" + urllib.parse.urlencode(query), body
+    )
+    if status == 504 and isinstance(reply, dict):
+        for line in _applied_lines(reply, port=None, wait=False):
+            print(line)
+        reasons = [
+            f"{i['key']}: {i.get('ready', {}).get('message') or i.get('ready', {}).get('reason')}"
+            for i in reply.get("applied", [])
+        ]
+        raise CliError(f"not served within {args.timeout:g} s ({'; '.join(reasons)})", code=1)
+    reply = _check(status, reply)
+    port = _gateway_port(args.api_port) if args.wait else None
+    for line in _applied_lines(reply, port=port, wait=args.wait):
+        print(line)
+    return 0
+
+
+def _gateway_port(api_port: int) -> int | None:
+    _, status = _api(api_port, "GET", "/v1/status")
+    return status.get("gatewayPort") if isinstance(status, dict) else None
+
+
+def _age(stamp: str | None) -> str:
+    if not stamp:
+        return "-"
+    seconds = int((datetime.now(UTC) - datetime.fromisoformat(stamp)).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def _table(headers: Sequence[str], rows: list[Sequence[Any]]) -> str:
+    cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in cells
+    )
+
+
+def _rows(kind: str, items: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    if kind == "services":
+        return ["NAME", "URL", "LATESTCREATED", "LATESTREADY", "READY", "REASON"], [
+            [i["name"], i["url"], i["latestCreatedRevisionName"], i["latestReadyRevisionName"],
+             i["ready"], i["reason"]]
+            for i in items
+        ]  # fmt: skip
+    if kind == "revisions":
+        return ["NAME", "SERVICE", "GENERATION", "READY", "ROUTED", "PODS", "AGE"], [
+            [i["name"], i["service"], i["generation"], i["ready"], i["routed"],
+             f"{i['readyPods']}/{i['pods']}", _age(i["createdAt"])]
+            for i in items
+        ]  # fmt: skip
+    if kind == "routes":
+        return ["NAME", "URL", "TRAFFIC", "READY", "REASON"], [
+            [i["name"], i["url"],
+             ",".join(f"{t['percent']}%->{t['revisionName']}" for t in i["traffic"]) or "-",
+             i["ready"], i["reason"]]
+            for i in items
+        ]  # fmt: skip
+    if kind == "pods":
+        return ["NAME", "READY", "STATUS", "RESTARTS", "ADDRESS", "AGE", "REASON"], [
+            [i["name"], "1/1" if i["ready"] else "0/1", i["phase"], i["restarts"],
+             f"{i['address']}:{i['port']}" if i["port"] else "-", _age(i["startedAt"]),
+             i["reason"] or ""]
+            for i in items
+        ]  # fmt: skip
+    return ["NAME", "HOSTS"], [[i["key"], ",".join(i["hosts"])] for i in items]
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    kind = KINDS[args.kind]
+    items = _check(*_api(args.api_port, "GET", f"/v1/{kind}"))
+    if args.namespace:
+        items = [
+            i
+            for i in items
+            if i.get("namespace", i.get("key", "").partition("/")[0]) == args.namespace
+        ]
+    if args.output == "json":
+        print(json.dumps(items, indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump(items, sort_keys=False), end="")
+    elif not items:
+        print("No resources found.")
+    else:
+        print(_table(*_rows(kind, items)))
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    reply = _check(*_api(args.api_port, "GET", f"/v1/services/{args.namespace}/{args.name}"))
+    print(yaml.safe_dump(reply, sort_keys=False), end="")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    path = "ingresses" if args.kind == "ingress" else "services"
+    reply = _check(*_api(args.api_port, "DELETE", f"/v1/{path}/{args.namespace}/{args.name}"))
+    print(f"{args.kind} {reply['deleted']} deleted")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    text = _check(*_api(args.api_port, "GET", f"/v1/pods/{args.pod}/logs?tail={args.tail}"))
+    sys.stdout.write(text)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    print(json.dumps(_check(*_api(args.api_port, "GET", "/v1/status")), indent=2))
+    return 0
+
+
+# --- the gateway on its own ------------------------------------------------------------------
 
 
 def _bootstrap(args: argparse.Namespace) -> dict[str, object]:
@@ -102,14 +416,6 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _until_signalled() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-
-
 def cmd_gateway(args: argparse.Namespace) -> int:
     from wakegate.envoy_process import EnvoyGateway
 
@@ -126,115 +432,33 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from wakegate.api import Api
-    from wakegate.controlplane import ControlPlane
-    from wakegate.envoy_process import EnvoyGateway, check_port_free
-    from wakegate.reconciler.manifests import ManifestReconciler, load_manifests
-    from wakegate.xds.translate import GatewayConfig
-
-    manifests = [load_manifests(path.read_text(), source=str(path)) for path in args.filename]
-
-    async def run() -> None:
-        cp = ControlPlane(
-            GatewayConfig(
-                external_port=args.port,
-                internal_port=args.internal_port,
-                tls_port=args.tls_port,
-                bind_address=args.bind,
-                https_redirect_port=args.tls_port,
-            ),
-            group=args.node_cluster,
-        )
-        reconciler = ManifestReconciler(cp)
-        for m in manifests:
-            reconciler.apply(m)
-        gateway = None
-        if not args.no_gateway:
-            for port, flag in ((args.port, "--port"), (args.internal_port, "--internal-port")):
-                check_port_free(port, args.bind, purpose=f"gateway listener ({flag})")
-            check_port_free(args.admin_port, "127.0.0.1", purpose="Envoy admin (--admin-port)")
-            gateway = EnvoyGateway({}, args.data_dir / "gateway", supervise=True)
-        xds_port = await cp.start(args.xds_host, args.xds_port)
-        api = Api(cp, reconciler)
-        api_port = await api.start("127.0.0.1", args.api_port)
-        try:
-            print(f"xds      grpc://{args.xds_host}:{xds_port}", flush=True)
-            print(f"api      http://127.0.0.1:{api_port}", flush=True)
-            if gateway is not None:
-                args.xds_port = xds_port
-                gateway.bootstrap = _bootstrap(args)
-                await gateway.start()
-                await cp.wait_served(timeout=10)
-                print(
-                    f"gateway  http://{args.bind}:{args.port} (cluster-local :{args.internal_port})"
-                )
-                for ingress in cp.ingresses():
-                    for rule in ingress.rules:
-                        for host in rule.hosts:
-                            print(f"  curl -H 'Host: {host}' http://127.0.0.1:{args.port}/")
-            print("ready", flush=True)
-            await _until_signalled()
-        finally:
-            if gateway is not None:
-                await gateway.stop()
-            await api.stop()
-            await cp.stop()
-
-    asyncio.run(run())
-    return 0
-
-
-def _api(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
-    except urllib.error.URLError as exc:
-        raise CliError(
-            f"api: cannot reach http://127.0.0.1:{port} ({exc.reason}); is the stack running?"
-        ) from exc
-
-
-def cmd_apply(args: argparse.Namespace) -> int:
-    try:
-        body = args.filename.read_bytes()
-    except OSError as exc:
-        raise CliError(f"-f {args.filename}: {exc.strerror}") from exc
-    query = "?wait=1" if args.wait else ""
-    status, reply = _api(args.api_port, "PUT", f"/v1/manifests{query}", body)
-    if status >= 400:
-        raise CliError(reply.get("error") or f"not served within the timeout: {reply}")
-    for key in reply.get("applied", []):
-        print(f"ingress {key} applied (version {reply['version']})")
-    if args.wait:
-        print(f"served by every gateway in {reply.get('seconds')} s")
-    return 0
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    _, reply = _api(args.api_port, "GET", "/v1/status")
-    print(json.dumps(reply, indent=2))
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from wakegate.envoy_process import GatewayError
     from wakegate.ingress.kingress import IngressError
     from wakegate.reconciler.manifests import ManifestError
+    from wakegate.reconciler.serving import ServiceError
+    from wakegate.store import StoreError
 
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (CliError, ManifestError, IngressError, GatewayError, OSError) as exc:
+    except CliError as exc:
+        print(f"wakegate: {exc}", file=sys.stderr)
+        return exc.code
+    except (
+        ManifestError,
+        IngressError,
+        ServiceError,
+        GatewayError,
+        StoreError,
+        OSError,
+    ) as exc:
         print(f"wakegate: {exc}", file=sys.stderr)
         return 2
 

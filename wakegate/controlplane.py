@@ -165,9 +165,7 @@ class ControlPlane:
             old = current.resources
             added = target.get(CLUSTER, {}).keys() - old.get(CLUSTER, {}).keys()
             removed = old.get(CLUSTER, {}).keys() - target.get(CLUSTER, {}).keys()
-            both = {
-                t: {**old.get(t, {}), **target.get(t, {})} for t in (CLUSTER, ENDPOINT)
-            }
+            both = {t: {**old.get(t, {}), **target.get(t, {})} for t in (CLUSTER, ENDPOINT)}
             if added:
                 await self._step({**old, **both, LISTENER: old[LISTENER], ROUTE: old[ROUTE]})
             if removed:
