@@ -49,9 +49,7 @@ class PodSet:
         for ip, port in addresses:
             key = (ip, port)
             if key not in slots:
-                slot = self._slots.get(key) or PodSlot(ip, port)
-                slot.unreachable_until = 0.0
-                slots[key] = slot
+                slots[key] = self._slots.get(key) or PodSlot(ip, port)
         self._slots = slots
 
     def _has_room(self, slot: PodSlot) -> bool:

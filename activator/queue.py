@@ -10,11 +10,12 @@ and every wait ends at the request's deadline.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
-from wakegate.activator.concurrency import ConcurrencyMeter
 from wakegate.activator.pods import PodSet, PodSlot
+from wakegate.autoscaler.metrics import ConcurrencySnapshot, ConcurrencyTracker
 
 
 class QueueFull(Exception):
@@ -36,14 +37,19 @@ class RevisionQueue:
         max_queued: int,
         default_hold_timeout_s: float,
         on_held_without_pods: Callable[[RevisionQueue], None] | None = None,
+        interval_start: float | None = None,
     ) -> None:
+        """`interval_start` (a `time.monotonic()` time) begins the first stats interval,
+        so revisions created at different times share interval boundaries."""
         self.namespace = namespace
         self.revision = revision
         self.max_queued = max_queued
         self.default_hold_timeout_s = default_hold_timeout_s
         self.on_held_without_pods = on_held_without_pods
         self.pods = PodSet()
-        self.meter = ConcurrencyMeter()
+        self._load = ConcurrencyTracker(
+            time.monotonic() if interval_start is None else interval_start
+        )
         self.known = False
         """Whether the control plane has told us about this revision."""
         self.hold_timeout_s_from_control_plane = 0.0
@@ -66,6 +72,21 @@ class RevisionQueue:
         return self._queued
 
     @property
+    def in_flight(self) -> int:
+        """Requests inside the activator for this revision, held or forwarded."""
+        return self._load.in_flight
+
+    def request_started(self) -> None:
+        self._load.start(time.monotonic())
+
+    def request_finished(self) -> None:
+        self._load.finish(time.monotonic())
+
+    def take_load(self) -> ConcurrencySnapshot:
+        """Exact average concurrency and arrivals since the previous call."""
+        return self._load.snapshot(time.monotonic())
+
+    @property
     def waiting_for_pods(self) -> bool:
         """Requests are held and the revision has no ready pod: it must scale from zero."""
         return self._queued > 0 and not self.pods
@@ -83,7 +104,9 @@ class RevisionQueue:
         self.hold_timeout_s_from_control_plane = hold_timeout_s
         if self.pods:
             self._poked = False
-        self._dispatch()
+            self._dispatch()
+        else:
+            self._poke_if_waiting()
 
     def forget(self) -> None:
         """The revision was removed: no pod is picked any more; held requests time out."""
@@ -91,13 +114,20 @@ class RevisionQueue:
         self.pods.replace(())
         self.hold_timeout_s_from_control_plane = 0.0
 
+    def _poke_if_waiting(self) -> None:
+        """Ask once per wait for a pod when requests are held and no pod is ready."""
+        if self.waiting_for_pods and not self._poked:
+            self._poked = True
+            if self.on_held_without_pods is not None:
+                self.on_held_without_pods(self)
+
     async def acquire(self, deadline: float) -> PodSlot:
         """A pod slot for one request, waiting until `deadline` (event-loop time) if needed.
 
         Raises QueueFull or HoldTimeout. The caller must `release` the slot.
         """
         loop = asyncio.get_running_loop()
-        if not self._waiters:
+        if not self._queued:
             slot = self.pods.pick(loop.time())
             if slot is not None:
                 return slot
@@ -106,11 +136,8 @@ class RevisionQueue:
         waiter: asyncio.Future[PodSlot] = loop.create_future()
         self._waiters.append(waiter)
         self._queued += 1
-        if not self.pods and not self._poked:
-            self._poked = True
-            if self.on_held_without_pods is not None:
-                self.on_held_without_pods(self)
-        self._schedule_retry()
+        self._poke_if_waiting()
+        self._dispatch()
         try:
             async with asyncio.timeout_at(deadline):
                 return await waiter
@@ -126,7 +153,8 @@ class RevisionQueue:
             self._queued -= 1
             if self._queued == 0:
                 self._poked = False
-            if len(self._waiters) > 2 * self._queued + 64:
+                self._waiters.clear()
+            elif len(self._waiters) > 2 * self._queued + 64:
                 self._waiters = deque(w for w in self._waiters if not w.done())
 
     def release(self, slot: PodSlot) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
+
 from wakegate.proto.v1 import autoscaler_pb2 as pb
 from wakegate.proto.v1 import autoscaler_pb2_grpc as pb_grpc
 

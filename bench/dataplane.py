@@ -2,7 +2,8 @@
 
 The same app process is loaded with `hey` (and `wrk`) directly, then through a real
 Envoy routing its host, once per Envoy `--concurrency`. Target: through the gateway
-≥ 90 % of the direct throughput. The CPU figures say who used the two cores during each
+≥ 90 % of the direct throughput. A run over one connection adds the latency per request
+without queueing. The CPU figures say who used the two cores during each
 run: the load generator, the app (single-threaded Python) and Envoy all share them.
 """
 
@@ -28,8 +29,7 @@ TARGET_RATIO = 0.90
 @dataclass
 class Load:
     tool: str
-    rate: float
-    """The requests/s the generator was capped at; 0 for as fast as it can."""
+    connections: int
     path: str
     rps: float
     p50_s: float
@@ -66,16 +66,11 @@ def parse_wrk(out: str) -> tuple[float, float, float, int, int]:
     return rps, _seconds(pct["50"]), _seconds(pct["99"]), total - bad, bad
 
 
-def command(
-    tool: str, url: str, host: str | None, duration: float, connections: int, rate: float = 0
-) -> list[str]:
-    """The load generator's command line; `rate` (hey only) caps the total requests/s."""
+def command(tool: str, url: str, host: str | None, duration: float, connections: int) -> list[str]:
     if tool == "hey":
         argv = ["hey", "-z", f"{duration:g}s", "-c", str(connections)]
-        if rate > 0:
-            argv += ["-q", f"{rate / connections:g}"]
         return [*argv, *(["-host", host] if host else []), url]
-    argv = ["wrk", "-t", str(min(2, os.cpu_count() or 1)), "-c", str(connections)]
+    argv = ["wrk", "-t", str(min(2, os.cpu_count() or 1, connections)), "-c", str(connections)]
     argv += ["-d", f"{duration:g}s", "--latency"]
     return [*argv, *(["-H", f"Host: {host}"] if host else []), url]
 
@@ -90,16 +85,15 @@ async def load(
     connections: int,
     warmup: float,
     pids: dict[str, int],
-    rate: float = 0,
 ) -> Load:
     """One run of `tool`; CPU shares measured for the processes in `pids` and the tool."""
     if warmup > 0:
-        await _exec(command(tool, url, host, warmup, connections, rate))
+        await _exec(command(tool, url, host, warmup, connections))
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     busy, total = machine_cpu()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
-    out = await _exec(command(tool, url, host, duration, connections, rate))
+    out = await _exec(command(tool, url, host, duration, connections))
     wall = time.monotonic() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy_after, total_after = machine_cpu()
@@ -108,7 +102,7 @@ async def load(
     cores = (total_after - total) / wall
     cpu["machine"] = (busy_after - busy) / (total_after - total) * cores
     rps, p50, p99, ok, failed = (parse_hey if tool == "hey" else parse_wrk)(out)
-    return Load(tool, rate, path, rps, p50, p99, ok, failed, cpu)
+    return Load(tool, connections, path, rps, p50, p99, ok, failed, cpu)
 
 
 async def _exec(argv: list[str]) -> str:
@@ -131,41 +125,44 @@ async def main_async(args: argparse.Namespace) -> None:
     )
     if missing:
         print(f"not installed, skipped: {', '.join(missing)} (apt-get install {' '.join(missing)})")
-    plans = [(tool, 0.0) for tool in tools]
-    if args.rate > 0 and "hey" in tools:
-        plans.append(("hey", args.rate))
+    plans = [(tool, args.connections) for tool in tools]
+    if args.latency and tools and args.connections != 1:
+        plans.append(("wrk" if "wrk" in tools else "hey", 1))
     if not plans:
         return
     runs: list[Load] = []
-    common = {"duration": args.duration, "connections": args.connections, "warmup": args.warmup}
+    common = {"duration": args.duration, "warmup": args.warmup}
     async with start_hello() as app:
         direct = f"http://127.0.0.1:{app.port}/"
-        for tool, rate in plans:
+        for tool, conns in plans:
             pids = {"app": app.pid}
-            runs.append(await load(tool, "direct", direct, None, pids=pids, rate=rate, **common))
+            runs.append(
+                await load(tool, "direct", direct, None, connections=conns, pids=pids, **common)
+            )
         for concurrency in args.concurrency:
             state = single_route("helloworld-go", HOST, app.port)
             async with gateway(state, concurrency=concurrency) as gw:
                 pids = {"app": app.pid, "envoy": gw.envoy_pid}
                 path = f"Envoy --concurrency {concurrency}"
-                for tool, rate in plans:
+                for tool, conns in plans:
                     runs.append(
-                        await load(tool, path, gw.url + "/", HOST, pids=pids, rate=rate, **common)
+                        await load(
+                            tool, path, gw.url + "/", HOST, connections=conns, pids=pids, **common
+                        )
                     )
     report(runs)
 
 
 def report(runs: Sequence[Load]) -> None:
-    base = {(r.tool, r.rate): r for r in runs if r.path == "direct"}
+    base = {(r.tool, r.connections): r for r in runs if r.path == "direct"}
     rows = []
-    for r in sorted(runs, key=lambda r: (r.rate, r.tool)):
-        direct = base[r.tool, r.rate]
-        if r.rate:
-            tool = f"{r.tool} -q (capped at {r.rate:,.0f}/s)"
+    for r in sorted(runs, key=lambda r: (r.connections == 1, r.tool)):
+        direct = base[r.tool, r.connections]
+        tool = f"{r.tool} -c {r.connections}"
+        if r.connections == 1:
             versus = "" if r is direct else f"p50 +{(r.p50_s - direct.p50_s) * 1000:.2f} ms"
             target = ""
         else:
-            tool = r.tool
             ratio = r.rps / direct.rps
             versus = f"{ratio * 100:.0f}%"
             verdict = "" if r is direct else ("met" if ratio >= TARGET_RATIO else "MISSED")
@@ -191,7 +188,8 @@ def report(runs: Sequence[Load]) -> None:
         "asyncio thread), Envoy and the idle control plane; 'machine' is all CPU in use "
         f"(of {100 * (os.cpu_count() or 1)}%, kernel networking included). Where it is near "
         "the top, the machine, not the app, is the limit, and each request Envoy proxies "
-        "takes CPU the app then lacks."
+        "takes CPU the app then lacks. '-c 1': one request at a time, no queueing, so the "
+        "p50 difference is the latency the extra hop adds."
     )
 
 
@@ -207,7 +205,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2], help="Envoy workers")
     p.add_argument("--tools", nargs="+", choices=("hey", "wrk"), default=["hey", "wrk"])
     p.add_argument(
-        "--rate", type=float, default=2000, help="also run hey capped at this many req/s (0: no)"
+        "--latency",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also load over one connection: the latency Envoy adds without queueing",
     )
     return p
 

@@ -106,6 +106,8 @@ def poll(port: int, host: str, interval_s: float = 0.0) -> None:
 
 @dataclass
 class Poller:
+    """The benchmark's end of a running `poll()` process."""
+
     process: asyncio.subprocess.Process
     gens: asyncio.Queue[tuple[str, int]] = field(default_factory=asyncio.Queue)
     rtts: asyncio.Queue[list[int]] = field(default_factory=asyncio.Queue)
@@ -142,6 +144,7 @@ class Poller:
 
 @contextlib.asynccontextmanager
 async def start_poller(port: int, host: str, interval_s: float = 0.0) -> AsyncIterator[Poller]:
+    """`poll()` in a process of its own, so its work does not share the control plane's loop."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
@@ -172,6 +175,8 @@ async def start_poller(port: int, host: str, interval_s: float = 0.0) -> AsyncIt
 
 @dataclass
 class Series:
+    """Latencies (s) of one kind of change, from just before it was applied."""
+
     label: str
     served: list[float] = field(default_factory=list)
     acked: list[float] = field(default_factory=list)
@@ -186,6 +191,7 @@ class Series:
 
 
 def probe(gen: int, backend: str = PROBE) -> Ingress:
+    """The probe ingress at generation `gen`: it appends `Gen: <gen>` to every request."""
     return route(PROBE, PROBE_HOST, backend=backend, headers=(("Gen", str(gen)),), generation=gen)
 
 
@@ -344,15 +350,16 @@ def report(results: Sequence[ModeResult], rules: int, gap_s: float, poll_s: floa
     print(table(["ms", "p50", "p95", "p99", "max", "p50 vs base", "target (ms)"], rows))
     for note in notes:
         print(note)
-    polling = (
-        "back to back, so 'served' overstates by up to one round trip"
+    polling, slack = (
+        ("back to back", "one round trip")
         if poll_s <= 0
-        else f"every {poll_s * 1000:g} ms, so 'served' overstates by up to that plus a round trip"
+        else (f"every {poll_s * 1000:g} ms", f"{poll_s * 1000:g} ms plus a round trip")
     )
     print(
         f"{rules:,} rules + 1 probe; {gap_s * 1000:g} ms pause after each change; the client "
-        f"polls {polling}, from its own process; 'snapshot set' = apply → the control plane "
-        "set the snapshot carrying the change (for a new cluster: the last of its steps)"
+        f"polls {polling} from its own process, so 'served' overstates by up to {slack}; "
+        "'snapshot set' = apply → the control plane set the snapshot carrying the change "
+        "(for a new cluster: the last of its steps)"
     )
 
 

@@ -70,14 +70,23 @@ def initial_scale_policy(revision: Revision, routed: bool) -> int:
     return max(spec.min_scale, spec.initial_scale, 1)
 
 
+@dataclass(frozen=True)
+class Applied:
+    service: Service
+    revision: str
+    """The revision the apply created, "" when the template was unchanged."""
+    generation: int
+
+
 @dataclass
 class _Live:
     """Runtime state of one Service."""
 
     pods: dict[str, RevisionPods] = field(default_factory=dict)
     route: RouteStatus | None = None
-    served: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set when the latest created revision is ready, routed and ACKed by the gateways."""
+    served_generation: int = 0
+    """The Service generation whose routes and revisions the gateways serve."""
+    served: asyncio.Condition = field(default_factory=asyncio.Condition)
 
 
 class LocalServing:
@@ -102,6 +111,8 @@ class LocalServing:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._pending: set[str] = set()
         self._worker: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        """Reconciles and deletes of Services never interleave."""
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -152,8 +163,8 @@ class LocalServing:
 
     # --- apply / delete ----------------------------------------------------------------
 
-    def apply(self, text: str, base_dir: str | os.PathLike[str]) -> list[tuple[Service, str]]:
-        """Validate every Service in `text`, then store them; (service, revision) pairs.
+    def apply(self, text: str, base_dir: str | os.PathLike[str]) -> list[Applied]:
+        """Validate every Service in `text`, then store them, each with its new revision.
 
         Raises ServiceError (one line, naming the field) and changes nothing when
         any document is invalid.
@@ -178,15 +189,12 @@ class LocalServing:
         applied = []
         with self.store.transaction():
             for service, revision in planned:
-                self.store.put_service(service_to_dict(service))
+                generation = self.store.put_service(service_to_dict(service))
                 if revision is not None:
                     self.store.add_revision({**revision.to_dict(), "baseDir": str(base_dir)})
-        for service, revision in planned:
-            live = self._live.setdefault(service.key, _Live())
-            if revision is not None:
-                live.served.clear()
-            applied.append((service, revision.name if revision else ""))
-            self.enqueue(service.key)
+                applied.append(Applied(service, revision.name if revision else "", generation))
+        for item in applied:
+            self.enqueue(item.service.key)
         return applied
 
     @staticmethod
@@ -221,26 +229,30 @@ class LocalServing:
                         )
 
     async def delete(self, namespace: str, name: str) -> bool:
+        """Delete a Service: its route goes first, then its pods, then its backends."""
         key = f"{namespace}/{name}"
-        if self.store.get_service(namespace, name) is None:
-            return False
-        self.routing.delete_ingress(key)
-        await self.routing.wait_served(timeout=10)
-        live = self._live.pop(key, None)
-        revisions = [r for r in self.revisions(namespace) if r.service == name]
-        if live is not None:
-            await asyncio.gather(*(pods.close() for pods in live.pods.values()))
-        for revision in revisions:
-            self.routing.delete_backend(_backend_key(revision))
-            self._ready.discard(revision.key)
-        self._save_ready()
-        self.store.delete_service(namespace, name)
+        async with self._lock:
+            revisions = [r for r in self.revisions(namespace) if r.service == name]
+            if not self.store.delete_service(namespace, name):
+                return False
+            self.routing.delete_ingress(key)
+            await self.routing.wait_served(timeout=10)
+            live = self._live.pop(key, None)
+            if live is not None:
+                await asyncio.gather(*(pods.close() for pods in live.pods.values()))
+            for revision in revisions:
+                self.routing.delete_backend(_backend_key(revision))
+                self._ready.discard(revision.key)
+            self._save_ready()
         return True
 
-    async def wait_served(self, key: str, timeout: float) -> bool:
+    async def wait_served(self, key: str, generation: int, timeout: float) -> bool:
+        """Wait until the gateways serve `generation` of the Service (or a later one):
+        its latest revision ready, its route applied and ACKed, every routed revision up."""
         live = self._live.setdefault(key, _Live())
         try:
-            await asyncio.wait_for(live.served.wait(), timeout)
+            async with asyncio.timeout(timeout), live.served:
+                await live.served.wait_for(lambda: live.served_generation >= generation)
         except TimeoutError:
             return False
         return True
@@ -271,7 +283,8 @@ class LocalServing:
                 continue
             self._pending.discard(key)
             try:
-                await self.reconcile(key)
+                async with self._lock:
+                    await self.reconcile(key)
             except Exception:
                 log.exception("reconciling service %s failed", key)
 
@@ -294,10 +307,11 @@ class LocalServing:
         )
         routed = {t.revision_name for t in route.traffic}
         newest = latest_created(revisions)
+        keep = set(routed)
 
         def wanted(revision: Revision) -> int:
             starting = revision is newest and revision.key not in self._ready
-            return self.scale_policy(revision, revision.name in routed or starting)
+            return self.scale_policy(revision, revision.name in keep or starting)
 
         for revision in revisions:
             pods = live.pods.get(revision.name)
@@ -309,12 +323,16 @@ class LocalServing:
             if wanted(revision) >= len(pods.pods):
                 await pods.scale(wanted(revision))
 
+        # Make before break: traffic moves to a revision once it has a ready pod.
+        cold = {n for n in routed if not (n in live.pods and live.pods[n].ready_pods())}
         served = False
-        if route.traffic_assigned:
+        if route.traffic_assigned and (not cold or live.route is None):
             self.routing.apply_ingress(ingress)
-            served = await self.routing.wait_served(timeout=10)
+            served = await self.routing.wait_served(timeout=10) and not cold
             live.route = route
-        # Only once the route no longer names them do unrouted revisions shrink.
+        if live.route is not None:
+            keep |= {t.revision_name for t in live.route.traffic}
+        # Only revisions no applied route names shrink.
         for revision in revisions:
             pods = live.pods.get(revision.name)
             if pods is not None and wanted(revision) < len(pods.pods):
@@ -330,6 +348,7 @@ class LocalServing:
             failed=failed,
             ingress_ready=served,
             previous=previous,
+            observed_generation=stored.generation,
         )
         self.store.put_status(namespace, name, status)
         if (
@@ -338,7 +357,9 @@ class LocalServing:
             and newest.key in self._ready
             and status.get("latestReadyRevisionName") == newest.name
         ):
-            live.served.set()
+            async with live.served:
+                live.served_generation = stored.generation
+                live.served.notify_all()
 
     def _failed(self, live: _Live) -> dict[str, str]:
         failed = {}

@@ -154,18 +154,22 @@ class Api:
             return _error(400, str(exc))
         served = True
         if wait:
-            for service, _ in applied:
+            for item in applied:
                 remaining = max(0.0, timeout - (time.monotonic() - started))
-                served = await serving.wait_served(service.key, remaining) and served
+                served = (
+                    await serving.wait_served(item.service.key, item.generation, remaining)
+                    and served
+                )
         body: dict[str, Any] = {
             "applied": [
                 {
                     "kind": "Service",
-                    "key": service.key,
-                    "revision": revision,
-                    "url": serving.url(service.key),
+                    "key": item.service.key,
+                    "revision": item.revision,
+                    "generation": item.generation,
+                    "url": serving.url(item.service.key),
                 }
-                for service, revision in applied
+                for item in applied
             ],
         }
         if wait:

@@ -166,7 +166,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     manifests = []
     for path in args.filename:
         try:
-            manifests.append((path, path.read_text()))
+            manifests.append((path.absolute(), path.read_text()))
         except OSError as exc:
             raise CliError(f"-f {path}: {exc.strerror}") from exc
     stack = LocalStack(
@@ -213,7 +213,7 @@ async def _apply_in_process(stack: Any, text: str, path: Path) -> list[str]:
     """Apply a manifest given to `up -f` through the stack's own API."""
     import aiohttp
 
-    query = urllib.parse.urlencode({"wait": "1", "dir": str(path.absolute().parent)})
+    query = urllib.parse.urlencode({"wait": "1", "dir": str(path.parent)})
     url = f"http://127.0.0.1:{stack.api_port}/v1/manifests?{query}"
     async with aiohttp.ClientSession() as session, session.put(url, data=text) as resp:
         reply = await resp.json()

@@ -1,0 +1,77 @@
+"""The activator's Prometheus metrics, in a registry of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from wakegate.activator.revisions import Revisions
+
+_LABELS = ("namespace", "revision")
+
+
+class _RevisionGauges(Collector):
+    """Per-revision gauges read from the live state at scrape time."""
+
+    def __init__(self, revisions: Revisions, connected: Callable[[], bool]) -> None:
+        self._revisions = revisions
+        self._connected = connected
+
+    def collect(self) -> Iterator[Metric]:
+        queued = GaugeMetricFamily(
+            "wakegate_activator_queued_requests", "Requests held waiting for a pod.", labels=_LABELS
+        )
+        in_flight = GaugeMetricFamily(
+            "wakegate_activator_in_flight_requests",
+            "Requests inside the activator, held or forwarded.",
+            labels=_LABELS,
+        )
+        pods = GaugeMetricFamily(
+            "wakegate_activator_ready_pods",
+            "Ready pods the control plane announced.",
+            labels=_LABELS,
+        )
+        for queue in self._revisions:
+            labels = [queue.namespace, queue.revision]
+            queued.add_metric(labels, queue.queued)
+            in_flight.add_metric(labels, queue.in_flight)
+            pods.add_metric(labels, len(queue.pods))
+        yield queued
+        yield in_flight
+        yield pods
+        yield GaugeMetricFamily(
+            "wakegate_activator_control_plane_connected",
+            "1 while both streams to the control plane are up.",
+            value=1.0 if self._connected() else 0.0,
+        )
+
+
+class ActivatorMetrics:
+    def __init__(self, revisions: Revisions, connected: Callable[[], bool]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.responses = Counter(
+            "wakegate_activator_responses",
+            "Responses by revision and status code (the activator's own or a pod's).",
+            ("namespace", "revision", "code"),
+            registry=self.registry,
+        )
+        self.hold_seconds = Histogram(
+            "wakegate_activator_hold_seconds",
+            "How long requests waited for a pod slot.",
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "wakegate_activator_retries",
+            "Requests sent again to another pod after a pod could not be reached.",
+            registry=self.registry,
+        )
+        self.registry.register(_RevisionGauges(revisions, connected))
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

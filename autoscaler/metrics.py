@@ -1,0 +1,293 @@
+"""Time-averaged request concurrency per revision, in Knative's bucketed windows.
+
+How the metric is derived
+-------------------------
+Concurrency is the number of requests in flight for a revision. A source (the
+activator, a gateway-side reporter) keeps a `ConcurrencyTracker` per revision: every
+request start and finish moves the in-flight count, and the tracker integrates that
+count over time. `snapshot(now)` returns the integral since the previous snapshot
+divided by the interval's length, which is the exact time-average concurrency of the
+interval (50 requests always in flight give exactly 50, however short the requests),
+plus the number of requests that arrived in it. Sources snapshot about once a second
+and report every revision they track, zeros included, as Knative's queue-proxy does.
+
+`RevisionMetrics.record` files each report into one-second buckets. A report with
+`interval_s` covers `[now - interval_s, now]` and is spread over the buckets that
+interval overlaps, weighted by the overlap; a report without one is a point sample
+for the bucket holding `now`. Within a bucket, the reports of one source are averaged
+(weighted by the time they cover) and different sources are added, so two activators
+each seeing 10 make 20. Every request must be counted by one source only: Knative
+subtracts the activator-proxied share from pod reports for the same reason.
+
+`average(now, window_s)` follows Knative's `TimedFloat64Buckets.WindowAverage`: the
+sum of the bucket values in the window divided by the number of buckets from the
+first write to the last one. Buckets with no report between two writes count as 0.
+Before data spans the window (just after start, or after a full window without data)
+the average is over the data present; buckets after the last write (the bucket still
+being filled, or a source that went quiet) are left out rather than counted as 0. A
+window with no data averages 0. Averages are floored to 6 decimal places, as Knative
+does, so float noise cannot push `ceil(average / target)` up by a pod.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+BUCKET_S = 1.0
+"""Width of one aggregation bucket (Knative's `BucketSize`)."""
+
+_DIGITS = 1e6
+_DEFAULT_KEEP_S = 120.0
+"""History kept before a wider window is asked for: twice the default stable window."""
+
+
+def _floor6(value: float) -> float:
+    return math.floor(value * _DIGITS) / _DIGITS
+
+
+class ConcurrencySnapshot(NamedTuple):
+    concurrency: float
+    """Time-average in-flight requests over the interval."""
+    requests: int
+    """Requests started during the interval."""
+    interval_s: float
+    """Length of the interval, from the previous snapshot (or creation) to now."""
+
+
+class ConcurrencyTracker:
+    """Exact integrated concurrency of one revision, from request start/finish events.
+
+    `now` must not go backwards; an earlier `now` is treated as the latest one seen.
+    """
+
+    __slots__ = ("_area", "_in_flight", "_last", "_requests", "_since")
+
+    def __init__(self, now: float) -> None:
+        self._in_flight = 0
+        self._area = 0.0
+        self._requests = 0
+        self._last = now
+        self._since = now
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def _advance(self, now: float) -> None:
+        if now > self._last:
+            self._area += self._in_flight * (now - self._last)
+            self._last = now
+
+    def start(self, now: float) -> None:
+        self._advance(now)
+        self._in_flight += 1
+        self._requests += 1
+
+    def finish(self, now: float) -> None:
+        if self._in_flight == 0:
+            raise ValueError("finish() without a request in flight")
+        self._advance(now)
+        self._in_flight -= 1
+
+    def snapshot(self, now: float) -> ConcurrencySnapshot:
+        """The average concurrency and request count since the last snapshot; resets both."""
+        self._advance(now)
+        interval = self._last - self._since
+        average = self._area / interval if interval > 0 else float(self._in_flight)
+        snap = ConcurrencySnapshot(average, self._requests, interval)
+        self._area = 0.0
+        self._requests = 0
+        self._since = self._last
+        return snap
+
+
+class _Bucket:
+    __slots__ = ("requests", "sources")
+
+    def __init__(self) -> None:
+        self.sources: dict[str, list[float]] = {}
+        """source → [concurrency * seconds, seconds covered]"""
+        self.requests = 0.0
+
+    def add(self, source: str, area: float, covered: float, requests: float) -> None:
+        acc = self.sources.get(source)
+        if acc is None:
+            self.sources[source] = [area, covered]
+        else:
+            acc[0] += area
+            acc[1] += covered
+        self.requests += requests
+
+    def value(self) -> float:
+        return sum(area / covered for area, covered in self.sources.values() if covered > 0)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowStats:
+    average: float
+    """Average concurrency over the window (0 without data)."""
+    request_rate: float
+    """Requests per second over the same buckets."""
+    has_data: bool
+
+
+class ConcurrencyWindow:
+    """One revision's reports in fixed-width buckets; answers windows of any width.
+
+    Keeps twice the widest window asked for so far (at least `keep_s`), which is what
+    deciding "has data spanned the window?" needs.
+    """
+
+    def __init__(self, bucket_s: float = BUCKET_S, keep_s: float = _DEFAULT_KEEP_S) -> None:
+        if bucket_s <= 0:
+            raise ValueError(f"bucket_s: got {bucket_s!r}, expected a positive number")
+        self.bucket_s = bucket_s
+        self._buckets: dict[int, _Bucket] = {}
+        self._keep = max(2, math.ceil(keep_s / bucket_s))
+        self._newest: int | None = None
+
+    def _index(self, t: float) -> int:
+        return math.floor(t / self.bucket_s)
+
+    def _span(self, window_s: float) -> int:
+        return max(1, math.ceil(window_s / self.bucket_s - 1e-9))
+
+    def record(
+        self,
+        now: float,
+        concurrency: float,
+        requests: float = 0,
+        *,
+        interval_s: float = 0.0,
+        source: str = "",
+    ) -> None:
+        """File one report; see the module docstring for `interval_s` and `source`."""
+        if not (math.isfinite(concurrency) and concurrency >= 0):
+            raise ValueError(f"concurrency: got {concurrency!r}, expected a number >= 0")
+        if not (math.isfinite(requests) and requests >= 0):
+            raise ValueError(f"requests: got {requests!r}, expected a number >= 0")
+        if not (math.isfinite(interval_s) and interval_s >= 0):
+            raise ValueError(f"interval_s: got {interval_s!r}, expected a number >= 0")
+        width = self.bucket_s
+        if interval_s == 0:
+            self._add(self._index(now), source, concurrency * width, width, requests)
+        else:
+            start = now - interval_s
+            last = self._index(now)
+            first = max(self._index(start), last - self._keep)
+            for b in range(first, last + 1):
+                covered = min(now, (b + 1) * width) - max(start, b * width)
+                if covered > 0:
+                    share = requests * covered / interval_s
+                    self._add(b, source, concurrency * covered, covered, share)
+        self._prune()
+
+    def _add(self, index: int, source: str, area: float, covered: float, requests: float) -> None:
+        bucket = self._buckets.get(index)
+        if bucket is None:
+            bucket = self._buckets[index] = _Bucket()
+        bucket.add(source, area, covered, requests)
+        if self._newest is None or index > self._newest:
+            self._newest = index
+
+    def _prune(self) -> None:
+        if self._newest is None or len(self._buckets) <= self._keep + self._keep // 2 + 8:
+            return
+        cutoff = self._newest - self._keep
+        self._buckets = {b: v for b, v in self._buckets.items() if b >= cutoff}
+
+    def stats(self, now: float, window_s: float) -> WindowStats:
+        """Average concurrency and request rate over the `window_s` ending at `now`."""
+        n = self._span(window_s)
+        self._keep = max(self._keep, 2 * n)
+        current = self._index(now)
+        start = current - n + 1
+        total = requests = 0.0
+        first = last = None
+        for b in range(start, current + 1):
+            bucket = self._buckets.get(b)
+            if bucket is None:
+                continue
+            if first is None:
+                first = b
+            last = b
+            total += bucket.value()
+            requests += bucket.requests
+        if first is None or last is None:
+            return WindowStats(0.0, 0.0, has_data=False)
+        # Knative's first write: data less than a window before the earliest bucket in
+        # this window means the series already spans the window.
+        spans = any(b in self._buckets for b in range(first - n + 1, start))
+        count = last - (start if spans else first) + 1
+        return WindowStats(
+            average=_floor6(total / count),
+            request_rate=_floor6(requests / (count * self.bucket_s)),
+            has_data=True,
+        )
+
+    def average(self, now: float, window_s: float) -> float:
+        return self.stats(now, window_s).average
+
+    def has_data(self, now: float, window_s: float) -> bool:
+        return self.stats(now, window_s).has_data
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What the decider reads: average concurrency over the stable and panic windows."""
+
+    stable: float
+    panic: float
+    has_data: bool = True
+    """False when the stable window holds no report; the averages are then 0."""
+
+
+class RevisionMetrics:
+    """A `ConcurrencyWindow` per revision key (e.g. `Revision.key`, "namespace/name")."""
+
+    def __init__(self, bucket_s: float = BUCKET_S) -> None:
+        self.bucket_s = bucket_s
+        self._windows: dict[str, ConcurrencyWindow] = {}
+
+    def record(
+        self,
+        now: float,
+        revision: str,
+        concurrency: float,
+        requests: float = 0,
+        *,
+        interval_s: float = 0.0,
+        source: str = "",
+    ) -> None:
+        window = self._windows.get(revision)
+        if window is None:
+            window = self._windows[revision] = ConcurrencyWindow(self.bucket_s)
+        window.record(now, concurrency, requests, interval_s=interval_s, source=source)
+
+    def window(self, revision: str) -> ConcurrencyWindow | None:
+        return self._windows.get(revision)
+
+    def average(self, now: float, revision: str, window_s: float) -> float:
+        window = self._windows.get(revision)
+        return window.average(now, window_s) if window else 0.0
+
+    def observe(
+        self, now: float, revision: str, stable_window_s: float, panic_window_s: float
+    ) -> Observation:
+        window = self._windows.get(revision)
+        if window is None:
+            return Observation(0.0, 0.0, has_data=False)
+        stable = window.stats(now, stable_window_s)
+        return Observation(
+            stable=stable.average,
+            panic=window.average(now, panic_window_s),
+            has_data=stable.has_data,
+        )
+
+    def revisions(self) -> list[str]:
+        return sorted(self._windows)
+
+    def forget(self, revision: str) -> None:
+        self._windows.pop(revision, None)
