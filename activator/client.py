@@ -94,8 +94,8 @@ class ControlPlaneClient:
             await self._channel.close()
             self._channel = None
 
-    async def _keep(self, name: str, session: Callable[[], Awaitable[None]]) -> None:
-        """Run `session` forever. It returns after a stream that had worked ended, which
+    async def _keep(self, name: str, session: Callable[[], Awaitable[str]]) -> None:
+        """Run `session` forever. It returns why a stream that had worked ended, which
         starts the back-off over; it raises when it could not establish one."""
 
         def before_sleep(state: RetryCallState) -> None:
@@ -116,11 +116,12 @@ class ControlPlaneClient:
                 before_sleep=before_sleep,
             ):
                 with attempt:
-                    await session()
-            log.warning("%s to control plane %s ended; reconnecting", name, self.target)
+                    reason = await session()
+            log.warning("%s to control plane %s lost: %s; reconnecting", name, self.target, reason)
 
-    async def _watch(self, stub: pb_grpc.AutoscalerStub) -> None:
+    async def _watch(self, stub: pb_grpc.AutoscalerStub) -> str:
         call = stub.WatchEndpoints(pb.WatchRequest(sender=self.sender))
+        reason = "the control plane ended the stream"
         try:
             async for update in call:
                 self.revisions.apply(update)
@@ -131,15 +132,17 @@ class ControlPlaneClient:
         except Exception as exc:
             if not self.watching:
                 raise
-            log.warning("WatchEndpoints to %s lost: %s", self.target, _describe(exc))
+            reason = _describe(exc)
         finally:
             call.cancel()
             established, self.watching = self.watching, False
         if not established:
             raise _StreamDown("stream closed before the first state")
+        return reason
 
-    async def _report(self, stub: pb_grpc.AutoscalerStub) -> None:
+    async def _report(self, stub: pb_grpc.AutoscalerStub) -> str:
         call = stub.ReportStats()
+        reason = "the control plane ended the stream"
         acks = asyncio.create_task(self._read_acks(call))
         acks.add_done_callback(lambda _: self._wake.set())
         for queue in self.revisions.waiting_for_pods():
@@ -165,7 +168,7 @@ class ControlPlaneClient:
         except Exception as exc:
             if not self.reporting:
                 raise
-            log.warning("ReportStats to %s lost: %s", self.target, _describe(exc))
+            reason = _describe(exc)
         finally:
             if acks.done() and not acks.cancelled():
                 acks.exception()  # reported above or superseded by the write's error
@@ -174,6 +177,7 @@ class ControlPlaneClient:
             established, self.reporting = self.reporting, False
         if not established:
             raise _StreamDown("stream closed before the first acknowledgement")
+        return reason
 
     async def _read_acks(self, call: grpc.aio.StreamStreamCall) -> None:
         async for _ack in call:
@@ -213,6 +217,3 @@ def _describe(error: BaseException | None) -> str:
     if isinstance(error, grpc.aio.AioRpcError):
         return f"{error.code().name}: {error.details()}"
     return str(error) or type(error).__name__
-
-
-__all__ = ["ControlPlaneClient"]

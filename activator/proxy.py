@@ -127,7 +127,10 @@ class Activator:
         self._session: aiohttp.ClientSession | None = None
 
     def application(self) -> web.Application:
-        app = web.Application(handler_args={"max_field_size": 65536, "max_line_size": 65536})
+        app = web.Application(
+            client_max_size=max(self.buffer_limit, 1024),
+            handler_args={"max_field_size": 65536, "max_line_size": 65536},
+        )
         app.router.add_route("*", "/{tail:.*}", self.handle)
         app.on_startup.append(self._open)
         app.on_cleanup.append(self._close)
@@ -241,10 +244,10 @@ class Activator:
                 allow_redirects=False,
                 compress=None,
             )
-        except aiohttp.ClientConnectorError as exc:
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             if body.started:
                 return _text(502, f"pod {slot.authority}: {exc}")
-            raise _PodUnreachable(str(exc)) from exc
+            raise _PodUnreachable(str(exc) or type(exc).__name__) from exc
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
             if body.replayable:
                 raise _PodUnreachable(str(exc) or type(exc).__name__) from exc
@@ -259,8 +262,15 @@ class Activator:
     async def _relay(
         self, request: web.Request, upstream: aiohttp.ClientResponse
     ) -> web.StreamResponse:
+        headers = _end_to_end(CIMultiDict(upstream.headers))
+        if upstream.content.is_eof():
+            # The whole body is here already: one write for the headers and the body.
+            body = await upstream.read()
+            return web.Response(
+                status=upstream.status, reason=upstream.reason, headers=headers, body=body
+            )
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(_end_to_end(CIMultiDict(upstream.headers)))
+        response.headers.extend(headers)
         await response.prepare(request)
         while True:
             try:
@@ -304,8 +314,8 @@ class Activator:
                 autoping=False,
                 max_msg_size=0,
             )
-        except aiohttp.ClientConnectorError as exc:
-            raise _PodUnreachable(str(exc)) from exc
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise _PodUnreachable(str(exc) or type(exc).__name__) from exc
         except aiohttp.WSServerHandshakeError as exc:
             return _text(502, f"websocket handshake with the pod failed: {exc.status}")
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -68,7 +68,7 @@ def _address(endpoint: EndpointLike) -> pb.Address:
     if isinstance(endpoint, tuple) and len(endpoint) == 2:
         ip, port = endpoint
     else:
-        ip, port = endpoint.address, endpoint.port  # type: ignore[union-attr]
+        ip, port = endpoint.address, endpoint.port
     return pb.Address(ip=str(ip), port=int(port))
 
 

@@ -137,14 +137,14 @@ async def activator(*args: str) -> AsyncIterator[Stack]:
                 output.append(line.decode().rstrip())
 
         reader = asyncio.create_task(drain())
-        stack = Stack(service, server, cp_port, process, port, session, output=output)
+        stack = ready = Stack(service, server, cp_port, process, port, session, output=output)
 
         def on_poke(namespace: str, revision: str) -> None:
-            stack.pokes.append((loop.time(), namespace, revision))
-            stack.poked.set()
+            ready.pokes.append((loop.time(), namespace, revision))
+            ready.poked.set()
 
         def on_stats(sender: str, stat: ActivatorStat) -> None:
-            stack.stats.append((loop.time(), sender, stat))
+            ready.stats.append((loop.time(), sender, stat))
 
         service.on_poke = on_poke
         service.on_stats = on_stats
@@ -235,6 +235,16 @@ async def test_full_queue_answers_503_and_held_requests_still_complete() -> None
         status, body, _ = await stack.request("hello-00001")
         assert status == 503
         assert body.decode().strip() == "activator queue full for default/hello-00001"
+
+        # A client that gives up frees its place in the queue.
+        held[0].cancel()
+
+        async def two_held() -> bool:
+            return await stack.metric("wakegate_activator_queued_requests", "hello-00001") == 2
+
+        await eventually(two_held)
+        held[0] = asyncio.create_task(stack.request("hello-00001"))
+        await eventually(three_held)
 
         stack.service.set_endpoints(NS, "hello-00001", endpoints(blue))
         assert [r[0] for r in await asyncio.gather(*held)] == [200, 200, 200]

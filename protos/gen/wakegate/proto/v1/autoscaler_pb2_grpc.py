@@ -59,8 +59,9 @@ class AutoscalerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchEndpoints(self, request, context):
-        """The full state first (`full_state` set), then one update per changed revision.
-        Level-triggered: every RevisionEndpoints carries that revision's whole pod set.
+        """The full state first (`full_state` set), then updates listing the revisions that
+        changed since the previous message. Level-triggered: every RevisionEndpoints
+        carries that revision's whole pod set, so a slow reader only misses steps.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
