@@ -163,7 +163,8 @@ class ControlPlaneClient:
                 if self._pokes or acks.done():
                     continue
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), next_tick - now)
+                    async with asyncio.timeout(next_tick - now):
+                        await self._wake.wait()
             await acks
         except Exception as exc:
             if not self.reporting:

@@ -10,10 +10,9 @@ transaction.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,22 +109,24 @@ class LocalServing:
         self._ready: set[str] = set(store.get_setting(READY_SETTING, []))
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._pending: set[str] = set()
-        self._worker: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
         """Reconciles and deletes of Services never interleave."""
 
     # --- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
-        self._worker = asyncio.create_task(self._work(), name="wakegate-serving")
+        self._tasks = [
+            asyncio.create_task(self._work(), name="wakegate-serving"),
+            asyncio.create_task(self._resync(), name="wakegate-serving-resync"),
+        ]
         for stored in self.store.list_services():
             self.enqueue(stored.key)
 
     async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(
             *(pods.close() for live in self._live.values() for pods in live.pods.values())
         )
@@ -185,7 +186,7 @@ class LocalServing:
             own = service_revisions(service, [*existing, *([revision] if revision else [])])
             self._check_traffic(service, own)
             planned.append((service, revision))
-        self._check_hosts([s for s, _ in planned])
+        self._check_hosts(planned, existing)
         applied = []
         with self.store.transaction():
             for service, revision in planned:
@@ -208,7 +209,12 @@ class LocalServing:
                     f"does not exist, expected one of: {known}"
                 )
 
-    def _check_hosts(self, services: Iterable[Service]) -> None:
+    def _check_hosts(
+        self, planned: list[tuple[Service, Revision | None]], existing: list[Revision]
+    ) -> None:
+        """No two Services (or KIngresses) may claim one host."""
+        services = [service for service, _ in planned]
+        revisions = [*existing, *(r for _, r in planned if r is not None)]
         claimed: dict[str, str] = {}
         applying = {s.key for s in services}
         for ingress in self.routing.ingresses():
@@ -218,7 +224,7 @@ class LocalServing:
                 for host in rule.hosts:
                     claimed[host] = ingress.key
         for service in services:
-            ingress, _ = route_ingress(service, self.revisions(), domain=self.domain)
+            ingress, _ = route_ingress(service, revisions, domain=self.domain)
             for rule in ingress.rules:
                 for host in rule.hosts:
                     owner = claimed.setdefault(host, service.key)
@@ -270,23 +276,20 @@ class LocalServing:
             self._queue.put_nowait(key)
 
     async def _work(self) -> None:
-        resync = asyncio.get_running_loop().time() + RESYNC_S
         while True:
-            try:
-                key = await asyncio.wait_for(
-                    self._queue.get(), max(0.0, resync - asyncio.get_running_loop().time())
-                )
-            except TimeoutError:
-                resync = asyncio.get_running_loop().time() + RESYNC_S
-                for stored in self.store.list_services():
-                    self.enqueue(stored.key)
-                continue
+            key = await self._queue.get()
             self._pending.discard(key)
             try:
                 async with self._lock:
                     await self.reconcile(key)
             except Exception:
                 log.exception("reconciling service %s failed", key)
+
+    async def _resync(self) -> None:
+        while True:
+            await asyncio.sleep(RESYNC_S)
+            for stored in self.store.list_services():
+                self.enqueue(stored.key)
 
     async def reconcile(self, key: str) -> None:
         namespace, _, name = key.partition("/")

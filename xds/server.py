@@ -156,7 +156,8 @@ class XdsServer:
             if remaining <= 0:
                 return False
             try:
-                await asyncio.wait_for(changed.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
             except TimeoutError:
                 return self._all_acked(group, version, min_gateways)
 
