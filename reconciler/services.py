@@ -18,6 +18,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from wakegate.autoscaler.config import AutoscalerConfig, RevisionScaling
+from wakegate.autoscaler.decider import Decision, Mode
+from wakegate.autoscaler.scaler import Autoscaler
+from wakegate.autoscaler.service import AutoscalerService
 from wakegate.ingress.model import Backend, BackendRef, Endpoint, Ingress
 from wakegate.reconciler.revisions import (
     Revision,
@@ -78,6 +82,18 @@ class Applied:
 
 
 @dataclass
+class Activation:
+    """Scale to zero and back: the autoscaler decides, the activator holds requests."""
+
+    autoscaler: Autoscaler
+    config: AutoscalerConfig
+    activator: Endpoint
+    """Where the gateway sends a revision's traffic in proxy mode."""
+    pods_feed: AutoscalerService
+    """Tells the activator each revision's ready pods."""
+
+
+@dataclass
 class _Live:
     """Runtime state of one Service."""
 
@@ -98,11 +114,15 @@ class LocalServing:
         domain: str = "example.com",
         scale_policy: ScalePolicy = initial_scale_policy,
         pod_options: dict[str, Any] | None = None,
+        activation: Activation | None = None,
     ) -> None:
         self.store = store
         self.routing = routing
         self.domain = domain
         self.scale_policy = scale_policy
+        self.activation = activation
+        self._service_of: dict[str, str] = {}
+        """Revision key → its Service's key."""
         self.log_dir = Path(data_dir) / "logs"
         self.pod_options = pod_options or {}
         self._live: dict[str, _Live] = {}
@@ -249,6 +269,10 @@ class LocalServing:
             for revision in revisions:
                 self.routing.delete_backend(_backend_key(revision))
                 self._ready.discard(revision.key)
+                self._service_of.pop(revision.key, None)
+                if self.activation is not None:
+                    self.activation.autoscaler.forget(revision.key)
+                    self.activation.pods_feed.delete_revision(namespace, revision.name)
             self._save_ready()
         return True
 
@@ -314,25 +338,36 @@ class LocalServing:
 
         def wanted(revision: Revision) -> int:
             starting = revision is newest and revision.key not in self._ready
-            return self.scale_policy(revision, revision.name in keep or starting)
+            return self._wanted(revision, revision.name in keep or starting)
 
+        proxied: dict[str, bool] = {}
         for revision in revisions:
+            self._service_of[revision.key] = key
             pods = live.pods.get(revision.name)
-            if pods is None and wanted(revision) == 0:
-                continue
-            if pods is None:
+            if pods is None and wanted(revision) > 0:
                 pods = self._revision_pods(key, revision, base_dirs.get(revision.name, "."))
                 live.pods[revision.name] = pods
-            if wanted(revision) >= len(pods.pods):
+            if pods is not None and wanted(revision) >= len(pods.pods):
                 await pods.scale(wanted(revision))
+            proxied[revision.name] = self._publish(revision, pods)
 
-        # Make before break: traffic moves to a revision once it has a ready pod.
-        cold = {n for n in routed if not (n in live.pods and live.pods[n].ready_pods())}
+        # Make before break: without an activator to hold requests, traffic moves
+        # to a revision only once it has a ready pod.
+        cold = {
+            n
+            for n in routed
+            if self.activation is None and not (n in live.pods and live.pods[n].ready_pods())
+        }
         served = False
         if route.traffic_assigned and (not cold or live.route is None):
             self.routing.apply_ingress(ingress)
             served = await self.routing.wait_served(timeout=10) and not cold
             live.route = route
+        if self.activation is not None and served:
+            for revision in revisions:
+                self.activation.autoscaler.set_activator_in_path(
+                    revision.key, proxied[revision.name]
+                )
         if live.route is not None:
             keep |= {t.revision_name for t in live.route.traffic}
         # Only revisions no applied route names shrink.
@@ -378,16 +413,10 @@ class LocalServing:
         return failed
 
     def _revision_pods(self, key: str, revision: Revision, base_dir: str) -> RevisionPods:
-        backend_key = _backend_key(revision)
-        http2 = revision.template.container.port.http2
-
         def changed(endpoints: list[PodEndpoint]) -> None:
-            self.routing.set_backend(
-                backend_key,
-                Backend(
-                    endpoints=tuple(Endpoint(e.address, e.port) for e in endpoints), http2=http2
-                ),
-            )
+            self._publish(revision, self._pods_of(revision))
+            if self.activation is not None:
+                self.activation.autoscaler.set_ready(revision.key, len(endpoints))
             if endpoints and revision.key not in self._ready:
                 self._ready.add(revision.key)
                 self._save_ready()
@@ -404,6 +433,54 @@ class LocalServing:
             before_stop=before_stop,
             **self.pod_options,
         )
+
+    def _pods_of(self, revision: Revision) -> RevisionPods | None:
+        live = self._live.get(self._service_of.get(revision.key, ""))
+        return live.pods.get(revision.name) if live is not None else None
+
+    def _wanted(self, revision: Revision, routed: bool) -> int:
+        """Pods the revision should run: the autoscaler's decision, if there is one."""
+        if self.activation is None:
+            return self.scale_policy(revision, routed)
+        pods = self._pods_of(revision)
+        autoscaler = self.activation.autoscaler
+        autoscaler.track(
+            revision.key,
+            RevisionScaling.for_revision(revision, self.activation.config),
+            routed=routed,
+            ready_pods=len(pods.ready_pods()) if pods is not None else 0,
+        )
+        desired = autoscaler.desired(revision.key)
+        return desired if desired is not None else self.scale_policy(revision, routed)
+
+    def _publish(self, revision: Revision, pods: RevisionPods | None) -> bool:
+        """Point the revision's backend at its pods, or at the activator in proxy mode
+        and while it has no ready pod; True when that is the activator."""
+        endpoints = [Endpoint(e.address, e.port) for e in pods.ready_pods()] if pods else []
+        http2 = revision.template.container.port.http2
+        proxy = False
+        if self.activation is not None:
+            self.activation.pods_feed.set_endpoints(
+                revision.namespace,
+                revision.name,
+                endpoints,
+                revision.template.container_concurrency,
+                hold_timeout_s=float(revision.template.timeout_seconds),
+            )
+            mode = self.activation.autoscaler.mode(revision.key)
+            proxy = not endpoints or mode == Mode.PROXY
+            if proxy:
+                endpoints = [self.activation.activator]
+                http2 = False
+        self.routing.set_backend(
+            _backend_key(revision), Backend(endpoints=tuple(endpoints), http2=http2)
+        )
+        return proxy
+
+    def on_decision(self, revision_key: str, decision: Decision) -> None:
+        """The autoscaler changed its mind about a revision: reconcile its Service."""
+        if (key := self._service_of.get(revision_key)) is not None:
+            self.enqueue(key)
 
     def _save_ready(self) -> None:
         self.store.put_setting(READY_SETTING, sorted(self._ready))

@@ -19,7 +19,10 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+import grpc
 
 from wakegate.ingress.model import Backend, Certificate, Ingress, RoutingState
 from wakegate.xds.cache import Snapshot, SnapshotCache
@@ -70,10 +73,16 @@ class ControlPlane:
 
     # --- lifecycle -----------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Serve xDS on host:port (0 = any free port); returns the bound port."""
+    async def start(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        services: Sequence[Callable[[grpc.aio.Server], None]] = (),
+    ) -> int:
+        """Serve xDS (and `services`) on host:port (0 = any free port); the bound port."""
         self.publish()
-        bound = await self.server.start(host, port)
+        bound = await self.server.start(host, port, services=services)
         self._task = asyncio.create_task(self._publisher(), name="wakegate-publisher")
         return bound
 

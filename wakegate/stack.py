@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from wakegate.api import Api
+from wakegate.autoscaler.config import AutoscalerConfig
+from wakegate.autoscaler.gateway_stats import GatewayStats
+from wakegate.autoscaler.scaler import Autoscaler
+from wakegate.autoscaler.service import AutoscalerService
 from wakegate.controlplane import ControlPlane
-from wakegate.envoy_process import EnvoyGateway, check_port_free
+from wakegate.envoy_process import EnvoyGateway, GatewayError, check_port_free
+from wakegate.ingress.model import Endpoint
 from wakegate.reconciler.manifests import ManifestReconciler
-from wakegate.reconciler.services import LocalServing
+from wakegate.reconciler.services import Activation, LocalServing
 from wakegate.store import Store
 from wakegate.xds.bootstrap import build_bootstrap
 from wakegate.xds.translate import GatewayConfig
@@ -36,6 +43,48 @@ class StackConfig:
     delta: bool = False
     gateway: bool = True
     pod_options: dict[str, Any] = field(default_factory=dict)
+    autoscaler: AutoscalerConfig | None = field(default_factory=AutoscalerConfig)
+    """None runs every routed revision at its initial scale, with no activator."""
+    activator_hold_timeout_s: float = 60.0
+
+
+class ActivatorProcess:
+    """The activator, run as its own process next to the control plane."""
+
+    def __init__(self, control_plane: str, hold_timeout_s: float) -> None:
+        self.control_plane = control_plane
+        self.hold_timeout_s = hold_timeout_s
+        self.port = 0
+        self._proc: asyncio.subprocess.Process | None = None
+
+    async def start(self, timeout_s: float = 20.0) -> int:
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "wakegate.activator.main",
+            "--listen", "127.0.0.1:0", "--control-plane", self.control_plane,
+            "--hold-timeout", str(self.hold_timeout_s), "--stop-on-stdin-eof",
+            "--log-level", "WARNING",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert self._proc.stdout is not None
+        async with asyncio.timeout(timeout_s):
+            while line := await self._proc.stdout.readline():
+                if line.startswith(b"READY "):
+                    self.port = int(line.split()[1])
+                    return self.port
+        raise GatewayError(
+            f"activator exited with code {await self._proc.wait()} before it was ready"
+        )
+
+    async def stop(self) -> None:
+        if self._proc is None or self._proc.returncode is not None:
+            return
+        self._proc.terminate()
+        try:
+            async with asyncio.timeout(10):
+                await self._proc.wait()
+        except TimeoutError:
+            self._proc.kill()
+            await self._proc.wait()
 
 
 class LocalStack:
@@ -56,6 +105,9 @@ class LocalStack:
         self.serving: LocalServing | None = None
         self.api: Api | None = None
         self.gateway: EnvoyGateway | None = None
+        self.activator: ActivatorProcess | None = None
+        self.autoscaler: Autoscaler | None = None
+        self._stats: GatewayStats | None = None
         self.xds_port = 0
         self.api_port = 0
 
@@ -73,12 +125,10 @@ class LocalStack:
         c = self.config
         self.preflight()
         self.store = Store.in_dir(c.data_dir)
-        self.serving = LocalServing(
-            self.store, self.cp, data_dir=c.data_dir, domain=c.domain, pod_options=c.pod_options
+        pods_feed = AutoscalerService()
+        self.xds_port = await self.cp.start(
+            c.xds_host, c.xds_port, services=[pods_feed.add_to_server]
         )
-        self.xds_port = await self.cp.start(c.xds_host, c.xds_port)
-        self.api = Api(self.cp, self.manifests, self.serving)
-        self.api_port = await self.api.start("127.0.0.1", c.api_port)
         if c.gateway:
             self.gateway = EnvoyGateway(
                 build_bootstrap(
@@ -93,11 +143,47 @@ class LocalStack:
                 supervise=True,
             )
             await self.gateway.start()
+        activation = None
+        if c.autoscaler is not None and self.gateway is not None:
+            self.activator = ActivatorProcess(
+                f"127.0.0.1:{self.xds_port}", c.activator_hold_timeout_s
+            )
+            port = await self.activator.start()
+            self._stats = GatewayStats(self.gateway.admin_url)
+            self.autoscaler = Autoscaler(c.autoscaler.validate(), self._stats, self._on_decision)
+            pods_feed.on_poke = lambda ns, rev: (
+                self.autoscaler and self.autoscaler.poke(f"{ns}/{rev}", 1.0)
+            )
+            activation = Activation(
+                self.autoscaler, c.autoscaler, Endpoint("127.0.0.1", port), pods_feed
+            )
+        self.serving = LocalServing(
+            self.store,
+            self.cp,
+            data_dir=c.data_dir,
+            domain=c.domain,
+            pod_options=c.pod_options,
+            activation=activation,
+        )
+        self.api = Api(self.cp, self.manifests, self.serving)
+        self.api_port = await self.api.start("127.0.0.1", c.api_port)
         await self.serving.start()
+        if self.autoscaler is not None:
+            self.autoscaler.start()
+
+    def _on_decision(self, revision_key: str, decision: Any) -> None:
+        if self.serving is not None:
+            self.serving.on_decision(revision_key, decision)
 
     async def stop(self) -> None:
+        if self.autoscaler is not None:
+            await self.autoscaler.stop()
         if self.serving is not None:
             await self.serving.close()
+        if self.activator is not None:
+            await self.activator.stop()
+        if self._stats is not None:
+            await self._stats.close()
         if self.gateway is not None:
             await self.gateway.stop()
         if self.api is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -73,8 +73,12 @@ class XdsServer:
         port: int = 0,
         *,
         credentials: grpc.ServerCredentials | None = None,
+        services: Sequence[Callable[[grpc.aio.Server], None]] = (),
     ) -> int:
-        """Listen on `host:port` (0 picks a free port); returns the bound port."""
+        """Listen on `host:port` (0 picks a free port); returns the bound port.
+
+        `services` add further gRPC services to the same server (and port).
+        """
         if self._server is not None:
             raise RuntimeError("XdsServer already started")
         server = grpc.aio.server(options=_SERVER_OPTIONS)
@@ -95,6 +99,8 @@ class XdsServer:
         )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        for add_service in services:
+            add_service(server)
         address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
         try:
             if credentials is None:
