@@ -121,10 +121,12 @@ Listener ports of the gateway. The control plane puts them in the Listeners it s
 {{- define "wakegate.gateway.internalPort" -}}8081{{- end }}
 {{- define "wakegate.gateway.httpsPort" -}}8443{{- end }}
 
-{{/* Where the bootstrap and the xDS client certificate are mounted in the gateway. */}}
+{{/*
+Where the gateway's bootstrap is mounted, and where both components mount their xDS TLS
+Secret (ca.crt, tls.crt, tls.key).
+*/}}
 {{- define "wakegate.gateway.configDir" -}}/etc/envoy{{- end }}
-{{- define "wakegate.gateway.tlsDir" -}}/etc/envoy/xds-tls{{- end }}
-{{- define "wakegate.controlPlane.tlsDir" -}}/etc/wakegate/xds-tls{{- end }}
+{{- define "wakegate.xdsTLSDir" -}}/etc/wakegate/xds-tls{{- end }}
 
 {{- define "wakegate.controlPlane.image" -}}
 {{- printf "%s:%s" .Values.controlPlane.image.repository (default .Chart.AppVersion .Values.controlPlane.image.tag) }}

@@ -1,0 +1,118 @@
+"""The seed's second half, end to end with short windows: idle → zero pods, the next
+request wakes the revision and is answered, 50 concurrent requests with target 10 →
+5 pods, then back to zero. Real Envoy, real activator process, real pods, real `hey`."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from tests.support.backends import get
+from tests.test_local_serving import HOST, Client, service, stack_config
+from wakegate.autoscaler.config import AutoscalerConfig
+from wakegate.stack import LocalStack
+
+pytestmark = pytest.mark.envoy
+
+WINDOW_S, GRACE_S, TICK_S = 6.0, 2.0, 1.0
+
+
+@pytest_asyncio.fixture
+async def client(tmp_path: Path) -> AsyncIterator[Client]:
+    config = stack_config(tmp_path)
+    config.autoscaler = AutoscalerConfig(
+        stable_window_s=WINDOW_S,
+        scale_to_zero_grace_period_s=GRACE_S,
+        tick_interval_s=TICK_S,
+    )
+    stack = LocalStack(config)
+    await stack.start()
+    try:
+        yield Client(stack)
+    finally:
+        await stack.stop()
+
+
+async def ready_pods(client: Client) -> int:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(client.api + "/v1/pods") as resp:
+            return sum(1 for p in await resp.json() if p["ready"])
+
+
+async def wait_pods(client: Client, count: int, timeout_s: float) -> float:
+    """Seconds until exactly `count` pods are ready; fails after `timeout_s`."""
+    started = time.monotonic()
+    while (n := await ready_pods(client)) != count:
+        assert time.monotonic() - started < timeout_s, f"{n} pods, expected {count}"
+        await asyncio.sleep(0.1)
+    return time.monotonic() - started
+
+
+async def test_idle_to_zero_wake_on_request_and_scale_out_under_hey(client: Client) -> None:
+    hey = shutil.which("hey")
+    assert hey, "the load generator `hey` is required (Debian package hey)"
+    status, reply = await client.apply(service())
+    assert status == 200 and reply["served"], reply
+    assert await client.hello() == (200, "Hello World!\n")
+    last_request = time.monotonic()
+
+    # Idle: zero pods after the stable window and the grace period (± a tick, plus
+    # the pod's own stop).
+    await wait_pods(client, 0, WINDOW_S + GRACE_S + 10)
+    idle = time.monotonic() - last_request
+    assert WINDOW_S - TICK_S <= idle <= WINDOW_S + GRACE_S + 3 * TICK_S, idle
+
+    # The next request wakes the revision and is answered, not refused.
+    started = time.monotonic()
+    assert await client.hello() == (200, "Hello World!\n")
+    print(f"cold start through the activator: {(time.monotonic() - started) * 1000:.0f} ms")
+    assert await ready_pods(client) == 1
+
+    # 50 concurrent requests, target 10 per pod → 5 pods, never more than 6.
+    most = 0
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal most
+        while not done.is_set():
+            most = max(most, await ready_pods(client))
+            await asyncio.sleep(0.2)
+
+    watcher = asyncio.create_task(watch())
+    proc = await asyncio.create_subprocess_exec(
+        hey, "-z", "12s", "-c", "50", "-host", HOST, client.gateway + "/",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    pods_at_end = await ready_pods(client)
+    done.set()
+    await watcher
+    report = out.decode()
+    codes = dict(re.findall(r"\[(\d{3})\]\s+(\d+) responses", report))
+    assert codes and set(codes) == {"200"}, report
+    print(f"hey: {codes['200']} responses, all 200; pods at the end {pods_at_end}, most {most}")
+    assert pods_at_end == 5, report
+    assert most <= 6
+
+    # Load stops → back to zero.
+    await wait_pods(client, 0, WINDOW_S + GRACE_S + 15)
+
+
+async def test_a_burst_of_50_at_zero_pods_all_succeed(client: Client) -> None:
+    status, reply = await client.apply(service())
+    assert status == 200 and reply["served"], reply
+    await wait_pods(client, 0, WINDOW_S + GRACE_S + 10)
+
+    async with aiohttp.ClientSession() as session:
+        results = await asyncio.gather(
+            *(get(client.gateway + "/", host=HOST, session=session) for _ in range(50))
+        )
+    assert [(s, b) for s, b, _ in results] == [(200, "Hello World!\n")] * 50
