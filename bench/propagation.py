@@ -293,7 +293,7 @@ async def measure_mode(
             series = await changes(
                 gw.cp, poller, gens, echo_port=echo_port, new_cluster=new_cluster, gap_s=gap_s
             )
-            rds = await envoy_p50(gw, "http.external.rds.external.update_duration")
+            rds = await envoy_p50(gw, "http.external.rds.internal.update_duration")
             series.envoy = f"RDS update p50 {rds} ms per route configuration"
             if new_cluster:
                 cds = await envoy_p50(gw, "cluster_manager.cds.update_duration")

@@ -477,6 +477,20 @@ class LocalServing:
         )
         return proxy
 
+    def scaling_status(self, revision: Revision) -> dict[str, Any]:
+        """The autoscaler's view of a revision: desired pods, mode and last decision."""
+        if self.activation is None:
+            return {"desired": None, "mode": "serve", "reason": "no autoscaler"}
+        decision = self.activation.autoscaler.decision(revision.key)
+        if decision is None:
+            return {"desired": None, "mode": "proxy", "reason": "no decision yet"}
+        return {
+            "desired": decision.desired,
+            "mode": str(decision.mode),
+            "panicking": decision.panicking,
+            "reason": decision.reason,
+        }
+
     def on_decision(self, revision_key: str, decision: Decision) -> None:
         """The autoscaler changed its mind about a revision: reconcile its Service."""
         if (key := self._service_of.get(revision_key)) is not None:

@@ -253,6 +253,7 @@ class Api:
                     ),
                     "pods": len(own),
                     "readyPods": sum(1 for p in own if p["ready"]),
+                    "autoscaler": serving.scaling_status(revision),
                 }
             )
         return web.json_response(out)

@@ -325,9 +325,13 @@ def _rows(kind: str, items: list[dict[str, Any]]) -> tuple[list[str], list[list[
             for i in items
         ]  # fmt: skip
     if kind == "revisions":
-        return ["NAME", "SERVICE", "GENERATION", "READY", "ROUTED", "PODS", "AGE"], [
+        headers = ["NAME", "SERVICE", "GEN", "READY", "ROUTED", "DESIRED", "ACTUAL", "MODE",
+                   "AGE", "LAST DECISION"]
+        return headers, [
             [i["name"], i["service"], i["generation"], i["ready"], i["routed"],
-             f"{i['readyPods']}/{i['pods']}", _age(i["createdAt"])]
+             "-" if i["autoscaler"]["desired"] is None else i["autoscaler"]["desired"],
+             f"{i['readyPods']}/{i['pods']}", i["autoscaler"]["mode"], _age(i["createdAt"]),
+             i["autoscaler"]["reason"]]
             for i in items
         ]  # fmt: skip
     if kind == "routes":
