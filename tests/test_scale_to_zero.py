@@ -5,6 +5,7 @@ request wakes the revision and is answered, 50 concurrent requests with target 1
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import shutil
 import time
@@ -116,3 +117,56 @@ async def test_a_burst_of_50_at_zero_pods_all_succeed(client: Client) -> None:
             *(get(client.gateway + "/", host=HOST, session=session) for _ in range(50))
         )
     assert [(s, b) for s, b, _ in results] == [(200, "Hello World!\n")] * 50
+
+
+async def revision_mode(client: Client) -> str:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(client.api + "/v1/revisions") as resp:
+            return str((await resp.json())[0]["autoscaler"]["mode"])
+
+
+async def test_proxy_serve_switches_under_load_drop_nothing(client: Client) -> None:
+    """The activator goes in and out of the path while a prober hammers the host."""
+    pinned = service()
+    pinned["spec"]["template"]["metadata"]["annotations"]["autoscaling.knative.dev/min-scale"] = "1"
+    status, reply = await client.apply(pinned)
+    assert status == 200 and reply["served"], reply
+    serving = client.stack.serving
+    assert serving is not None and serving.activation is not None
+    failures: list[str] = []
+    served = 0
+    stop = asyncio.Event()
+
+    async def prober(session: aiohttp.ClientSession) -> None:
+        nonlocal served
+        while not stop.is_set():
+            try:
+                code, body, _ = await get(client.gateway + "/", host=HOST, session=session)
+            except Exception as exc:  # a dropped connection is a failed request too
+                failures.append(repr(exc))
+                continue
+            served += 1
+            if (code, body) != (200, "Hello World!\n"):
+                failures.append(f"{code} {body!r}")
+
+    switches = []
+    async with aiohttp.ClientSession() as session:
+        probers = [asyncio.create_task(prober(session)) for _ in range(4)]
+        try:
+            # Target burst capacity -1 keeps the activator in the path; 0 never does.
+            for burst, mode in [(0, "serve"), (-1, "proxy")] * 3:
+                serving.activation.config = dataclasses.replace(
+                    serving.activation.config, target_burst_capacity=burst
+                )
+                started = time.monotonic()
+                while await revision_mode(client) != mode:
+                    assert time.monotonic() - started < 15, f"no switch to {mode}"
+                    await asyncio.sleep(0.1)
+                switches.append(mode)
+                await asyncio.sleep(1.0)
+        finally:
+            stop.set()
+            await asyncio.gather(*probers)
+    assert switches == ["serve", "proxy"] * 3
+    assert served > 200
+    assert failures == [], f"{len(failures)} of {served} requests failed: {failures[:5]}"
