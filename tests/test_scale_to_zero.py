@@ -5,9 +5,12 @@ request wakes the revision and is answered, 50 concurrent requests with target 1
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
+import os
 import re
 import shutil
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -170,3 +173,50 @@ async def test_proxy_serve_switches_under_load_drop_nothing(client: Client) -> N
     assert switches == ["serve", "proxy"] * 3
     assert served > 200
     assert failures == [], f"{len(failures)} of {served} requests failed: {failures[:5]}"
+
+
+async def test_a_pod_killed_under_load_is_replaced(client: Client) -> None:
+    """SIGKILL one of two pods under load. Requests in flight on that pod at the
+    moment it dies can fail (the connection is reset under them); every other request
+    is served by the remaining pod until the runtime has replaced the dead one."""
+    spec = service()
+    annotations = spec["spec"]["template"]["metadata"]["annotations"]
+    annotations["autoscaling.knative.dev/min-scale"] = "2"
+    annotations["autoscaling.knative.dev/target-burst-capacity"] = "0"
+    status, reply = await client.apply(spec)
+    assert status == 200 and reply["served"], reply
+    await wait_pods(client, 2, 15)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(client.api + "/v1/pods") as resp:
+            victim = (await resp.json())[0]
+
+    results: collections.Counter[str] = collections.Counter()
+    stop = asyncio.Event()
+
+    async def prober(session: aiohttp.ClientSession) -> None:
+        while not stop.is_set():
+            try:
+                code, _, _ = await get(client.gateway + "/", host=HOST, session=session)
+                results[str(code)] += 1
+            except Exception as exc:
+                results[type(exc).__name__] += 1
+
+    async with aiohttp.ClientSession() as session:
+        probers = [asyncio.create_task(prober(session)) for _ in range(4)]
+        await asyncio.sleep(1.0)
+        os.kill(victim["pid"], signal.SIGKILL)
+        await asyncio.sleep(0.5)
+        await wait_pods(client, 2, 20)
+        await asyncio.sleep(1.0)
+        stop.set()
+        await asyncio.gather(*probers)
+    failed = sum(n for code, n in results.items() if code != "200")
+    print(f"pod crash under load: {dict(results)}")
+    assert results["200"] > 200
+    # At most the requests in flight on the killed pod (4 probers) may fail.
+    assert failed <= 4, dict(results)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(client.api + "/v1/pods") as resp:
+            pods = await resp.json()
+    assert victim["name"] in {p["name"] for p in pods}
+    assert next(p for p in pods if p["name"] == victim["name"])["restarts"] == 1
