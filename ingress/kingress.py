@@ -16,6 +16,7 @@ from typing import Any, NoReturn, TypeVar
 
 import yaml
 
+from wakegate.ingress.kube_values import DNS_LABEL, DNS_SUBDOMAIN, HEADER_NAME, parse_go_duration
 from wakegate.ingress.model import (
     TLS,
     BackendRef,
@@ -56,21 +57,7 @@ _OBJECT_META_FIELDS = frozenset(
         "managedFields",
     }
 )
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_DURATION_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
 
 
 def _fail(path: str, message: str) -> NoReturn:
@@ -143,35 +130,25 @@ def _headers_to_set(value: object, path: str) -> Headers:
 
 
 def _header_name(name: object, path: str) -> str:
-    if not isinstance(name, str) or not _HEADER_NAME.match(name):
+    if not isinstance(name, str) or not HEADER_NAME.match(name):
         _fail(path, "invalid header name, expected an HTTP token")
     return name
 
 
 def parse_duration(value: object, path: str) -> float:
     """Seconds from a Kubernetes duration such as `30s`, `1m30s` or `250ms`."""
-    text = _string(value, path).strip()
-    negative = text.startswith("-")
-    text = text.removeprefix("-").removeprefix("+") if text[:1] in ("-", "+") else text
-    if text == "0":
-        return 0.0
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if not text or pos != len(text):
+    seconds = parse_go_duration(_string(value, path).strip())
+    if seconds is None:
         _fail(path, f"invalid duration {value!r}, expected e.g. 30s, 1m30s or 250ms")
-    if negative and total > 0:
+    if seconds < 0:
         _fail(path, f"duration {value!r} is negative, expected at least 0s")
-    return total
+    return seconds
 
 
 def _host(value: object, path: str) -> str:
     host = _string(value, path).strip().lower()
     bare = host[2:] if host.startswith("*.") else host
-    if not bare or len(host) > 253 or not _DNS_SUBDOMAIN.match(bare):
+    if not bare or len(host) > 253 or not DNS_SUBDOMAIN.match(bare):
         _fail(path, f"invalid host {value!r}, expected a DNS name such as app.example.com")
     return host
 
@@ -362,10 +339,10 @@ def _metadata(value: object) -> tuple[str, str, int]:
         _fail("metadata", "missing required field")
     meta = _object(value, "metadata", _OBJECT_META_FIELDS)
     name = _required_string(meta, "name", "metadata")
-    if len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+    if len(name) > 253 or not DNS_SUBDOMAIN.match(name):
         _fail("metadata.name", f"invalid name {name!r}, expected a lowercase DNS subdomain")
     namespace = _string(meta.get("namespace") or "default", "metadata.namespace")
-    if len(namespace) > 63 or not _DNS_LABEL.match(namespace):
+    if len(namespace) > 63 or not DNS_LABEL.match(namespace):
         _fail("metadata.namespace", f"invalid namespace {namespace!r}, expected a DNS label")
     generation = _integer(meta.get("generation", 0), "metadata.generation")
     return namespace, name, generation

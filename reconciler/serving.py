@@ -21,6 +21,8 @@ from typing import Any, NoReturn
 
 import yaml
 
+from wakegate.ingress.kube_values import DNS_SUBDOMAIN, HEADER_NAME, parse_go_duration
+
 API_VERSION = "serving.knative.dev/v1"
 KIND = "Service"
 
@@ -193,25 +195,10 @@ class Service:
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-)
 _QUALIFIED_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _DECIMAL = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _INTEGER = re.compile(r"^[+-]?\d+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_DURATION_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
 
 
 def _fail(path: str, message: str) -> NoReturn:
@@ -236,30 +223,13 @@ def _shown(value: object) -> str:
     return type(value).__name__
 
 
-def parse_go_duration(text: str) -> float | None:
-    """Seconds from a Go duration (`6s`, `1m30s`, `1.5h`), or None if it is not one."""
-    sign = -1.0 if text.startswith("-") else 1.0
-    body = text[1:] if text[:1] in ("-", "+") else text
-    if body == "0":
-        return 0.0
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(body):
-        if match.start() != pos:
-            return None
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if not body or pos != len(body):
-        return None
-    return sign * total
-
-
 def _is_dns1035(name: str) -> bool:
     return len(name) <= _MAX_NAME and bool(_DNS1035_LABEL.match(name))
 
 
 def _qualified_name_problem(key: str) -> str | None:
     prefix, _, name = key.rpartition("/")
-    if "/" in key and (not prefix or len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)):
+    if "/" in key and (not prefix or len(prefix) > 253 or not DNS_SUBDOMAIN.match(prefix)):
         return "the prefix before '/' must be a lowercase DNS subdomain"
     if not name or len(name) > _MAX_NAME or not _QUALIFIED_NAME.match(name):
         return (
@@ -518,7 +488,7 @@ def _probe(value: object, path: str, port: ContainerPort) -> Probe:
             hpath = f"{where}.httpHeaders[{i}]"
             h = _object(header, hpath, ("name", "value"))
             name = _string(h.get("name"), f"{hpath}.name")
-            if not _HEADER_NAME.match(name):
+            if not HEADER_NAME.match(name):
                 _fail(f"{hpath}.name", f"got {_shown(name)}, expected an HTTP header name")
             headers.append((name, _string(h.get("value", ""), f"{hpath}.value")))
         http_get = HTTPGetProbe(

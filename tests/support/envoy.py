@@ -13,7 +13,6 @@ import contextlib
 import itertools
 import json
 import shutil
-import socket
 import sys
 import tempfile
 import uuid
@@ -30,13 +29,6 @@ from wakegate.xds.server import XdsServer
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_GROUP = "gateway"
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """An ephemeral TCP port that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
