@@ -75,7 +75,8 @@ class Sample:
 
 async def measure(rules: int, *, timeout: float) -> Sample:
     from bench.stack import proc_status
-    from tests.support.envoy import free_port, running_envoy
+    from tests.support.backends import free_port
+    from tests.support.envoy import running_envoy
 
     ports = [free_port() for _ in range(3)]
     proc = await asyncio.create_subprocess_exec(

@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from tests.support.backends import Backend as EchoBackend
-from tests.support.backends import start_backend
-from tests.support.envoy import LOOPBACK, RunningEnvoy, free_port, running_envoy
+from tests.support.backends import free_port, start_backend
+from tests.support.envoy import LOOPBACK, RunningEnvoy, running_envoy
 from wakegate.controlplane import ControlPlane
 from wakegate.ingress.model import (
     Backend,

@@ -13,8 +13,8 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from tests.support.backends import Backend, get, launch_backend
-from tests.support.envoy import free_port, running_envoy
+from tests.support.backends import Backend, free_port, get, launch_backend
+from tests.support.envoy import running_envoy
 from wakegate.api import Api
 from wakegate.controlplane import ControlPlane
 from wakegate.reconciler.manifests import ManifestReconciler

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.backends import get
-from tests.support.envoy import free_port
+from tests.support.backends import free_port, get
 from wakegate.envoy_process import find_envoy
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,6 +22,7 @@ import pytest_asyncio
 
 from tests.support.backends import (
     Backend,
+    free_port,
     get,
     grpc_ping,
     grpc_ping_stream,
@@ -29,7 +30,7 @@ from tests.support.backends import (
     launch_backend,
     ws_roundtrip,
 )
-from tests.support.envoy import RunningEnvoy, free_port, running_envoy
+from tests.support.envoy import RunningEnvoy, running_envoy
 from wakegate.controlplane import ControlPlane
 from wakegate.ingress.kingress import parse_ingress
 from wakegate.ingress.model import Backend as RoutedBackend

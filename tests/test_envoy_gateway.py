@@ -30,7 +30,8 @@ from envoy.type.matcher.v3 import regex_pb2
 from google.protobuf import any_pb2, duration_pb2
 from prometheus_client import REGISTRY
 
-from tests.support.envoy import ControlPlane, RunningEnvoy, free_port, running_envoy
+from tests.support.backends import free_port
+from tests.support.envoy import ControlPlane, RunningEnvoy, running_envoy
 from wakegate.envoy_process import EnvoyGateway, GatewayError, find_envoy
 from wakegate.xds.bootstrap import XdsTls, build_bootstrap
 from wakegate.xds.cache import Snapshot, SnapshotCache

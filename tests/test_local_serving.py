@@ -15,8 +15,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from tests.support.backends import get
-from tests.support.envoy import free_port
+from tests.support.backends import free_port, get
 from wakegate.envoy_process import GatewayError
 from wakegate.stack import LocalStack, StackConfig
 
