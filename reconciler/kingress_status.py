@@ -133,9 +133,7 @@ def desired_status(
 ) -> Status:
     """The status for `obs`, keeping `previous` transition times that still hold."""
     previous = previous or {}
-    before = {
-        c.get("type"): c for c in previous.get("conditions") or [] if isinstance(c, Mapping)
-    }
+    before = {c.get("type"): c for c in previous.get("conditions") or [] if isinstance(c, Mapping)}
     stamp = now or now_rfc3339()
     network = _network_configured(obs)
     balancer = _load_balancer_ready(obs)

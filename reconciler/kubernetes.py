@@ -15,10 +15,10 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import tenacity
@@ -29,6 +29,7 @@ from prometheus_client import Counter
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
+T = TypeVar("T")
 Handler = Callable[[str, Obj], None]
 """Called with ("ADDED" | "MODIFIED" | "DELETED", object)."""
 
@@ -117,7 +118,7 @@ def _api_error(status: int, text: str) -> ApiError:
 
 
 def key_of(obj: Mapping[str, Any]) -> str:
-    """"namespace/name" (or "name" for cluster-scoped objects)."""
+    """The object's key: namespace/name, or the name of a cluster-scoped object."""
     meta = obj.get("metadata") or {}
     namespace = meta.get("namespace")
     return f"{namespace}/{meta.get('name')}" if namespace else str(meta.get("name"))
@@ -139,13 +140,11 @@ class Backoff:
     """Give up (re-raise) after this many attempts; None retries for ever."""
 
     def retrying(self, what: str, *, retry_all: bool = False) -> tenacity.AsyncRetrying:
-        """A tenacity loop for `what`. `retry_all` also retries non-transient API
-        errors (403, 404...): a source keeps trying until RBAC or a CRD is fixed."""
+        """A tenacity loop for `what`. `retry_all` retries any error, not only transient
+        ones: a source keeps trying until RBAC, a CRD or a malformed reply is fixed."""
 
         def should_retry(exc: BaseException) -> bool:
-            if isinstance(exc, ApiError) and retry_all:
-                return True
-            return retryable(exc)
+            return (retry_all and isinstance(exc, Exception)) or retryable(exc)
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -154,9 +153,8 @@ class Backoff:
 
         return tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception(should_retry),
-            wait=tenacity.wait_exponential_jitter(
-                initial=self.initial_s, max=self.max_s, jitter=self.initial_s
-            ),
+            wait=tenacity.wait_exponential(multiplier=self.initial_s, max=self.max_s)
+            + tenacity.wait_random(0, self.initial_s),
             stop=tenacity.stop_after_attempt(self.attempts)
             if self.attempts
             else tenacity.stop_never,
@@ -164,11 +162,24 @@ class Backoff:
             reraise=True,
         )
 
-    async def call(self, what: str, fn: Callable[[], Any], *, retry_all: bool = False) -> Any:
+    async def call(
+        self, what: str, fn: Callable[[], Awaitable[T]], *, retry_all: bool = False
+    ) -> T:
         async for attempt in self.retrying(what, retry_all=retry_all):
             with attempt:
                 return await fn()
         raise AssertionError("unreachable")
+
+
+def _default_kubeconfig() -> str:
+    """The first existing file of $KUBECONFIG (a path list), else ~/.kube/config."""
+    paths = (os.environ.get("KUBECONFIG") or "~/.kube/config").split(os.pathsep)
+    for path in (os.path.expanduser(p) for p in paths if p):
+        if os.path.isfile(path):
+            return path
+    raise kube_config.ConfigException(
+        f"no kubeconfig at {os.pathsep.join(paths)}, and not running in a pod: pass --kubeconfig"
+    )
 
 
 async def load_configuration(kubeconfig: str | Path | None = None) -> kube_client.Configuration:
@@ -182,7 +193,8 @@ async def load_configuration(kubeconfig: str | Path | None = None) -> kube_clien
     elif os.environ.get("KUBERNETES_SERVICE_HOST"):
         kube_config.load_incluster_config(client_configuration=configuration)
     else:
-        await kube_config.load_kube_config(client_configuration=configuration)
+        default = _default_kubeconfig()
+        await kube_config.load_kube_config(config_file=default, client_configuration=configuration)
     return configuration
 
 
@@ -251,9 +263,7 @@ class KubeApi:
         body: Any = None,
         content_type: str = "application/json",
     ) -> Obj:
-        response = await self._send(
-            method, path, query=query, body=body, content_type=content_type
-        )
+        response = await self._send(method, path, query=query, body=body, content_type=content_type)
         try:
             data = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:

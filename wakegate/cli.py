@@ -146,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the bootstrap and Envoy's log are written",
     )
     p.set_defaults(handler=cmd_gateway)
+
+    from wakegate.controller import add_controller_parser
+
+    add_controller_parser(sub)
     return parser  # fmt: skip
 
 

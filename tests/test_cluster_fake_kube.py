@@ -1,0 +1,992 @@
+"""Cluster mode against a fake Kubernetes API server (tests/fake_kube.py).
+
+No real API server runs on this machine, so every test here talks to the in-process
+fake, through the official client and the real list/watch protocol. Everything else
+is real: the ControlPlane and its xDS server, and in the end-to-end and conformance
+tests a real Envoy routing to real echo backends whose addresses are published as
+EndpointSlices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import copy
+import itertools
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+import pytest_asyncio
+
+from tests.fake_kube import FakeKube, Request
+from tests.support.backends import Backend, free_port, get, launch_backend
+from tests.support.envoy import running_envoy
+from tests.test_conformance import _distribution, _self_signed, rule, split
+from tests.test_conformance import kingress as conformance_kingress
+from tests.test_conformance import path as http_path
+from wakegate.controller import (
+    add_controller_parser,
+    run_controller,
+    start_control_plane,
+    xds_credentials,
+)
+from wakegate.controlplane import ControlPlane
+from wakegate.ingress.model import Endpoint
+from wakegate.leader import LeaderElector
+from wakegate.reconciler.cluster import DEFAULT_INGRESS_CLASS, ClusterReconciler
+from wakegate.reconciler.kingress_status import LoadBalancers, condition_of
+from wakegate.reconciler.kubernetes import KINGRESSES, Backoff, KubeApi
+from wakegate.xds.bootstrap import XdsTls
+from wakegate.xds.resources import CLUSTER, LISTENER, ROUTE
+from wakegate.xds.translate import GatewayConfig
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+KIN = "networking.internal.knative.dev/v1alpha1"
+CLASS_ANNOTATION = "networking.knative.dev/ingress.class"
+LB = LoadBalancers(
+    external="wakegate-gateway.knative-serving.svc.cluster.local",
+    internal="wakegate-gateway-internal.knative-serving.svc.cluster.local",
+)
+FAST = Backoff(initial_s=0.05, max_s=0.4)
+
+
+# --- Kubernetes objects ----------------------------------------------------------------
+
+
+def kingress(name: str, *rules: dict[str, Any], cls: str = DEFAULT_INGRESS_CLASS, **spec: Any):
+    obj = conformance_kingress(name, *rules, **spec)
+    obj["metadata"]["annotations"] = {CLASS_ANNOTATION: cls}
+    return obj
+
+
+def simple_kingress(name: str, host: str, service: str, **kw: Any) -> dict[str, Any]:
+    return kingress(name, rule([host], http_path(split(service))), **kw)
+
+
+def service(name: str, ports: list[dict[str, Any]] | None = None, ns: str = "default") -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"ports": ports or [{"name": "http", "port": 80, "targetPort": 8080}]},
+    }
+
+
+def endpoint_slice(
+    service_name: str,
+    addresses: list[str] | dict[str, bool],
+    ports: list[dict[str, Any]] | int,
+    *,
+    name: str | None = None,
+    ns: str = "default",
+) -> dict[str, Any]:
+    ready = addresses if isinstance(addresses, dict) else dict.fromkeys(addresses, True)
+    if isinstance(ports, int):
+        ports = [{"name": "http", "port": ports, "protocol": "TCP"}]
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name or f"{service_name}-x1",
+            "namespace": ns,
+            "labels": {"kubernetes.io/service-name": service_name},
+        },
+        "addressType": "IPv4",
+        "endpoints": [
+            {"addresses": [address], "conditions": {"ready": ok}} for address, ok in ready.items()
+        ],
+        "ports": ports,
+    }
+
+
+def sks(name: str, mode: str, private: str, protocol: str = "http1") -> dict[str, Any]:
+    return {
+        "apiVersion": KIN,
+        "kind": "ServerlessService",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"mode": mode, "protocolType": protocol},
+        "status": {"privateServiceName": private},
+    }
+
+
+def tls_secret(name: str, cert: str, key: str) -> dict[str, Any]:
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "namespace": "default"},
+        "data": {"tls.crt": b64(cert), "tls.key": b64(key)},
+    }
+
+
+# --- harness ---------------------------------------------------------------------------
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    """Poll `check` until it returns something truthy without raising."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: object = None
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+            last = result
+        except (AssertionError, KeyError) as exc:
+            last = exc
+        if loop.time() > deadline:
+            raise AssertionError(f"not true within {timeout}s: {what or check} (last: {last!r})")
+        await asyncio.sleep(0.02)
+
+
+@dataclass
+class Cluster:
+    kube: FakeKube
+    cp: ControlPlane
+    api: KubeApi
+    reconciler: ClusterReconciler
+    task: asyncio.Task[None]
+
+    def ingress(self, name: str, ns: str = "default") -> Any:
+        return {i.key: i for i in self.cp.ingresses()}.get(f"{ns}/{name}")
+
+    def endpoints(self, backend_key: str) -> set[Endpoint] | None:
+        backend = self.cp.state().backends.get(backend_key)
+        return None if backend is None else set(backend.endpoints)
+
+    def status(self, name: str) -> dict[str, Any]:
+        obj = self.kube.get(KIN, "Ingress", "default", name)
+        return (obj or {}).get("status") or {}
+
+    def condition(self, name: str, kind: str = "Ready") -> dict[str, Any]:
+        return dict(condition_of(self.status(name), kind) or {})
+
+
+@contextlib.asynccontextmanager
+async def fake_cluster(
+    kube: FakeKube | None = None,
+    *,
+    gateway: GatewayConfig | None = None,
+    group: str = "fake-kube-gateway",
+    may_write_status: Callable[[], bool] = lambda: True,
+    user_agent: str = "wakegate-test",
+    credentials: grpc.ServerCredentials | None = None,
+) -> AsyncIterator[Cluster]:
+    async with contextlib.AsyncExitStack() as stack:
+        if kube is None:
+            kube = await stack.enter_async_context(FakeKube(bookmark_interval_s=0.2))
+        api = KubeApi.for_host(kube.url)
+        api.api_client.user_agent = user_agent
+        stack.push_async_callback(api.close)
+        cp = ControlPlane(gateway or GatewayConfig(bind_address="127.0.0.1"), group=group)
+        await start_control_plane(cp, "127.0.0.1", 0, credentials)
+        stack.push_async_callback(cp.stop)
+        reconciler = ClusterReconciler(
+            api,
+            cp,
+            load_balancers=LB,
+            may_write_status=may_write_status,
+            backoff=FAST,
+            ack_poll_s=0.2,
+        )
+        task = asyncio.create_task(reconciler.run())
+
+        async def cancel() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        stack.push_async_callback(cancel)
+        await asyncio.wait_for(reconciler.synced.wait(), 10)
+        yield Cluster(kube, cp, api, reconciler, task)
+
+
+# --- sources → ControlPlane ------------------------------------------------------------
+
+
+async def test_fake_kube_kingress_create_update_delete_reaches_control_plane() -> None:
+    async with fake_cluster() as c:
+        c.kube.apply(service("hello-00001"))
+        c.kube.apply(endpoint_slice("hello-00001", ["127.0.0.11"], 8080))
+        c.kube.apply(simple_kingress("hello", "hello.default.example.com", "hello-00001"))
+        ingress = await eventually(lambda: c.ingress("hello"), what="ingress applied")
+        assert ingress.rules[0].hosts == ("hello.default.example.com",)
+        assert ingress.generation == 1
+        assert c.endpoints("default/hello-00001:80") == {Endpoint("127.0.0.11", 8080)}
+
+        c.kube.apply(simple_kingress("hello", "hi.default.example.com", "hello-00001"))
+        await eventually(
+            lambda: c.ingress("hello").rules[0].hosts == ("hi.default.example.com",),
+            what="update applied",
+        )
+        assert c.ingress("hello").generation == 2
+
+        c.kube.delete(KIN, "Ingress", "default", "hello")
+        await eventually(lambda: c.ingress("hello") is None, what="ingress removed")
+        await eventually(lambda: c.endpoints("default/hello-00001:80") is None)
+
+
+async def test_fake_kube_other_ingress_class_is_ignored() -> None:
+    async with fake_cluster() as c:
+        other = "kourier.ingress.networking.knative.dev"
+        c.kube.apply(simple_kingress("theirs", "theirs.example.com", "svc", cls=other))
+        c.kube.apply(simple_kingress("ours", "ours.example.com", "svc"))
+        await eventually(lambda: c.ingress("ours"), what="our ingress applied")
+        await asyncio.sleep(0.3)
+        assert c.ingress("theirs") is None
+        assert c.reconciler.ingress_keys() == ["default/ours"]
+        assert not c.kube.requests_to("PATCH", "/ingresses/theirs/status")
+
+        c.kube.apply(simple_kingress("ours", "ours.example.com", "svc", cls=other))
+        await eventually(lambda: c.ingress("ours") is None, what="handed to another class")
+
+
+async def test_fake_kube_invalid_kingress_keeps_previous_rules_and_reports_why() -> None:
+    async with fake_cluster() as c:
+        c.kube.apply(simple_kingress("shop", "shop.example.com", "shop-00001"))
+        await eventually(lambda: c.ingress("shop"), what="valid generation applied")
+        broken = kingress(
+            "shop",
+            rule(["shop.example.com"], http_path(split("shop-00001", 50), split("shop-00002", 40))),
+        )
+        c.kube.apply(broken)
+        ready = await eventually(
+            lambda: c.status("shop").get("observedGeneration") == 2 and c.condition("shop"),
+            what="status of the invalid generation",
+        )
+        assert ready["status"] == "False"
+        assert ready["reason"] == "InvalidIngress"
+        assert "spec.rules[0].http.paths[0].splits" in ready["message"]
+        assert "percents sum to 90" in ready["message"]
+        assert "generation 1 is still served" in ready["message"]
+        assert c.condition("shop", "NetworkConfigured")["status"] == "False"
+        served = c.ingress("shop")
+        assert served.generation == 1, "the previous valid generation keeps serving"
+        assert [s.backend.name for s in served.rules[0].paths[0].splits] == ["shop-00001"]
+        assert c.reconciler.invalid() == {"default/shop": ready["message"].split(": ", 1)[1]}
+
+
+async def test_fake_kube_host_conflict_reported_from_translator() -> None:
+    async with fake_cluster() as c:
+        c.kube.apply(simple_kingress("first", "same.example.com", "a"))
+        await eventually(lambda: c.ingress("first"))
+        c.kube.apply(simple_kingress("second", "same.example.com", "b"))
+        network = await eventually(
+            lambda: (
+                c.condition("second", "NetworkConfigured").get("status") == "False"
+                and c.condition("second", "NetworkConfigured")
+            ),
+            what="conflict reported",
+        )
+        assert network["reason"] == "TranslationFailed"
+        assert "already served by ingress default/first" in network["message"]
+        assert c.condition("second")["status"] == "False"
+        c.kube.delete(KIN, "Ingress", "default", "first")
+        await eventually(
+            lambda: c.condition("second", "NetworkConfigured").get("status") == "True",
+            what="conflict cleared once the other ingress is gone",
+        )
+
+
+async def test_fake_kube_sks_mode_flips_between_pods_and_activator() -> None:
+    async with fake_cluster() as c:
+        k = c.kube
+        k.apply(service("activator-service", [{"name": "http", "port": 80}], ns="knative-serving"))
+        k.apply(
+            endpoint_slice(
+                "activator-service",
+                ["127.0.0.21", "127.0.0.22"],
+                [{"name": "http", "port": 8012}, {"name": "http2", "port": 8013}],
+                ns="knative-serving",
+            )
+        )
+        k.apply(service("rev-00001", [{"name": "http", "port": 80, "targetPort": 8012}]))
+        k.apply(
+            service(
+                "rev-00001-private",
+                [
+                    {"name": "http", "port": 80, "targetPort": 8012},
+                    {"name": "queue-metrics", "port": 9090, "targetPort": 9090},
+                ],
+            )
+        )
+        pods = {"127.0.0.11": True, "127.0.0.12": True}
+        k.apply(
+            endpoint_slice(
+                "rev-00001-private",
+                pods,
+                [{"name": "queue-metrics", "port": 9090}, {"name": "http", "port": 8012}],
+            )
+        )
+        k.apply(sks("rev-00001", "Serve", "rev-00001-private"))
+        k.apply(simple_kingress("rev", "rev.example.com", "rev-00001"))
+        key = "default/rev-00001:80"
+        on_pods = {Endpoint("127.0.0.11", 8012), Endpoint("127.0.0.12", 8012)}
+        on_activator = {Endpoint("127.0.0.21", 8012), Endpoint("127.0.0.22", 8012)}
+        await eventually(lambda: c.endpoints(key) == on_pods, what="Serve → pods")
+
+        k.apply(sks("rev-00001", "Proxy", "rev-00001-private"))
+        await eventually(lambda: c.endpoints(key) == on_activator, what="Proxy → activator")
+        k.apply(sks("rev-00001", "Serve", "rev-00001-private"))
+        await eventually(lambda: c.endpoints(key) == on_pods, what="Serve again → pods")
+
+        k.apply(endpoint_slice("rev-00001-private", dict.fromkeys(pods, False), 8012))
+        await eventually(
+            lambda: c.endpoints(key) == on_activator, what="Serve without a ready pod → activator"
+        )
+        k.apply(endpoint_slice("activator-service", ["127.0.0.23"], 8012, ns="knative-serving"))
+        await eventually(lambda: c.endpoints(key) == {Endpoint("127.0.0.23", 8012)})
+
+        h2c_port = {"name": "http2", "port": 81, "appProtocol": "kubernetes.io/h2c"}
+        k.apply(service("grpc-00001", [h2c_port]))
+        k.apply(sks("grpc-00001", "Proxy", "grpc-00001-private", protocol="h2c"))
+        k.apply(
+            kingress(
+                "grpc",
+                rule(
+                    ["grpc.example.com"],
+                    http_path({**split("grpc-00001"), "servicePort": 81}),
+                ),
+            )
+        )
+        await eventually(
+            lambda: c.endpoints("default/grpc-00001:81") == {Endpoint("127.0.0.23", 8013)},
+            what="h2c revision in Proxy → activator's h2c port",
+        )
+        assert c.cp.state().backends["default/grpc-00001:81"].http2
+
+
+async def test_fake_kube_endpoint_slice_changes_update_endpoints() -> None:
+    async with fake_cluster() as c:
+        k = c.kube
+        k.apply(service("web", [{"name": "http", "port": 80, "targetPort": "web"}]))
+        k.apply(
+            endpoint_slice("web", {"127.0.0.31": True, "127.0.0.32": False}, 9000, name="web-a")
+        )
+        k.apply(simple_kingress("web", "web.example.com", "web"))
+        key = "default/web:80"
+        await eventually(lambda: c.endpoints(key) == {Endpoint("127.0.0.31", 9000)})
+        k.apply(endpoint_slice("web", ["127.0.0.31", "127.0.0.32"], 9000, name="web-a"))
+        await eventually(
+            lambda: c.endpoints(key) == {Endpoint("127.0.0.31", 9000), Endpoint("127.0.0.32", 9000)}
+        )
+        k.apply(endpoint_slice("web", ["127.0.0.33"], 9001, name="web-b"))
+        await eventually(lambda: Endpoint("127.0.0.33", 9001) in c.endpoints(key))
+        k.delete("discovery.k8s.io/v1", "EndpointSlice", "default", "web-a")
+        await eventually(lambda: c.endpoints(key) == {Endpoint("127.0.0.33", 9001)})
+        assert not c.cp.state().backends[key].http2
+
+        k.apply(service("web", [{"name": "h2c", "port": 80, "targetPort": "web"}]))
+        k.apply(
+            endpoint_slice("web", ["127.0.0.33"], [{"name": "h2c", "port": 9001}], name="web-b")
+        )
+        await eventually(lambda: c.cp.state().backends[key].http2, what="h2c port name")
+        k.delete("v1", "Service", "default", "web")
+        await eventually(lambda: c.endpoints(key) is None, what="no Service, no backend")
+
+
+async def test_fake_kube_tls_secret_becomes_the_certificate() -> None:
+    async with fake_cluster() as c:
+        host = "secure.example.com"
+        c.kube.apply(
+            kingress(
+                "secure",
+                rule([host], http_path(split("svc"))),
+                tls=[{"hosts": [host], "secretName": "secure-tls", "secretNamespace": "default"}],
+            )
+        )
+        network = await eventually(
+            lambda: (
+                c.condition("secure", "NetworkConfigured").get("status") == "False"
+                and c.condition("secure", "NetworkConfigured")
+            ),
+            what="missing certificate reported",
+        )
+        assert "secure-tls" in network["message"]
+        cert, key = _self_signed(host)
+        c.kube.apply(tls_secret("unrelated", cert, key))
+        c.kube.apply(tls_secret("secure-tls", cert, key))
+        await eventually(lambda: "default/secure-tls" in c.cp.state().certificates)
+        assert c.cp.state().certificates["default/secure-tls"].cert_chain_pem == cert
+        assert "default/unrelated" not in c.cp.state().certificates
+        await eventually(
+            lambda: c.condition("secure", "NetworkConfigured").get("status") == "True",
+            what="certificate found",
+        )
+
+
+@pytest.mark.parametrize("gone_as_http", [False, True], ids=["error-event", "http-410"])
+async def test_fake_kube_410_gone_relists_and_converges(gone_as_http: bool) -> None:
+    async with FakeKube(bookmark_interval_s=0.2, gone_as_http=gone_as_http) as kube:
+        async with fake_cluster(kube) as c:
+            for name in ("a", "b"):
+                kube.apply(simple_kingress(name, f"{name}.example.com", name))
+            await eventually(lambda: c.ingress("a") and c.ingress("b"))
+            informer = c.reconciler.informers[0]
+            relists = informer.relists
+            kube.fail(10_000, watch=True, path_contains="/ingresses")
+            kube.close_watches()
+            await asyncio.sleep(0.1)
+            kube.delete(KIN, "Ingress", "default", "a")
+            kube.apply(simple_kingress("b", "b2.example.com", "b"))
+            kube.apply(simple_kingress("c", "c.example.com", "c"))
+            kube.compact()
+            await asyncio.sleep(0.1)
+            assert c.ingress("a") is not None, "the changes are not seen while the watch is down"
+            kube.clear_failures()
+            await eventually(
+                lambda: (
+                    c.ingress("a") is None
+                    and c.ingress("b").rules[0].hosts == ("b2.example.com",)
+                    and c.ingress("c")
+                ),
+                what="converged after re-list",
+            )
+            assert informer.relists == relists + 1
+            gone = [r for r in kube.requests if r.status == 410 and "/ingresses" in r.path]
+            assert gone or not gone_as_http
+
+
+async def test_fake_kube_api_errors_are_retried_with_backoff() -> None:
+    async with FakeKube(bookmark_interval_s=0.2) as kube:
+        kube.apply(simple_kingress("retry", "retry.example.com", "svc"))
+        kube.fail(3, method="GET", path_contains="/ingresses", watch=False)
+        async with fake_cluster(kube) as c:
+            assert c.ingress("retry") is not None
+            lists = [r for r in kube.requests_to("GET", "/ingresses") if "watch" not in r.query]
+            assert [r.status for r in lists[:4]] == [500, 500, 500, 200]
+            gaps = [b.at - a.at for a, b in itertools.pairwise(lists[:4])]
+            assert gaps[2] > gaps[0], f"back-off grows: {gaps}"
+
+            kube.fail(2, watch=True, path_contains="/endpointslices")
+            kube.close_watches()
+            kube.apply(service("svc"))
+            kube.apply(endpoint_slice("svc", ["127.0.0.41"], 8080))
+            await eventually(
+                lambda: c.endpoints("default/svc:80") == {Endpoint("127.0.0.41", 8080)}
+            )
+
+            await eventually(lambda: c.condition("retry").get("status") == "Unknown")
+            before = len(kube.requests_to("PATCH", "/ingresses/retry/status"))
+            kube.fail(2, method="PATCH", path_contains="/status")
+            kube.apply(kingress("retry", rule(["Not A Host"], http_path(split("svc")))))
+            await eventually(
+                lambda: c.condition("retry").get("reason") == "InvalidIngress",
+                what="status written after failed attempts",
+            )
+            patches = kube.requests_to("PATCH", "/ingresses/retry/status")[before:]
+            assert [r.status for r in patches[:3]] == [500, 500, 200]
+
+
+async def test_fake_kube_pages_of_a_large_list_are_all_read() -> None:
+    async with FakeKube() as kube:
+        for i in range(12):
+            kube.apply(simple_kingress(f"p{i:02d}", f"p{i}.example.com", "svc"))
+        api = KubeApi.for_host(kube.url)
+        try:
+            items, version = await api.list(KINGRESSES, page_size=5)
+        finally:
+            await api.close()
+        assert len(items) == 12 and version == str(kube.resource_version)
+        pages = [r for r in kube.requests if r.query.get("limit") == "5"]
+        assert len(pages) == 3
+
+
+# --- leader election --------------------------------------------------------------------
+
+
+@dataclass
+class Replica:
+    name: str
+    elector: LeaderElector
+    cluster: Cluster
+    task: asyncio.Task[None]
+    stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        await self.stack.aclose()
+
+
+async def start_replica(kube: FakeKube, name: str) -> Replica:
+    stack = contextlib.AsyncExitStack()
+    holder: dict[str, LeaderElector] = {}
+    c = await stack.enter_async_context(
+        fake_cluster(
+            kube,
+            group=f"gw-{name}",
+            user_agent=name,
+            may_write_status=lambda: "e" in holder and holder["e"].is_leader,
+        )
+    )
+    api = KubeApi.for_host(kube.url)
+    api.api_client.user_agent = name
+    stack.push_async_callback(api.close)
+    elector = LeaderElector(
+        api,
+        namespace="knative-serving",
+        name="wakegate-controller",
+        identity=name,
+        lease_duration_s=1.5,
+        renew_deadline_s=1.0,
+        retry_period_s=0.1,
+        on_started_leading=c.reconciler.resync_status,
+    )
+    holder["e"] = elector
+    task = asyncio.create_task(elector.run())
+    return Replica(name, elector, c, task, stack)
+
+
+def lease_holder(kube: FakeKube) -> str | None:
+    lease = kube.get("coordination.k8s.io/v1", "Lease", "knative-serving", "wakegate-controller")
+    return None if lease is None else lease["spec"].get("holderIdentity")
+
+
+async def test_fake_kube_only_the_leader_writes_status_and_a_follower_takes_over() -> None:
+    async with FakeKube(bookmark_interval_s=0.2) as kube:
+        a = await start_replica(kube, "replica-a")
+        b: Replica | None = None
+        try:
+            await asyncio.wait_for(a.elector.leading.wait(), 5)
+            b = await start_replica(kube, "replica-b")
+            kube.apply(kingress("bad-1", rule(["bad one"], http_path(split("svc")))))
+            await eventually(lambda: a.cluster.condition("bad-1").get("status") == "False")
+            await asyncio.sleep(0.5)
+            assert not b.elector.is_leader and lease_holder(kube) == "replica-a"
+            writers = {r.user_agent for r in kube.requests_to("PATCH", "/status")}
+            assert writers == {"replica-a"}
+
+            await a.stop()
+            stopped_at = asyncio.get_running_loop().time()
+            await asyncio.wait_for(b.elector.leading.wait(), 3)
+            assert lease_holder(kube) == "replica-b"
+            kube.apply(kingress("bad-2", rule(["bad two"], http_path(split("svc")))))
+            await eventually(lambda: b.cluster.condition("bad-2").get("status") == "False")
+            by_b = [r for r in kube.requests_to("PATCH", "/status") if r.user_agent == "replica-b"]
+            assert by_b and all(r.at > stopped_at for r in by_b)
+            assert {r.path.split("/")[-2] for r in by_b} == {"bad-2"}
+        finally:
+            for replica in (b, a):
+                if replica is not None:
+                    await replica.stop()
+        assert lease_holder(kube) is None, "a stopping leader releases the lease"
+
+
+async def test_fake_kube_lease_of_a_vanished_leader_expires() -> None:
+    async with FakeKube() as kube:
+        api = KubeApi.for_host(kube.url)
+        try:
+            fast = {"lease_duration_s": 1.0, "renew_deadline_s": 0.6, "retry_period_s": 0.1}
+            a = LeaderElector(api, namespace="knative-serving", name="lock", identity="a", **fast)
+            b = LeaderElector(api, namespace="knative-serving", name="lock", identity="b", **fast)
+            assert await a.try_acquire_or_renew()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            for _ in range(50):
+                if await b.try_acquire_or_renew():
+                    break
+                await asyncio.sleep(0.1)
+            assert loop.time() - started >= 0.95, "taken only once the lease went unrenewed"
+            lease = kube.get("coordination.k8s.io/v1", "Lease", "knative-serving", "lock")
+            assert lease is not None
+            assert lease["spec"]["holderIdentity"] == "b"
+            assert lease["spec"]["leaseTransitions"] == 1
+            assert not await a.try_acquire_or_renew(), "the old holder sees b's fresh lease"
+        finally:
+            await api.close()
+
+
+# --- the controller entry point ----------------------------------------------------------
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_fake_kube_controller_serves_health_metrics_and_xds(tmp_path: Path) -> None:
+    async with FakeKube(bookmark_interval_s=0.2) as kube:
+        kube.apply(simple_kingress("hello", "hello.example.com", "svc"))
+        parser = argparse.ArgumentParser()
+        add_controller_parser(parser.add_subparsers())
+        health, metrics, xds = free_port(), free_port(), free_port()
+        args = parser.parse_args(
+            ["controller", "--kubeconfig", str(kube.kubeconfig(tmp_path / "kubeconfig")),
+             "--xds-host", "127.0.0.1", "--xds-port", str(xds),
+             "--health-port", str(health), "--metrics-port", str(metrics),
+             "--gateway-external-address", "gw.wakegate-system",
+             "--leader-election-namespace", "knative-serving"]
+        )  # fmt: skip
+        assert callable(args.handler)
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_controller(args, stop))
+        try:
+            async with aiohttp.ClientSession() as session:
+
+                async def fetch(port: int, p: str) -> tuple[int, str]:
+                    async with session.get(f"http://127.0.0.1:{port}{p}") as resp:
+                        return resp.status, await resp.text()
+
+                await eventually(lambda: _port_open(health), what="health port open")
+                assert (await fetch(health, "/healthz"))[0] == 200
+                for _ in range(200):
+                    if (await fetch(health, "/readyz"))[0] == 200:
+                        break
+                    await asyncio.sleep(0.05)
+                assert (await fetch(health, "/readyz"))[0] == 200
+                assert _port_open(xds), "xDS serves once ready"
+                status, text = await fetch(metrics, "/metrics")
+                assert status == 200 and "wakegate_kube_relists_total" in text
+            await eventually(lambda: lease_holder(kube), what="leader elected")
+            ready = await eventually(
+                lambda: condition_of(
+                    (kube.get(KIN, "Ingress", "default", "hello") or {}).get("status"),
+                    "LoadBalancerReady",
+                ),
+                what="status written by the leader",
+            )
+            assert ready["status"] == "Unknown" and "no gateway is connected" in ready["message"]
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+        assert lease_holder(kube) is None
+        assert not _port_open(xds)
+
+
+# --- a real Envoy, real backends --------------------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def echo() -> AsyncIterator[dict[str, Backend]]:
+    started = await asyncio.gather(*(launch_backend(f"k{i}") for i in range(3)))
+    try:
+        yield {b.name: b for b in started}
+    finally:
+        await asyncio.gather(*(b.stop() for b in started))
+
+
+def publish_backends(kube: FakeKube, backends: dict[str, Backend]) -> None:
+    """A Service (port 80 → http) and an EndpointSlice with the process's address each."""
+    for name, b in backends.items():
+        kube.apply(service(name, [{"name": "http", "port": 80, "targetPort": "http"}]))
+        kube.apply(endpoint_slice(name, [b.host], b.port))
+
+
+def gateway_config() -> GatewayConfig:
+    return GatewayConfig(
+        external_port=free_port(), internal_port=free_port(), tls_port=free_port(),
+        bind_address="127.0.0.1",
+    )  # fmt: skip
+
+
+@pytest.mark.envoy
+async def test_fake_kube_end_to_end_envoy_serves_kingress_and_ready_follows_ack(
+    echo: dict[str, Backend],
+) -> None:
+    config = gateway_config()
+    async with fake_cluster(gateway=config) as c:
+        kube, cp = c.kube, c.cp
+        publish_backends(kube, echo)
+        host = "e2e.default.example.com"
+        kube.apply(simple_kingress("e2e", host, "k0"))
+        await eventually(lambda: c.ingress("e2e"))
+        version = await cp.flush()
+        published = cp.cache.sequence(cp.group, version)
+        assert published is not None
+        waiting = await eventually(
+            lambda: (
+                c.condition("e2e", "LoadBalancerReady").get("status") == "Unknown"
+                and c.condition("e2e", "LoadBalancerReady")
+            ),
+            what="status says it waits for a gateway",
+        )
+        assert "no gateway is connected" in waiting["message"]
+        assert c.condition("e2e")["status"] == "Unknown"
+
+        acked_at_write: list[dict[str, int | None]] = []
+
+        def on_request(request: Request) -> None:
+            if request.method != "PATCH" or not request.path.endswith("/e2e/status"):
+                return
+            ready = condition_of((request.body or {}).get("status"), "Ready") or {}
+            if ready.get("status") != "True":
+                return
+            for node in cp.server.nodes():
+                if node.connected:
+                    acked_at_write.append(
+                        {
+                            kind: cp.cache.sequence(cp.group, node.acked_snapshot.get(kind, ""))
+                            for kind in (LISTENER, ROUTE, CLUSTER)
+                        }
+                    )
+
+        kube.on_request = on_request
+        async with running_envoy(cp.server.port or 0, node_cluster=cp.group):
+            await eventually(lambda: c.condition("e2e").get("status") == "True", timeout=15)
+            assert acked_at_write, "Ready was written while a gateway was connected"
+            for acked in acked_at_write:
+                assert all(seq is not None and seq >= published for seq in acked.values()), (
+                    f"Ready written before the gateway ACKed snapshot {published}: {acked}"
+                )
+            status = c.status("e2e")
+            assert status["observedGeneration"] == 1
+            assert status["publicLoadBalancer"] == {"ingress": [{"domainInternal": LB.external}]}
+            assert status["privateLoadBalancer"] == {"ingress": [{"domainInternal": LB.internal}]}
+            code, body, _ = await get(f"http://127.0.0.1:{config.external_port}/", host=host)
+            assert (code, body["name"]) == (200, "k0")
+
+            kube.apply(simple_kingress("e2e", host, "k1"))
+            await eventually(
+                lambda: (
+                    c.status("e2e").get("observedGeneration") == 2
+                    and c.condition("e2e").get("status") == "True"
+                ),
+                timeout=15,
+            )
+            code, body, _ = await get(f"http://127.0.0.1:{config.external_port}/", host=host)
+            assert (code, body["name"]) == (200, "k1"), "Ready means the new generation serves"
+
+            kube.apply(endpoint_slice("k1", {echo["k1"].host: False}, echo["k1"].port))
+            await eventually(lambda: c.endpoints("default/k1:80") == set())
+            await cp.wait_served(10)
+            code, _, _ = await get(f"http://127.0.0.1:{config.external_port}/", host=host)
+            assert code == 503, "no ready endpoint left"
+
+            kube.apply(tls_secret("garbage-tls", "not a certificate", "not a key"))
+            tls = {"hosts": ["broken.example.com"], "secretName": "garbage-tls"}
+            kube.apply(
+                kingress(
+                    "broken",
+                    rule(["broken.example.com"], http_path(split("k2"))),
+                    tls=[{**tls, "secretNamespace": "default"}],
+                )
+            )
+            rejected = await eventually(
+                lambda: (
+                    c.condition("broken", "LoadBalancerReady").get("status") == "False"
+                    and c.condition("broken", "LoadBalancerReady")
+                ),
+                timeout=15,
+                what="the gateway's NACK in the status",
+            )
+            assert rejected["reason"] == "GatewayRejected"
+            assert "rejected lds" in rejected["message"], rejected["message"]
+            assert c.condition("broken")["status"] == "False"
+            assert c.condition("e2e")["status"] == "True", "what was served stays served"
+            kube.delete(KIN, "Ingress", "default", "broken")
+            await eventually(lambda: c.ingress("broken") is None)
+            assert await cp.wait_served(10), "config without the rejected part is accepted"
+
+
+def write_pki(directory: Path) -> tuple[Path, Path]:
+    """A CA and two certificates it signed, as ca.crt/tls.crt/tls.key in server/ and client/."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def build(name: str, issuer: x509.Name | None, signer: Any, *, ca: bool = False) -> tuple:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer or subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            ).add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+        cert = builder.sign(signer or key, hashes.SHA256())
+        return cert, key
+
+    ca_cert, ca_key = build("wakegate-test-ca", None, None, ca=True)
+    pem = serialization.Encoding.PEM
+    dirs = []
+    for role in ("server", "client"):
+        cert, key = build(f"wakegate-{role}", ca_cert.subject, ca_key)
+        folder = directory / role
+        folder.mkdir()
+        (folder / "ca.crt").write_bytes(ca_cert.public_bytes(pem))
+        (folder / "tls.crt").write_bytes(cert.public_bytes(pem))
+        (folder / "tls.key").write_bytes(
+            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
+        dirs.append(folder)
+    return dirs[0], dirs[1]
+
+
+@pytest.mark.envoy
+async def test_fake_kube_gateway_fetches_config_over_mutual_tls(
+    echo: dict[str, Backend], tmp_path: Path
+) -> None:
+    server, client = write_pki(tmp_path)
+    config = gateway_config()
+    async with fake_cluster(gateway=config, credentials=xds_credentials(server)) as c:
+        publish_backends(c.kube, echo)
+        c.kube.apply(simple_kingress("mtls", "mtls.example.com", "k2"))
+        port = c.cp.server.port or 0
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await channel.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=2)
+        tls = XdsTls(
+            ca_file=str(client / "ca.crt"),
+            cert_file=str(client / "tls.crt"),
+            key_file=str(client / "tls.key"),
+            server_name="localhost",
+        )
+        async with running_envoy(port, node_cluster=c.cp.group, xds_tls=tls):
+            await eventually(lambda: c.condition("mtls").get("status") == "True", timeout=15)
+            code, body, _ = await get(
+                f"http://127.0.0.1:{config.external_port}/", host="mtls.example.com"
+            )
+            assert (code, body["name"]) == (200, "k2")
+
+
+# --- conformance cases, driven through the Kubernetes source -------------------------------
+
+
+@dataclass
+class KubeGateway:
+    cluster: Cluster
+    config: GatewayConfig
+
+    @property
+    def external(self) -> str:
+        return f"http://127.0.0.1:{self.config.external_port}"
+
+    @property
+    def internal(self) -> str:
+        return f"http://127.0.0.1:{self.config.internal_port}"
+
+    async def apply(self, obj: dict[str, Any]) -> None:
+        """Apply a KIngress to the API and wait for its status to say it is served."""
+        stored = self.cluster.kube.apply(copy.deepcopy(obj))
+        name, generation = stored["metadata"]["name"], stored["metadata"]["generation"]
+        await eventually(
+            lambda: (
+                self.cluster.status(name).get("observedGeneration") == generation
+                and self.cluster.condition(name).get("status") == "True"
+            ),
+            timeout=15,
+            what=f"{name} Ready",
+        )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def kube_gateway(echo: dict[str, Backend]) -> AsyncIterator[KubeGateway]:
+    config = gateway_config()
+    async with fake_cluster(gateway=config, group="fake-kube-conformance") as c:
+        publish_backends(c.kube, echo)
+        async with running_envoy(c.cp.server.port or 0, node_cluster=c.cp.group):
+            yield KubeGateway(c, config)
+
+
+@pytest.mark.envoy
+async def test_fake_kube_conformance_basics(kube_gateway: KubeGateway) -> None:
+    gw = kube_gateway
+    await gw.apply(kingress("basics", rule(["basics.example.com"], http_path(split("k0")))))
+    status, body, _ = await get(gw.external + "/", host="basics.example.com")
+    assert status == 200 and body["name"] == "k0" and body["host"] == "basics.example.com"
+    status, _, _ = await get(gw.external + "/", host="nobody.example.com")
+    assert status == 404
+
+
+@pytest.mark.envoy
+async def test_fake_kube_conformance_percentage(kube_gateway: KubeGateway) -> None:
+    gw = kube_gateway
+    host = "percentage.example.com"
+    weights = {"k0": 20, "k1": 30, "k2": 50}
+    splits = [split(name, weight) for name, weight in weights.items()]
+    await gw.apply(kingress("percentage", rule([host], http_path(*splits))))
+    counts = await _distribution(gw, host, 400)  # type: ignore[arg-type]
+    for name, weight in weights.items():
+        share = counts[name] / 4
+        assert abs(share - weight) <= 10, (name, weight, share, counts)
+
+
+@pytest.mark.envoy
+async def test_fake_kube_conformance_headers(kube_gateway: KubeGateway) -> None:
+    gw = kube_gateway
+    await gw.apply(
+        kingress(
+            "headers",
+            rule(
+                ["headers.example.com"],
+                http_path(
+                    split(
+                        "k1",
+                        appendHeaders={
+                            "Post-Split": "k1",
+                            "Knative-Serving-Revision": "k1",
+                            "Knative-Serving-Namespace": "default",
+                        },
+                    ),
+                    appendHeaders={"Pre-Split": "rule"},
+                ),
+            ),
+        )
+    )
+    status, body, _ = await get(
+        gw.external + "/",
+        host="headers.example.com",
+        headers={"Knative-Serving-Revision": "chosen-by-client"},
+    )
+    assert status == 200
+    headers = body["headers"]
+    assert headers["pre-split"] == "rule" and headers["post-split"] == "k1"
+    assert headers["knative-serving-revision"] == "k1"
+    assert headers["knative-serving-namespace"] == "default"
+
+
+@pytest.mark.envoy
+async def test_fake_kube_conformance_visibility(kube_gateway: KubeGateway) -> None:
+    gw = kube_gateway
+    local = "vis.default.svc.cluster.local"
+    await gw.apply(
+        kingress(
+            "visibility",
+            rule([local], http_path(split("k2")), visibility="ClusterLocal"),
+            rule(["vis.example.com"], http_path(split("k2"))),
+        )
+    )
+    status, _, _ = await get(gw.external + "/", host=local)
+    assert status == 404, "a cluster-local host is not on the external listener"
+    status, body, _ = await get(gw.internal + "/", host=local)
+    assert status == 200 and body["name"] == "k2"
+    status, body, _ = await get(gw.external + "/", host="vis.example.com")
+    assert status == 200 and body["name"] == "k2"

@@ -1,0 +1,234 @@
+"""`wakegate controller`: cluster mode, Knative Serving's ingress inside Kubernetes.
+
+Every replica watches the cluster and serves xDS to the Envoy gateways; the replica
+holding the leader Lease also writes KIngress status. `/healthz` answers 200 while
+the process runs; `/readyz` answers 200 once the first full list of every source was
+translated and published, which is also when the xDS port opens, so a gateway never
+receives a snapshot built from a partial view of the cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+from kubernetes.aio.config import ConfigException
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from wakegate.controlplane import DEFAULT_GROUP, ControlPlane
+from wakegate.leader import LeaderElector
+from wakegate.reconciler.cluster import ACTIVATOR_SERVICE, DEFAULT_INGRESS_CLASS, ClusterReconciler
+from wakegate.reconciler.kingress_status import LoadBalancers, service_domain
+from wakegate.reconciler.kubernetes import KubeApi, load_configuration
+from wakegate.xds.translate import GatewayConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_XDS_PORT = 18000
+DEFAULT_METRICS_PORT = 9090
+DEFAULT_HEALTH_PORT = 8086
+DEFAULT_EXTERNAL_ADDRESS = "wakegate-gateway.knative-serving"
+DEFAULT_INTERNAL_ADDRESS = "wakegate-gateway-internal.knative-serving"
+
+
+def add_controller_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    """Add `controller` to a CLI's subcommands; its handler runs the controller."""
+    p = subparsers.add_parser(
+        "controller", help="run in a Kubernetes cluster as Knative Serving's ingress"
+    )
+    p.add_argument(
+        "--kubeconfig",
+        type=Path,
+        default=None,
+        help="kubeconfig file (default: in-cluster, else ~/.kube/config)",
+    )
+    p.add_argument("--xds-host", default="0.0.0.0", help="xDS listen address")
+    p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
+    p.add_argument(
+        "--xds-tls-dir",
+        type=Path,
+        default=None,
+        help="directory with ca.crt, tls.crt, tls.key: serve xDS over mutual TLS",
+    )
+    p.add_argument(
+        "--metrics-port", type=int, default=DEFAULT_METRICS_PORT, help="Prometheus /metrics port"
+    )
+    p.add_argument(
+        "--health-port", type=int, default=DEFAULT_HEALTH_PORT, help="/healthz and /readyz port"
+    )
+    p.add_argument(
+        "--ingress-class",
+        default=DEFAULT_INGRESS_CLASS,
+        help="the networking.knative.dev/ingress.class annotation to serve",
+    )
+    p.add_argument(
+        "--gateway-external-address",
+        default=DEFAULT_EXTERNAL_ADDRESS,
+        help="DNS name of the gateway's external Service (name.namespace "
+        "gets --domain-internal-suffix appended)",
+    )
+    p.add_argument(
+        "--gateway-internal-address",
+        default=DEFAULT_INTERNAL_ADDRESS,
+        help="DNS name of the gateway's cluster-local Service",
+    )
+    p.add_argument(
+        "--domain-internal-suffix",
+        default="svc.cluster.local",
+        help="suffix completing name.namespace gateway addresses",
+    )
+    p.add_argument("--leader-election-namespace", default="knative-serving")
+    p.add_argument(
+        "--leader-election-id",
+        default="wakegate-controller",
+        help="name of the coordination.k8s.io Lease",
+    )
+    p.add_argument(
+        "--node-cluster",
+        default=DEFAULT_GROUP,
+        help="the gateways' node cluster (--service-cluster) served",
+    )
+    p.set_defaults(handler=_cmd_controller)
+    return p  # fmt: skip
+
+
+def _cmd_controller(args: argparse.Namespace) -> int:
+    try:
+        asyncio.run(run_controller(args))
+    except ConfigException as exc:
+        print(f"wakegate: Kubernetes configuration: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def xds_credentials(tls_dir: Path) -> grpc.ServerCredentials:
+    """mTLS server credentials: gateways must present a certificate signed by ca.crt."""
+    try:
+        ca = (tls_dir / "ca.crt").read_bytes()
+        cert = (tls_dir / "tls.crt").read_bytes()
+        key = (tls_dir / "tls.key").read_bytes()
+    except OSError as exc:
+        raise OSError(f"--xds-tls-dir {tls_dir}: {exc.strerror}: {exc.filename}") from exc
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=True
+    )
+
+
+def cluster_gateway() -> GatewayConfig:
+    """Gateway listeners in a pod: all interfaces, 8080 external, 8081 internal, 8443 TLS."""
+    return GatewayConfig(external_port=8080, internal_port=8081, tls_port=8443)
+
+
+@contextlib.asynccontextmanager
+async def _http(port: int, routes: list[web.RouteDef]) -> AsyncIterator[None]:
+    app = web.Application()
+    app.add_routes(routes)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "0.0.0.0", port).start()
+        yield
+    finally:
+        await runner.cleanup()
+
+
+async def start_control_plane(
+    cp: ControlPlane, host: str, port: int, credentials: grpc.ServerCredentials | None = None
+) -> int:
+    """Start `cp` serving xDS on host:port, over mutual TLS when given `credentials`."""
+    if credentials is not None:
+        # ControlPlane.start opens the port through its server; bind the credentials there.
+        serve = cp.server.start
+        cp.server.start = functools.partial(serve, credentials=credentials)  # type: ignore[method-assign]
+    return await cp.start(host, port)
+
+
+async def run_controller(args: argparse.Namespace, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGINT/SIGTERM (or until `stop` is set, when given)."""
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    credentials = xds_credentials(args.xds_tls_dir) if args.xds_tls_dir else None
+    configuration = await load_configuration(args.kubeconfig)
+    api = KubeApi.from_configuration(configuration)
+    cp = ControlPlane(cluster_gateway(), group=args.node_cluster)
+    suffix = args.domain_internal_suffix
+    balancers = LoadBalancers(
+        external=service_domain(args.gateway_external_address, suffix),
+        internal=service_domain(args.gateway_internal_address, suffix),
+    )
+    elector: LeaderElector | None = None
+    reconciler = ClusterReconciler(
+        api,
+        cp,
+        load_balancers=balancers,
+        ingress_class=args.ingress_class,
+        activator=ACTIVATOR_SERVICE,
+        may_write_status=lambda: elector is not None and elector.is_leader,
+    )
+    elector = LeaderElector(
+        api,
+        namespace=args.leader_election_namespace,
+        name=args.leader_election_id,
+        on_started_leading=reconciler.resync_status,
+    )
+    ready = asyncio.Event()
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        if ready.is_set():
+            return web.Response(text="ok\n")
+        return web.Response(status=503, text="waiting for the first full list\n")
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def serve_xds() -> None:
+        port = await start_control_plane(cp, args.xds_host, args.xds_port, credentials)
+        ready.set()
+        log.info("serving xDS on %s:%d to node cluster %s", args.xds_host, port, cp.group)
+
+    tasks: list[asyncio.Task[None]] = []
+
+    async def shut_down() -> None:
+        ready.clear()
+        for task in reversed(tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(api.close)
+        stack.push_async_callback(cp.stop)
+        await stack.enter_async_context(
+            _http(args.health_port, [web.get("/healthz", healthz), web.get("/readyz", readyz)])
+        )
+        await stack.enter_async_context(_http(args.metrics_port, [web.get("/metrics", metrics)]))
+        stack.push_async_callback(shut_down)
+        tasks.append(asyncio.create_task(reconciler.run(serve_xds), name="cluster-reconciler"))
+        tasks.append(asyncio.create_task(elector.run(), name="leader-election"))
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        for task in tasks:
+            if task.done():
+                task.result()
