@@ -27,6 +27,7 @@ from wakegate.stack import LocalStack
 pytestmark = pytest.mark.envoy
 
 WINDOW_S, GRACE_S, TICK_S = 6.0, 2.0, 1.0
+ECHO = Path(__file__).resolve().parent / "backends" / "echo.py"
 
 
 @pytest_asyncio.fixture
@@ -220,3 +221,31 @@ async def test_a_pod_killed_under_load_is_replaced(client: Client) -> None:
             pods = await resp.json()
     assert victim["name"] in {p["name"] for p in pods}
     assert next(p for p in pods if p["name"] == victim["name"])["restarts"] == 1
+
+
+async def test_gateway_concurrency_metric_matches_a_closed_loop_load(client: Client) -> None:
+    """hey's N workers keep N requests in flight at a backend that takes 50 ms per
+    request; the autoscaler's metric for the revision is N (±10 %)."""
+    hey = shutil.which("hey")
+    assert hey, "the load generator `hey` is required (Debian package hey)"
+    spec = service("echo")
+    template = spec["spec"]["template"]
+    template["spec"]["containers"][0]["command"] = ["python3", str(ECHO)]
+    # A high target keeps one pod, so the figure is not moved by scaling.
+    template["metadata"]["annotations"]["autoscaling.knative.dev/target"] = "1000"
+    status, reply = await client.apply(spec)
+    assert status == 200 and reply["served"], reply
+    autoscaler = client.stack.autoscaler
+    assert autoscaler is not None
+    workers = 20
+    proc = await asyncio.create_subprocess_exec(
+        hey, "-z", "8s", "-c", str(workers), "-host", "echo.default.example.com",
+        client.gateway + "/?sleep=50", stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    await asyncio.sleep(7.0)
+    observed = autoscaler.metrics.observe(
+        autoscaler.clock(), "default/echo-00001", WINDOW_S, WINDOW_S / 2
+    )
+    await proc.wait()
+    print(f"closed loop of {workers}: measured {observed.panic:.2f} over the last 3 s")
+    assert abs(observed.panic - workers) <= 0.1 * workers, observed
