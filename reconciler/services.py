@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,6 +130,7 @@ class LocalServing:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._pending: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
         """Reconciles and deletes of Services never interleave."""
 
@@ -146,7 +147,7 @@ class LocalServing:
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._stopping, return_exceptions=True)
         await asyncio.gather(
             *(pods.close() for live in self._live.values() for pods in live.pods.values())
         )
@@ -370,11 +371,12 @@ class LocalServing:
                 )
         if live.route is not None:
             keep |= {t.revision_name for t in live.route.traffic}
-        # Only revisions no applied route names shrink.
+        # Only revisions no applied route names shrink. Pods drain and stop in the
+        # background, so a slow stop never holds up another Service's reconcile.
         for revision in revisions:
             pods = live.pods.get(revision.name)
             if pods is not None and wanted(revision) < len(pods.pods):
-                await pods.scale(wanted(revision))
+                self._background(pods.scale(wanted(revision)))
 
         previous = self.store.get_status(namespace, name)
         status = service_status(
@@ -433,6 +435,11 @@ class LocalServing:
             before_stop=before_stop,
             **self.pod_options,
         )
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
 
     def _pods_of(self, revision: Revision) -> RevisionPods | None:
         live = self._live.get(self._service_of.get(revision.key, ""))

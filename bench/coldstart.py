@@ -1,0 +1,875 @@
+"""(e) Scale from zero, the activator in path, and a burst to scale, on the local stack.
+
+The whole local stack runs in this process (control plane, real Envoy gateway, activator
+process, pods as processes, loopback API), with the seed's hello-world Service.
+
+1. Cold start: a revision at zero pods → first byte of the answer through the gateway,
+   over `--wakes` wakes. Baseline: the app's own start (spawn → first HTTP 200) without
+   the stack, once just before each wake so both meet the same load on the machine.
+   Target: wakegate's overhead (the difference of the p50s) ≤ 100 ms.
+   Short windows (stable 6 s, grace 1 s, tick 1 s) bring a revision back to zero
+   between wakes; wakes take turns over `--services` identical Services so one wakes
+   while the others idle back to zero, and each wake waits until no other pod is
+   starting or stopping. The client, and the app in the baseline, are timed from a
+   process of their own. Where the time goes comes from hooks on the stack's callbacks
+   and the runtime's log.
+2. Activator in path vs not: `hey` through the gateway to one pod in proxy mode (target
+   burst capacity 200, the default, keeps the activator in path) and one in serve mode
+   (target burst capacity 0: straight to the pod). Both pinned to one pod.
+3. Burst: `hey -c 50` at target 10 per pod from one ready pod, default windows (stable
+   60 s, panic 6 s, tick 2 s): time until 5 pods are ready. Target ≤ 10 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import copy
+import logging
+import os
+import re
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from bench.dataplane import Load, load, parse_hey
+from bench.stack import HELLO_APP, cpu_seconds, ms, percentile, table
+from tests.support.backends import LOOPBACK, free_port
+from wakegate.autoscaler.config import AutoscalerConfig
+from wakegate.autoscaler.decider import Decision
+from wakegate.ingress.model import BackendRef
+from wakegate.reconciler.routes import SERVICE_PORT
+from wakegate.stack import LocalStack, StackConfig
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = HELLO_APP.parent
+SEED: dict[str, Any] = yaml.safe_load((EXAMPLE / "helloworld-go.yaml").read_text())
+DOMAIN = "example.com"
+NAMESPACE = "default"
+
+SHORT = AutoscalerConfig(stable_window_s=6.0, scale_to_zero_grace_period_s=1.0, tick_interval_s=1.0)
+SETTLE_S = 0.3
+"""Pause after the pods went quiet, before a wake."""
+POLL_S = 0.1
+TARGET_OVERHEAD_S = 0.100
+BURST_PODS = 5
+TARGET_BURST_S = 10.0
+
+ANNOTATION = "autoscaling.knative.dev/"
+STAGES: tuple[tuple[str, str], ...] = (
+    ("poke", "activator poked the control plane"),
+    ("decision", "autoscaler asked for a pod"),
+    ("reconcile", "reconcile of the Service started"),
+    ("spawned", "pod process spawned"),
+    ("ready", "pod ready (readiness probe passed)"),
+    ("endpoints", "pod endpoint handed to the activator feed"),
+)
+
+
+# --- the timing client (its own process) ---------------------------------------------------
+
+
+def _get(port: int, host: str, timeout: float = 60.0) -> tuple[int, int, int]:
+    """GET / on a fresh connection: sent, first byte (monotonic ns), status."""
+    request = f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    sent = time.monotonic_ns()
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+        sock.sendall(request)
+        data = sock.recv(65536)
+        first = time.monotonic_ns()
+        while chunk := sock.recv(65536):
+            data += chunk
+    parts = data.split(b" ", 2)
+    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    return sent, first, status
+
+
+def _start_app(timeout: float = 30.0) -> tuple[int, int]:
+    """Spawn the hello-world app and poll it every millisecond until it answers 200:
+    spawned, first 200 (monotonic ns). The app is stopped before returning."""
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "HOST": LOOPBACK, "PYTHONUNBUFFERED": "1"}
+    request = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    spawned = time.monotonic_ns()
+    proc = subprocess.Popen(
+        [sys.executable, str(HELLO_APP)],
+        cwd=EXAMPLE,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((LOOPBACK, port), timeout=5) as sock:
+                    sock.sendall(request)
+                    if sock.recv(64).startswith(b"HTTP/1.1 200"):
+                        return spawned, time.monotonic_ns()
+            except OSError:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"the hello-world app exited with {proc.returncode}")
+            time.sleep(0.001)
+        raise RuntimeError(f"the hello-world app did not answer within {timeout:g}s")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def client() -> None:
+    """Answer timing commands read from stdin, one line each, until stdin ends:
+    `get PORT HOST` → `SENT FIRST_BYTE STATUS`; `start` → `SPAWNED READY`."""
+    for line in sys.stdin:
+        kind, *args = line.split()
+        if kind == "get":
+            print(*_get(int(args[0]), args[1]), flush=True)
+        elif kind == "start":
+            print(*_start_app(), flush=True)
+
+
+class Client:
+    """The benchmark's end of a running `client()` process."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    async def _call(self, line: str, timeout: float = 90.0) -> list[int]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(line.encode() + b"\n")
+        await self.process.stdin.drain()
+        reply = await asyncio.wait_for(self.process.stdout.readline(), timeout)
+        if not reply:
+            raise RuntimeError(f"the timing client exited with {await self.process.wait()}")
+        return [int(v) for v in reply.split()]
+
+    async def get(self, port: int, host: str) -> tuple[int, int, int]:
+        """Sent and first byte (monotonic ns), and the status of one GET."""
+        sent, first, status = await self._call(f"get {port} {host}")
+        return sent, first, status
+
+    async def start_app(self) -> float:
+        """Seconds from spawning the app to its first 200."""
+        spawned, ready = await self._call("start")
+        return (ready - spawned) / 1e9
+
+
+@contextlib.asynccontextmanager
+async def start_client() -> AsyncIterator[Client]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from bench.coldstart import client; client()",
+        cwd=REPO,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield Client(proc)
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+# --- the stack, its API and its timeline ------------------------------------------------
+
+
+def manifest(name: str, **annotations: str) -> dict[str, Any]:
+    """The seed's Service (target 10) named `name`, with extra template annotations."""
+    doc = copy.deepcopy(SEED)
+    doc["metadata"]["name"] = name
+    template = doc["spec"]["template"]["metadata"]
+    template["annotations"] = {**template.get("annotations", {}), **annotations}
+    return doc
+
+
+def host(name: str) -> str:
+    return f"{name}.{NAMESPACE}.{DOMAIN}"
+
+
+def revision(name: str) -> str:
+    return f"{name}-00001"
+
+
+class Api:
+    """The stack's loopback API."""
+
+    def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
+        self.session = session
+        self.base = f"http://127.0.0.1:{port}"
+
+    async def apply(self, *docs: dict[str, Any]) -> None:
+        """Apply Services and wait until the gateway serves them."""
+        body = "---\n".join(yaml.safe_dump(d) for d in docs)
+        query = {"dir": str(EXAMPLE), "wait": "1", "timeout": "60"}
+        async with self.session.put(self.base + "/v1/manifests", params=query, data=body) as r:
+            reply = await r.json()
+        if r.status != 200 or not reply.get("served"):
+            raise RuntimeError(f"apply failed: {r.status} {reply}")
+
+    async def delete(self, name: str) -> None:
+        async with self.session.delete(f"{self.base}/v1/services/{NAMESPACE}/{name}") as r:
+            if r.status != 200:
+                raise RuntimeError(f"delete {name} failed: {r.status} {await r.text()}")
+
+    async def pods(self) -> list[dict[str, Any]]:
+        async with self.session.get(self.base + "/v1/pods") as r:
+            pods: list[dict[str, Any]] = await r.json()
+            return pods
+
+    async def ready(self, revision_name: str) -> list[dict[str, Any]]:
+        return [p for p in await self.pods() if p["revision"] == revision_name and p["ready"]]
+
+
+def _service_of(revision_or_pod: str, dashes: int = 1) -> str:
+    """`cold-1-00001` (dashes=1) or `cold-1-00001-bcdfg` (dashes=2) → `cold-1`."""
+    return revision_or_pod.rsplit("-", dashes)[0]
+
+
+@dataclass
+class Timeline:
+    """When each stage of scaling happened, per Service (monotonic ns)."""
+
+    events: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    app_start_s: list[tuple[int, str, float]] = field(default_factory=list)
+    """(when, service, spawn → ready) as the runtime logged it."""
+    desired: list[tuple[int, str, int]] = field(default_factory=list)
+    """(when, service, pods) each time the autoscaler changed its mind."""
+
+    def mark(self, stage: str, service: str) -> None:
+        self.events.setdefault(stage, []).append((time.monotonic_ns(), service))
+
+    def first(self, stage: str, service: str, since: int) -> int | None:
+        return next((t for t, s in self.events.get(stage, ()) if s == service and t >= since), None)
+
+
+class _PodLog(logging.Handler):
+    """Turns the runtime's `pod … started` and `pod … ready in` lines into timeline events."""
+
+    def __init__(self, timeline: Timeline) -> None:
+        super().__init__(logging.INFO)
+        self.timeline = timeline
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message, args = str(record.msg), record.args
+        if not isinstance(args, tuple) or not args:
+            return
+        service = _service_of(str(args[0]), 2)
+        if message.startswith("pod %s started"):
+            self.timeline.mark("spawned", service)
+        elif message.startswith("pod %s ready in") and len(args) > 1:
+            self.timeline.mark("ready", service)
+            self.timeline.app_start_s.append(
+                (time.monotonic_ns(), service, float(args[1]) / 1000)  # type: ignore[arg-type]
+            )
+
+
+@contextlib.contextmanager
+def pod_log(timeline: Timeline) -> Iterator[None]:
+    """Feed the runtime's INFO lines to `timeline`; other loggers keep printing warnings."""
+    runtime = logging.getLogger("wakegate.runtime")
+    level, propagate = runtime.level, runtime.propagate
+    handler = _PodLog(timeline)
+    runtime.addHandler(handler)
+    runtime.setLevel(logging.INFO)
+    runtime.propagate = False
+    warnings = logging.StreamHandler()
+    warnings.setLevel(logging.WARNING)
+    runtime.addHandler(warnings)
+    try:
+        yield
+    finally:
+        runtime.removeHandler(handler)
+        runtime.removeHandler(warnings)
+        runtime.setLevel(level)
+        runtime.propagate = propagate
+
+
+def instrument(stack: LocalStack, timeline: Timeline) -> None:
+    """Wrap the stack's poke, decision, reconcile and endpoint-feed callbacks so each
+    marks `timeline`; behaviour is unchanged."""
+    serving, autoscaler = stack.serving, stack.autoscaler
+    assert serving is not None and serving.activation is not None and autoscaler is not None
+    feed = serving.activation.pods_feed
+    on_poke, set_endpoints = feed.on_poke, feed.set_endpoints
+    on_decision, reconcile = autoscaler.on_decision, serving.reconcile
+
+    def poke(namespace: str, revision_name: str) -> None:
+        timeline.mark("poke", _service_of(revision_name))
+        if on_poke is not None:
+            on_poke(namespace, revision_name)
+
+    def decided(key: str, decision: Decision) -> None:
+        service = _service_of(key.partition("/")[2])
+        timeline.desired.append((time.monotonic_ns(), service, decision.desired))
+        if decision.desired > 0:
+            timeline.mark("decision", service)
+        on_decision(key, decision)
+
+    async def reconciling(key: str) -> None:
+        timeline.mark("reconcile", key.partition("/")[2])
+        await reconcile(key)
+
+    def endpoints(
+        namespace: str, revision_name: str, eps: Iterable[Any], *a: Any, **kw: Any
+    ) -> None:
+        listed = list(eps)
+        if listed:
+            timeline.mark("endpoints", _service_of(revision_name))
+        set_endpoints(namespace, revision_name, listed, *a, **kw)
+
+    feed.on_poke = poke
+    feed.set_endpoints = endpoints  # type: ignore[method-assign]
+    autoscaler.on_decision = decided
+    serving.reconcile = reconciling  # type: ignore[method-assign]
+
+
+@contextlib.asynccontextmanager
+async def local_stack(
+    data_dir: Path, autoscaler: AutoscalerConfig, timeline: Timeline
+) -> AsyncIterator[tuple[LocalStack, Api]]:
+    config = StackConfig(
+        data_dir=data_dir,
+        domain=DOMAIN,
+        port=free_port(),
+        internal_port=free_port(),
+        tls_port=free_port(),
+        xds_port=0,
+        api_port=0,
+        admin_port=0,
+        autoscaler=autoscaler,
+    )
+    stack = LocalStack(config)
+    try:
+        await stack.start()
+        instrument(stack, timeline)
+        async with aiohttp.ClientSession() as session:
+            yield stack, Api(session, stack.api_port)
+    finally:
+        await stack.stop()
+
+
+async def activator_hold(stack: LocalStack, session: aiohttp.ClientSession) -> tuple[float, int]:
+    """The activator's total hold seconds and requests held so far."""
+    assert stack.activator is not None
+    async with session.get(f"http://127.0.0.1:{stack.activator.port}/metrics") as r:
+        text = await r.text()
+    found = dict(re.findall(r"^wakegate_activator_hold_seconds_(sum|count) (\S+)$", text, re.M))
+    return float(found.get("sum", 0)), int(float(found.get("count", 0)))
+
+
+def _child_pid(marker: str) -> int | None:
+    """A child process of this one whose command line contains `marker`."""
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if int(stat.rpartition(")")[2].split()[1]) == me and marker.encode() in cmdline:
+            return int(entry)
+    return None
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], timeout: float, what: str, interval: float = 0.05
+) -> None:
+    """Call the coroutine function `check` every `interval` until it returns true."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+# --- 1. cold start ---------------------------------------------------------------------
+
+
+def _cpu(activator: int | None) -> dict[str, float]:
+    """CPU seconds used so far by this process and by the activator."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out = {"stack": usage.ru_utime + usage.ru_stime}
+    if activator is not None:
+        with contextlib.suppress(OSError):
+            out["activator"] = cpu_seconds(activator)
+    return out
+
+
+@contextlib.asynccontextmanager
+async def loop_lag(interval_s: float = 0.005) -> AsyncIterator[list[float]]:
+    """How late each of this event loop's `interval_s` sleeps woke, while inside."""
+    lags: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def watch() -> None:
+        while True:
+            start = loop.time()
+            await asyncio.sleep(interval_s)
+            lags.append(loop.time() - start - interval_s)
+
+    task = asyncio.create_task(watch())
+    try:
+        yield lags
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@dataclass
+class Wake:
+    service: str
+    first_byte_s: float
+    status: int
+    stages: dict[str, float | None]
+    """Seconds from the request being sent to each of STAGES."""
+    hold_s: float | None
+    """The activator's hold of the request, by its own metric."""
+    pod_start_s: float | None
+    """The pod's spawn → ready, as the runtime logged it."""
+    overlapped: bool
+    """Another Service's scale changed while this request was waiting."""
+    cpu_s: dict[str, float]
+    """CPU used during the wake by this process (the stack) and the activator."""
+    loop_lag_s: float
+    """The longest the stack's event loop was late during the wake."""
+
+
+@dataclass
+class ColdResult:
+    app_start_s: list[float]
+    """The baseline: one app start just before each wake."""
+    wakes: list[Wake]
+    services: int
+
+
+async def cold_starts(
+    stack: LocalStack,
+    api: Api,
+    timing: Client,
+    timeline: Timeline,
+    *,
+    wakes: int,
+    services: int,
+) -> ColdResult:
+    app_start = []
+    activator = _child_pid("wakegate.activator.main")
+    names = [f"cold-{i}" for i in range(1, services + 1)]
+    await api.apply(*(manifest(n) for n in names))
+    idle_s = SHORT.stable_window_s + SHORT.scale_to_zero_grace_period_s + 30
+    results = []
+    for i in range(wakes):
+        name = names[i % services]
+
+        async def quiet(rev: str = revision(name)) -> bool:
+            pods = await api.pods()
+            return all(p["ready"] for p in pods) and not any(p["revision"] == rev for p in pods)
+
+        await wait_until(quiet, idle_s, f"{name} at zero pods")
+        await asyncio.sleep(SETTLE_S)
+        app_start.append(await timing.start_app())
+        held, count = await activator_hold(stack, api.session)
+        cpu = _cpu(activator)
+        async with loop_lag() as lags:
+            sent, first, status = await timing.get(stack.config.port, host(name))
+        cpu_after = _cpu(activator)
+        held_after, count_after = await activator_hold(stack, api.session)
+        stages: dict[str, float | None] = {}
+        since = sent
+        for stage, _ in STAGES:
+            at = timeline.first(stage, name, since)
+            stages[stage] = None if at is None else (at - sent) / 1e9
+            since = at if at is not None else since
+        pod_start = next((s for t, n, s in timeline.app_start_s if n == name and t >= sent), None)
+        results.append(
+            Wake(
+                service=name,
+                first_byte_s=(first - sent) / 1e9,
+                status=status,
+                stages=stages,
+                hold_s=held_after - held if count_after == count + 1 else None,
+                pod_start_s=pod_start,
+                overlapped=any(n != name and sent <= t <= first for t, n, _ in timeline.desired),
+                cpu_s={k: cpu_after[k] - v for k, v in cpu.items()},
+                loop_lag_s=max(lags, default=0.0),
+            )
+        )
+    for name in names:
+        await api.delete(name)
+    return ColdResult(app_start, results, services)
+
+
+def _p(values: Sequence[float], p: float) -> str:
+    return ms(percentile(values, p)) if values else "-"
+
+
+def report_cold(r: ColdResult) -> None:
+    first = [w.first_byte_s for w in r.wakes if w.status == 200]
+    failed = [w for w in r.wakes if w.status != 200]
+    base = r.app_start_s
+    paired = [w.first_byte_s - b for w, b in zip(r.wakes, base, strict=True) if w.status == 200]
+    overhead = percentile(first, 50) - percentile(base, 50) if first and base else None
+    verdict = ""
+    if overhead is not None:
+        verdict = "met" if overhead <= TARGET_OVERHEAD_S else "MISSED"
+    own = [
+        w.first_byte_s - w.pod_start_s
+        for w in r.wakes
+        if w.status == 200 and w.pod_start_s is not None
+    ]
+    ratio = f"{percentile(first, 50) / percentile(base, 50):.2f}x" if first and base else ""
+
+    def row(label: str, values: Sequence[float], versus: str = "") -> list[object]:
+        return [label, len(values), *(_p(values, p) for p in (50, 95, 100)), versus, ""]
+
+    rows = [
+        row("app alone: spawn → first 200 (baseline)", base, "1.00x"),
+        row("zero pods → first byte via the gateway", first, ratio),
+        ["wakegate overhead: difference of the p50s", "", "-" if overhead is None else ms(overhead),
+         "", "", "", f"≤ {TARGET_OVERHEAD_S * 1000:.0f} {verdict}"],
+        row("each wake minus the app start just before it", paired),
+        row("each wake minus its pod's own spawn → ready", own),
+    ]  # fmt: skip
+    print(table(["ms", "n", "p50", "p95", "max", "vs base", "target"], rows))
+    if failed:
+        print(f"{len(failed)} wakes did not answer 200: {[w.status for w in failed]}")
+
+    rows = []
+    previous: list[float] = [0.0] * len(r.wakes)
+    for stage, label in STAGES:
+        at = [w.stages[stage] for w in r.wakes]
+        seen = [a for a in at if a is not None]
+        steps = [a - b for a, b in zip(at, previous, strict=True) if a is not None]
+        previous = [a if a is not None else b for a, b in zip(at, previous, strict=True)]
+        rows.append([label, _p(seen, 50), _p(seen, 95), _p(steps, 50), len(seen)])
+    steps = [w.first_byte_s - b for w, b in zip(r.wakes, previous, strict=True)]
+    rows.append(["first byte at the client", _p(first, 50), _p(first, 95), _p(steps, 50), ""])
+    print()
+    print(
+        table(["where the time goes (ms after the request)", "p50", "p95", "step p50", "n"], rows)
+    )
+    pod_start = [w.pod_start_s for w in r.wakes if w.pod_start_s is not None]
+    hold = [w.hold_s for w in r.wakes if w.hold_s is not None]
+    overlapped = sum(w.overlapped for w in r.wakes)
+    lag = [w.loop_lag_s for w in r.wakes]
+    cpu = {k: sum(w.cpu_s.get(k, 0.0) for w in r.wakes) / len(r.wakes) for k in r.wakes[0].cpu_s}
+    print(
+        f"pod spawn → ready in the stack p50 {_p(pod_start, 50)} ms (app alone "
+        f"{_p(base, 50)} ms); activator hold p50 {_p(hold, 50)} ms; CPU per wake "
+        + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in cpu.items())
+        + f"; the stack's event loop late by up to {_p(lag, 50)} ms (p50 of each wake's "
+        f"worst; p95 {_p(lag, 95)}). {len(r.wakes)} wakes "
+        f"({overlapped} overlapped by another Service's scale change) "
+        f"taking turns over {r.services} Services, windows stable "
+        f"{SHORT.stable_window_s:g} s, grace {SHORT.scale_to_zero_grace_period_s:g} s, tick "
+        f"{SHORT.tick_interval_s:g} s; each wake starts once its revision has no pod and no "
+        "other pod is starting or stopping. The stages are each the first such event after "
+        "the one above; 'step' is the time since the stage above."
+    )
+
+
+# --- 2. activator in path vs straight to the pod --------------------------------------------
+
+
+PATHS = (
+    ("via-activator", "activator (proxy mode)", {}),
+    ("direct", "pod (serve mode)", {f"{ANNOTATION}target-burst-capacity": "0"}),
+)
+
+
+@dataclass
+class PathResult:
+    runs: list[Load]
+    routed: dict[str, str]
+    """Service → where its gateway cluster pointed before and after each run."""
+
+
+def _backend(stack: LocalStack, name: str) -> str:
+    backend = stack.cp.state().backends.get(BackendRef(NAMESPACE, revision(name), SERVICE_PORT).key)
+    assert stack.activator is not None
+    if backend is None or not backend.endpoints:
+        return "nothing"
+    if all(e.port == stack.activator.port for e in backend.endpoints):
+        return "activator"
+    return f"{len(backend.endpoints)} pod(s)"
+
+
+async def activator_vs_direct(
+    stack: LocalStack, api: Api, *, seconds: float, connections: int, warmup: float
+) -> PathResult:
+    pinned = {f"{ANNOTATION}min-scale": "1", f"{ANNOTATION}max-scale": "1"}
+    await api.apply(*(manifest(name, **pinned, **extra) for name, _, extra in PATHS))
+
+    async def settled() -> bool:
+        return _backend(stack, "via-activator") == "activator" and _backend(
+            stack, "direct"
+        ).endswith("pod(s)")
+
+    await wait_until(settled, 20, "the proxy and serve modes")
+    assert stack.gateway is not None and stack.gateway.pid is not None
+    activator = _child_pid("wakegate.activator.main")
+    url = f"http://127.0.0.1:{stack.config.port}/"
+    runs = []
+    routed: dict[str, set[str]] = {}
+    for conns in dict.fromkeys((connections, 1)):
+        for name, label, _ in PATHS:
+            [pod] = await api.ready(revision(name))
+            pids = {"app": int(pod["pid"]), "envoy": stack.gateway.pid, "wakegate": os.getpid()}
+            if activator is not None:
+                pids["activator"] = activator
+            routed.setdefault(name, set()).add(_backend(stack, name))
+            runs.append(
+                await load(
+                    "hey",
+                    label,
+                    url,
+                    host(name),
+                    duration=seconds,
+                    connections=conns,
+                    warmup=warmup,
+                    pids=pids,
+                )
+            )
+            routed[name].add(_backend(stack, name))
+    for name, _, _ in PATHS:
+        await api.delete(name)
+    return PathResult(runs, {n: " and ".join(sorted(v)) for n, v in routed.items()})
+
+
+def report_paths(r: PathResult) -> None:
+    direct = {run.connections: run for run in r.runs if run.path == PATHS[1][1]}
+    rows = []
+    for run in r.runs:
+        base = direct[run.connections]
+        if run is base:
+            versus = "baseline"
+        elif run.connections == 1:
+            versus = f"p50 +{(run.p50_s - base.p50_s) * 1000:.2f} ms"
+        else:
+            versus = f"{run.rps / base.rps * 100:.0f}% req/s"
+        rows.append(
+            [
+                f"hey -c {run.connections}",
+                run.path,
+                f"{run.rps:,.0f}",
+                f"{run.p50_s * 1000:.2f}",
+                f"{run.p99_s * 1000:.2f}",
+                f"{run.ok:,}",
+                f"{run.failed:,}",
+                versus,
+                " ".join(f"{name} {share * 100:.0f}%" for name, share in run.cpu.items()),
+            ]
+        )
+    header = ["load", "gateway →", "req/s", "p50 ms", "p99 ms", "ok", "failed", "vs direct"]
+    print(table([*header, "CPU (100% = one core)"], rows, left=2))
+    routed = ", ".join(f"{name}: {where}" for name, where in r.routed.items())
+    print(
+        "Same app, one pod each (min-scale = max-scale = 1), same gateway; the activator "
+        "is a Python (aiohttp) process. The gateway's cluster pointed at this before and "
+        f"after each run: {routed}. {os.cpu_count()} cores shared by hey, Envoy, the activator, "
+        "the app and this process."
+    )
+
+
+# --- 3. burst to scale ----------------------------------------------------------------------
+
+
+@dataclass
+class BurstResult:
+    seconds: float
+    asked_s: float | None
+    """Load start → the autoscaler first asked for BURST_PODS or more."""
+    reached_s: float | None
+    """Load start → BURST_PODS pods ready."""
+    first_at: dict[int, float]
+    """Ready pod count → when it was first seen."""
+    asked: list[tuple[float, int]]
+    """When the autoscaler's decision changed, and to what."""
+    most: int
+    hey: tuple[float, float, float, int, int]
+    pod_start_s: list[float]
+
+
+async def burst(
+    stack: LocalStack, api: Api, timeline: Timeline, *, seconds: float, connections: int
+) -> BurstResult:
+    name = "helloworld-go"
+    await api.apply(manifest(name))
+
+    async def one_ready() -> bool:
+        return len(await api.ready(revision(name))) == 1
+
+    await wait_until(one_ready, 30, "one ready pod")
+    await asyncio.sleep(1.0)
+    start = time.monotonic_ns()
+    proc = await asyncio.create_subprocess_exec(
+        "hey", "-z", f"{seconds:g}s", "-c", str(connections), "-host", host(name),
+        f"http://127.0.0.1:{stack.config.port}/",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output = asyncio.create_task(proc.communicate())
+    first_at: dict[int, float] = {}
+    while not output.done():
+        count = len(await api.ready(revision(name)))
+        first_at.setdefault(count, (time.monotonic_ns() - start) / 1e9)
+        await asyncio.wait({output}, timeout=POLL_S)
+    out, _ = await output
+    decisions = [((t - start) / 1e9, d) for t, n, d in timeline.desired if n == name and t >= start]
+    asked = next((t for t, d in decisions if d >= BURST_PODS), None)
+    reached = min((t for n, t in first_at.items() if n >= BURST_PODS), default=None)
+    starts = [s for t, n, s in timeline.app_start_s if n == name and t >= start]
+    return BurstResult(
+        seconds=seconds,
+        asked_s=asked,
+        reached_s=reached,
+        first_at=first_at,
+        asked=decisions,
+        most=max(first_at),
+        hey=parse_hey(out.decode(errors="replace")),
+        pod_start_s=starts,
+    )
+
+
+def report_burst(r: BurstResult, connections: int) -> None:
+    rps, p50, p99, ok, failed = r.hey
+
+    def s(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    verdict = "MISSED" if r.reached_s is None or r.reached_s > TARGET_BURST_S else "met"
+    rows = [
+        [f"autoscaler asks for ≥ {BURST_PODS} pods", s(r.asked_s), ""],
+        [f"{BURST_PODS} pods ready", s(r.reached_s), f"≤ {TARGET_BURST_S:g} {verdict}"],
+        ["pod spawn → ready under this load, p50",
+         s(percentile(r.pod_start_s, 50) if r.pod_start_s else None), ""],
+    ]  # fmt: skip
+    print(table(["seconds after the load started", "s", "target"], rows))
+    steps = ", ".join(f"{n} at {t:.1f} s" for n, t in sorted(r.first_at.items()))
+    asked = ", ".join(f"{n} at {t:.1f} s" for t, n in r.asked)
+    print(
+        f"autoscaler asked for: {asked}; ready pods first seen: {steps}; most pods ready "
+        f"{r.most}. hey -c {connections} "
+        f"-z {r.seconds:g}s: {ok:,} answered 200, {failed:,} other answers or errors, "
+        f"{rps:,.0f} req/s, p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms. Target 10 per "
+        "pod, default windows (stable 60 s, panic 6 s, tick 2 s); pods polled every "
+        f"{POLL_S * 1000:.0f} ms through the API."
+    )
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    if not shutil.which("hey") and {"path", "burst"} & set(args.parts):
+        print("hey is not installed (apt-get install hey): skipping parts path and burst")
+        args.parts = [p for p in args.parts if p == "cold"]
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="wakegate-bench-") as tmp:
+        if {"cold", "path"} & set(args.parts):
+            timeline = Timeline()
+            with pod_log(timeline):
+                async with (
+                    local_stack(Path(tmp) / "short", SHORT, timeline) as (stack, api),
+                    start_client() as timing,
+                ):
+                    if "cold" in args.parts:
+                        print(
+                            f"== (e.1) cold start: zero pods → first byte through the gateway "
+                            f"({args.wakes} wakes over {args.services} Services) =="
+                        )
+                        cold = await cold_starts(
+                            stack,
+                            api,
+                            timing,
+                            timeline,
+                            wakes=args.wakes,
+                            services=args.services,
+                        )
+                        report_cold(cold)
+                    if "path" in args.parts:
+                        print(
+                            f"\n== (e.2) activator in path vs straight to the pod "
+                            f"(hey, {args.seconds:g} s per run) =="
+                        )
+                        paths = await activator_vs_direct(
+                            stack,
+                            api,
+                            seconds=args.seconds,
+                            connections=args.connections,
+                            warmup=1.0,
+                        )
+                        report_paths(paths)
+        if "burst" in args.parts:
+            print(
+                f"\n== (e.3) burst: hey -c {args.burst_connections} from one pod until "
+                f"{BURST_PODS} are ready, default windows =="
+            )
+            timeline = Timeline()
+            with pod_log(timeline):
+                async with local_stack(Path(tmp) / "default", AutoscalerConfig(), timeline) as (
+                    stack,
+                    api,
+                ):
+                    result = await burst(
+                        stack,
+                        api,
+                        timeline,
+                        seconds=args.burst_seconds,
+                        connections=args.burst_connections,
+                    )
+            report_burst(result, args.burst_connections)
+    print(
+        f"machine load average (1 min) {load_before:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} cores"
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.coldstart",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--wakes", type=int, default=20, help="cold starts (and baseline app starts)")
+    p.add_argument("--services", type=int, default=4, help="Services the wakes take turns over")
+    p.add_argument("--seconds", type=float, default=10.0, help="seconds per hey run in part 2")
+    p.add_argument("--connections", type=int, default=10, help="hey -c in part 2 (and -c 1)")
+    p.add_argument("--burst-seconds", type=float, default=20.0, help="hey -z in part 3")
+    p.add_argument("--burst-connections", type=int, default=50, help="hey -c in part 3")
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        choices=("cold", "path", "burst"),
+        default=["cold", "path", "burst"],
+        help="which parts to run",
+    )
+    return p
+
+
+def run(argv: Sequence[str] = ()) -> None:
+    asyncio.run(main_async(parser().parse_args(list(argv))))
+
+
+if __name__ == "__main__":
+    run(sys.argv[1:])
