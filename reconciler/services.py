@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 READY_SETTING = "ready-revisions"
 CRASHES_BEFORE_FAILED = 3
-RESYNC_S = 2.0
+RESYNC_S = 10.0
 """Every Service is reconciled at least this often, so pod failures reach status."""
 
 
@@ -323,11 +323,9 @@ class LocalServing:
             return
         service = parse_service(stored.manifest)
         live = self._live.setdefault(key, _Live())
-        revisions = service_revisions(service, self.revisions(namespace))
-        base_dirs = {
-            d["name"]: d.get("baseDir", ".")
-            for d in self.store.list_revisions(namespace, service.name)
-        }
+        stored_revisions = self.store.list_revisions(namespace, service.name)
+        revisions = service_revisions(service, map(Revision.from_dict, stored_revisions))
+        base_dirs = {d["name"]: d.get("baseDir", ".") for d in stored_revisions}
         failed = self._failed(live)
         ready = {r.name for r in revisions if r.key in self._ready}
         ingress, route = route_ingress(

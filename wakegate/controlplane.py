@@ -98,8 +98,9 @@ class ControlPlane:
     # --- desired state -------------------------------------------------------------
 
     def apply_ingress(self, ingress: Ingress) -> None:
-        self._ingresses[ingress.key] = ingress
-        self._mark()
+        if self._ingresses.get(ingress.key) != ingress:
+            self._ingresses[ingress.key] = ingress
+            self._mark()
 
     def delete_ingress(self, key: str) -> bool:
         found = self._ingresses.pop(key, None) is not None
