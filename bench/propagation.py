@@ -23,9 +23,11 @@ import dataclasses
 import http.client
 import json
 import os
+import re
 import select
 import sys
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +46,8 @@ from bench.stack import (
 from bench.synthetic import state
 from wakegate.controlplane import ControlPlane
 from wakegate.ingress.model import Ingress
+from wakegate.xds.resources import ROUTE
+from wakegate.xds.translate import HTTP_ROUTES
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE_HOST = "probe.default.example.com"
@@ -237,12 +241,14 @@ async def changes(
     return series
 
 
-async def envoy_p50(gw: Gateway, stat: str) -> str:
-    """The cumulative p50 of one of Envoy's histograms, as printed by its admin."""
-    text = await gw.envoy.admin_get(f"/stats?filter=^{stat}$")
+async def envoy_p50(gw: Gateway, pattern: str) -> str:
+    """The cumulative p50 of the first of Envoy's histograms whose whole name matches the
+    regular expression `pattern`, as printed by its admin."""
+    text = await gw.envoy.admin_get("/stats?filter=" + urllib.parse.quote(f"^{pattern}$"))
     for line in text.splitlines():
-        if line.startswith(stat + ":") and "P50(" in line:
-            value = float(line.split("P50(", 1)[1].split(")", 1)[0].split(",")[-1])
+        name, _, values = line.partition(":")
+        if re.fullmatch(pattern, name) and "P50(" in values:
+            value = float(values.split("P50(", 1)[1].split(")", 1)[0].split(",")[-1])
             return f"{value:.1f}" if value else "< 1"
     return "-"
 
@@ -293,8 +299,13 @@ async def measure_mode(
             series = await changes(
                 gw.cp, poller, gens, echo_port=echo_port, new_cluster=new_cluster, gap_s=gap_s
             )
-            rds = await envoy_p50(gw, "http.external.rds.internal.update_duration")
-            series.envoy = f"RDS update p50 {rds} ms per route configuration"
+            # Both plain-HTTP listeners share route configuration `http`; Envoy keeps
+            # its RDS stats under the stat prefix of whichever listener it built first.
+            rds = await envoy_p50(gw, rf"http\.\w+\.rds\.{HTTP_ROUTES}\.update_duration")
+            snapshot = gw.cp.cache.get_snapshot(gw.cp.group)
+            size = len(snapshot.resources[ROUTE][HTTP_ROUTES]) if snapshot else 0
+            pushed = f"route configuration {HTTP_ROUTES}, {size / 1000:,.0f} kB"
+            series.envoy = f"RDS update p50 {rds} ms ({pushed})"
             if new_cluster:
                 cds = await envoy_p50(gw, "cluster_manager.cds.update_duration")
                 series.envoy = f"CDS update p50 {cds} ms, " + series.envoy

@@ -88,6 +88,11 @@ spec:
     http:
       paths:
       - splits: [{serviceNamespace: apps, serviceName: grpc-00001, servicePort: h2c}]
+  - hosts: [clash.other.example.com]
+    visibility: ClusterLocal
+    http:
+      paths:
+      - splits: [{serviceNamespace: apps, serviceName: grpc-00001, servicePort: h2c}]
 ---
 apiVersion: networking.internal.knative.dev/v1alpha1
 kind: Ingress

@@ -15,6 +15,7 @@ from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
+from envoy.extensions.http.early_header_mutation.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 
@@ -24,6 +25,7 @@ from wakegate.ingress.model import (
     BackendRef,
     Certificate,
     Endpoint,
+    Headers,
     HTTPOption,
     Ingress,
     Path,
@@ -35,6 +37,7 @@ from wakegate.ingress.model import (
 )
 from wakegate.xds import resources
 from wakegate.xds.clusters import HTTP_PROTOCOL_OPTIONS
+from wakegate.xds.common import INTERNAL_HEADER
 from wakegate.xds.translate import GatewayConfig, Translator, translate
 
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
@@ -65,8 +68,54 @@ def simple(
     )
 
 
+def marks_internal(mgr: hcm.HttpConnectionManager) -> bool:
+    """Whether a connection manager sets the internal marker before routing."""
+    marking = header_mutation_pb2.HeaderMutation()
+    assert len(mgr.early_header_mutation_extensions) == 1
+    assert mgr.early_header_mutation_extensions[0].typed_config.Unpack(marking)
+    (mutation,) = marking.mutations
+    if mutation.HasField("append"):
+        assert mutation.append.header.key == INTERNAL_HEADER
+        assert mutation.append.append_action == OVERWRITE
+        return True
+    assert mutation.remove == INTERNAL_HEADER
+    return False
+
+
+def reachable(route: rc.Route, internal: bool) -> rc.Route | None:
+    """The route as a listener sees it (without the marker match), or None if that
+    listener's requests never match it."""
+    seen = rc.Route()
+    seen.CopyFrom(route)
+    del seen.match.headers[:]
+    for header in route.match.headers:
+        if header.name != INTERNAL_HEADER:
+            seen.match.headers.append(header)
+        elif header.present_match != internal:
+            return None
+    return seen
+
+
 def routes(out: resources.Resources, name: str) -> route_pb2.RouteConfiguration:
-    return route_pb2.RouteConfiguration.FromString(out[resources.ROUTE][name])
+    """The routes listener `name` serves: its route configuration with only the routes
+    its requests can match."""
+    mgr = manager(listener(out, name).filter_chains[0])
+    internal = marks_internal(mgr)
+    config = route_pb2.RouteConfiguration.FromString(
+        out[resources.ROUTE][mgr.rds.route_config_name]
+    )
+    assert list(config.request_headers_to_remove) == [INTERNAL_HEADER]
+    view = route_pb2.RouteConfiguration()
+    view.CopyFrom(config)
+    del view.virtual_hosts[:]
+    for host in config.virtual_hosts:
+        kept = [seen for r in host.routes if (seen := reachable(r, internal)) is not None]
+        if kept:
+            copy = view.virtual_hosts.add()
+            copy.CopyFrom(host)
+            del copy.routes[:]
+            copy.routes.extend(kept)
+    return view
 
 
 def vhost(out: resources.Resources, config: str, domain: str) -> rc.VirtualHost:
@@ -121,7 +170,7 @@ def test_no_catch_all_virtual_host() -> None:
 
 def test_empty_state_has_empty_route_configurations() -> None:
     out = run()
-    assert set(out[resources.ROUTE]) == {"external", "internal"}
+    assert set(out[resources.ROUTE]) == {"http"}
     assert not routes(out, "external").virtual_hosts
     assert set(out[resources.LISTENER]) == {"external", "internal"}
     assert out[resources.CLUSTER] == {}
@@ -134,6 +183,64 @@ def test_cluster_local_rules_are_served_only_internally() -> None:
     )
     assert domains(out, "external") == {"pub.default.example.com"}
     assert domains(out, "internal") == {"pub.default.example.com", "priv.default.svc.cluster.local"}
+
+
+def test_plain_http_listeners_share_one_route_configuration() -> None:
+    out = run(
+        simple("pub", "pub.default.example.com"),
+        simple("priv", "priv.default.svc.cluster.local", visibility=Visibility.CLUSTER_LOCAL),
+    )
+    assert set(out[resources.ROUTE]) == {"http"}
+    config = route_pb2.RouteConfiguration.FromString(out[resources.ROUTE]["http"])
+    assert [list(v.domains) for v in config.virtual_hosts] == [
+        ["priv.default.svc.cluster.local"],
+        ["pub.default.example.com"],
+    ]
+    private, public = (v.routes[0].match for v in config.virtual_hosts)
+    assert [(h.name, h.present_match) for h in private.headers] == [(INTERNAL_HEADER, True)]
+    assert not public.headers
+    assert list(config.request_headers_to_remove) == [INTERNAL_HEADER]
+    assert marks_internal(manager(listener(out, "internal").filter_chains[0]))
+    assert not marks_internal(manager(listener(out, "external").filter_chains[0]))
+
+
+def test_host_split_between_a_cluster_local_and_an_external_rule() -> None:
+    """A ClusterLocal rule first in key order keeps the host internally; the external
+    listener still serves it from the ExternalIP rule."""
+    local = simple("a", "both.example.com", visibility=Visibility.CLUSTER_LOCAL)
+    public = simple("b", "both.example.com", "b.example.com")
+    translator = Translator()
+    out = translator.translate(RoutingState(ingresses=(public, local)))
+    inside = vhost(out, "internal", "both.example.com").routes[0]
+    outside = vhost(out, "external", "both.example.com").routes[0]
+    assert inside.route.weighted_clusters.clusters[0].name == "default/a-00001:80"
+    assert outside.route.weighted_clusters.clusters[0].name == "default/b-00001:80"
+    assert list(vhost(out, "internal", "b.example.com").domains) == ["b.example.com"]
+    assert translator.errors == {
+        "default/b": (
+            "spec.rules[0].hosts: host 'both.example.com' is already served by ingress default/a",
+        )
+    }
+    out = translator.translate(RoutingState(ingresses=(public,)))
+    assert out == translate(RoutingState(ingresses=(public,)))
+    assert list(vhost(out, "internal", "both.example.com").domains) == [
+        "both.example.com",
+        "b.example.com",
+    ]
+
+
+def test_split_host_redirects_externally_when_the_external_rule_does() -> None:
+    local = simple("a", "both.example.com", visibility=Visibility.CLUSTER_LOCAL)
+    public = replace(simple("b", "both.example.com"), http_option=HTTPOption.REDIRECTED)
+    out = translate(
+        RoutingState(ingresses=(local, public)), GatewayConfig(https_redirect_port=8443)
+    )
+    inside = vhost(out, "internal", "both.example.com").routes
+    outside = vhost(out, "external", "both.example.com").routes
+    assert [r.route.weighted_clusters.clusters[0].name for r in inside] == ["default/a-00001:80"]
+    assert [(r.WhichOneof("action"), r.redirect.port_redirect) for r in outside] == [
+        ("redirect", 8443)
+    ]
 
 
 # ---- matching, splitting, headers -------------------------------------------------------
@@ -206,6 +313,58 @@ def test_headers_are_set_never_appended() -> None:
         ("Knative-Serving-Tag", OVERWRITE)
     ]
     assert routes(out, "external").most_specific_header_mutations_wins
+
+
+def split_headers(route: rc.Route) -> list[list[tuple[str, str]]]:
+    return [
+        [(h.header.key, h.header.value) for h in c.request_headers_to_add]
+        for c in route.route.weighted_clusters.clusters
+    ]
+
+
+def route_headers(route: rc.Route) -> list[tuple[str, str, int]]:
+    return [(h.header.key, h.header.value, h.append_action) for h in route.request_headers_to_add]
+
+
+def revision_split(name: str, percent: int, namespace: str = "default") -> Split:
+    return Split(
+        ref(name, namespace=namespace),
+        percent,
+        (("Knative-Serving-Namespace", namespace), ("Knative-Serving-Revision", name)),
+    )
+
+
+def test_header_every_split_sets_alike_is_set_once_on_the_route() -> None:
+    splits = (revision_split("r1", 60), revision_split("r2", 40), revision_split("old", 0, "x"))
+    ingress = Ingress("default", "h", (Rule(("h.example.com",), (Path(splits=splits),)),))
+    route = vhost(run(ingress), "external", "h.example.com").routes[0]
+    assert route_headers(route) == [("Knative-Serving-Namespace", "default", OVERWRITE)]
+    assert split_headers(route) == [
+        [("Knative-Serving-Revision", "r1")],
+        [("Knative-Serving-Revision", "r2")],
+    ]
+
+
+@pytest.mark.parametrize(
+    "splits, path_headers",
+    [
+        ((revision_split("r1", 60), revision_split("r2", 40, "other")), ()),
+        (
+            (revision_split("r1", 60), revision_split("r2", 40)),
+            (("knative-serving-namespace", "p"),),
+        ),
+        ((revision_split("r1", 100), revision_split("r2", 0)), ()),
+    ],
+    ids=["values-differ", "path-sets-it", "one-split-with-traffic"],
+)
+def test_headers_stay_on_the_splits(splits: tuple[Split, ...], path_headers: Headers) -> None:
+    path = Path(splits=splits, append_headers=path_headers)
+    ingress = Ingress("default", "h", (Rule(("h.example.com",), (path,)),))
+    route = vhost(run(ingress), "external", "h.example.com").routes[0]
+    assert [(k, v) for k, v, _ in route_headers(route)] == list(path_headers)
+    assert split_headers(route) == [
+        list(split.append_headers) for split in splits if split.percent > 0
+    ]
 
 
 def test_rewrite_host() -> None:
@@ -281,9 +440,7 @@ def test_retries() -> None:
 def test_websockets_are_allowed() -> None:
     out = run(simple("ws"))
     action = vhost(out, "external", "ws.default.example.com").routes[0].route
-    assert [(u.upgrade_type, u.enabled.value) for u in action.upgrade_configs] == [
-        ("websocket", True)
-    ]
+    assert not action.upgrade_configs, "routes inherit the connection manager's upgrades"
     for name in ("external", "internal"):
         upgrades = manager(listener(out, name).filter_chains[0]).upgrade_configs
         assert [u.upgrade_type for u in upgrades] == ["websocket"]
@@ -302,7 +459,8 @@ def test_http_listeners() -> None:
         assert lis.address.socket_address.port_value == port
         mgr = manager(lis.filter_chains[0])
         assert mgr.codec_type == hcm.HttpConnectionManager.AUTO
-        assert mgr.rds.route_config_name == name
+        assert mgr.rds.route_config_name == "http"
+        assert marks_internal(mgr) == (name == "internal")
         assert mgr.rds.config_source.HasField("ads")
         assert mgr.rds.config_source.resource_api_version == config_source_pb2.V3
         assert [f.name for f in mgr.http_filters] == ["envoy.filters.http.router"]

@@ -85,9 +85,9 @@ def counting(monkeypatch: pytest.MonkeyPatch, name: str) -> list[Any]:
 def test_concatenated_route_configuration_equals_the_built_message() -> None:
     ingresses = [ingress(i) for i in range(50)]
     vhosts = [rule_virtual_host(ing, 0, default_timeout_s=300) for ing in ingresses]
-    whole = route_configuration("external", vhosts)
+    whole = route_configuration("http", vhosts)
     entries = [virtual_host_entry(v.SerializeToString()) for v in vhosts]
-    assembled = route_configuration_bytes("external", entries)
+    assembled = route_configuration_bytes("http", entries)
     assert route_pb2.RouteConfiguration.FromString(assembled) == whole
     assert assembled == whole.SerializeToString(deterministic=True)
     assert route_configuration_bytes("internal", []) == (
@@ -128,7 +128,7 @@ def test_one_change_rebuilds_only_that_ingress(monkeypatch: pytest.MonkeyPatch) 
     assert after[resources.CLUSTER] is before[resources.CLUSTER]
     assert after[resources.ENDPOINT] is before[resources.ENDPOINT]
     assert after[resources.LISTENER] == before[resources.LISTENER]
-    assert after[resources.ROUTE]["external"] != before[resources.ROUTE]["external"]
+    assert after[resources.ROUTE]["http"] != before[resources.ROUTE]["http"]
     assert after == translate(after_state)
 
 
@@ -139,7 +139,7 @@ def test_equal_but_new_objects_are_not_rebuilt(monkeypatch: pytest.MonkeyPatch) 
     after = translator.translate(state(100))
     assert calls == []
     assert after == before
-    assert after[resources.ROUTE]["external"] is before[resources.ROUTE]["external"]
+    assert after[resources.ROUTE]["http"] is before[resources.ROUTE]["http"]
 
 
 def test_backend_change_re_encodes_only_its_assignment() -> None:
@@ -177,7 +177,7 @@ def test_removing_the_winner_hands_the_host_to_the_next_rule() -> None:
     translator.translate(RoutingState(ingresses=(first, second)))
     assert set(translator.errors) == {"default/svc-0002"}
     out = translator.translate(RoutingState(ingresses=(second,)))
-    config = route_pb2.RouteConfiguration.FromString(out[resources.ROUTE]["external"])
+    config = route_pb2.RouteConfiguration.FromString(out[resources.ROUTE]["http"])
     assert [(v.name, list(v.domains)) for v in config.virtual_hosts] == [
         ("default/svc-0002/rules[0]", ["shared.example.com"])
     ]

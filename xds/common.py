@@ -5,6 +5,10 @@ from __future__ import annotations
 from envoy.config.core.v3 import config_source_pb2
 from google.protobuf import duration_pb2
 
+INTERNAL_HEADER = "x-wakegate-internal"
+"""Request header the internal listener sets (and the others strip) before routing, so
+routes in the route configuration both plain-HTTP listeners share can tell them apart."""
+
 
 def duration(seconds: float) -> duration_pb2.Duration:
     whole = int(seconds)

@@ -3,6 +3,12 @@
 Every listener runs one HTTP connection manager that takes its routes over RDS on
 the ADS stream, speaks HTTP/1.1 and h2c (or h2 over TLS) downstream, allows
 websocket upgrades and normalises paths like an edge proxy should.
+
+The external and internal listeners name the same route configuration, which Envoy
+then fetches, decodes and builds once for both. Before routing, the internal listener
+sets `INTERNAL_HEADER` on every request and the other listeners remove any copy a
+client sent, so a route can be limited to one listener and cannot be reached from
+the other by sending the header.
 """
 
 from __future__ import annotations
@@ -10,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, extension_pb2
 from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -18,16 +25,20 @@ from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
+from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
+    header_mutation_pb2 as early_mutation_pb2,
+)
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from google.protobuf import any_pb2, wrappers_pb2
 
 from wakegate.ingress.model import Certificate, Ingress
-from wakegate.xds.common import ads_config_source, duration
+from wakegate.xds.common import INTERNAL_HEADER, ads_config_source, duration
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 TLS_TRANSPORT = "envoy.transport_sockets.tls"
+EARLY_HEADER_MUTATION = "envoy.http.early_header_mutation.header_mutation"
 
 
 def _any(message: object) -> any_pb2.Any:
@@ -36,13 +47,36 @@ def _any(message: object) -> any_pb2.Any:
     return packed
 
 
+def listener_marking(internal: bool) -> extension_pb2.TypedExtensionConfig:
+    """The early header mutation that runs before routing: the internal listener sets
+    `INTERNAL_HEADER`, every other listener removes it."""
+    if internal:
+        mutation = mutation_rules_pb2.HeaderMutation(
+            append=base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(key=INTERNAL_HEADER, value="1"),
+                append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+            )
+        )
+    else:
+        mutation = mutation_rules_pb2.HeaderMutation(remove=INTERNAL_HEADER)
+    return extension_pb2.TypedExtensionConfig(
+        name=EARLY_HEADER_MUTATION,
+        typed_config=_any(early_mutation_pb2.HeaderMutation(mutations=[mutation])),
+    )
+
+
 def http_connection_manager(
-    route_config_name: str, *, stat_prefix: str, stream_idle_timeout_s: float
+    route_config_name: str,
+    *,
+    stat_prefix: str,
+    stream_idle_timeout_s: float,
+    internal: bool = False,
 ) -> hcm.HttpConnectionManager:
     return hcm.HttpConnectionManager(
         stat_prefix=stat_prefix,
         codec_type=hcm.HttpConnectionManager.AUTO,
         rds=hcm.Rds(config_source=ads_config_source(), route_config_name=route_config_name),
+        early_header_mutation_extensions=[listener_marking(internal)],
         http_filters=[hcm.HttpFilter(name=ROUTER_FILTER, typed_config=_any(router_pb2.Router()))],
         upgrade_configs=[hcm.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
         use_remote_address=wrappers_pb2.BoolValue(value=True),
@@ -69,9 +103,14 @@ def http_listener(
     port: int,
     route_config_name: str,
     stream_idle_timeout_s: float,
+    internal: bool = False,
 ) -> listener_pb2.Listener:
+    """A plain-HTTP listener; `internal` marks its requests as cluster-local."""
     manager = http_connection_manager(
-        route_config_name, stat_prefix=name, stream_idle_timeout_s=stream_idle_timeout_s
+        route_config_name,
+        stat_prefix=name,
+        stream_idle_timeout_s=stream_idle_timeout_s,
+        internal=internal,
     )
     return listener_pb2.Listener(
         name=name,

@@ -2,6 +2,10 @@
 
 The stream classes here are plain state machines: requests and snapshot changes
 go in, serialised responses come out. The gRPC plumbing lives in `server.py`.
+
+Listeners and clusters go out whole in every response, as the protocol requires;
+routes and endpoints, which are subscribed by name, only as far as the gateway lacks
+them, so one changed endpoint set does not resend every other one.
 """
 
 from __future__ import annotations
@@ -174,7 +178,7 @@ class _TypeState:
     ledger: TypeLedger = field(default_factory=TypeLedger)
     needs_response: bool = True
     sent: Mapping[str, str] = field(default_factory=dict)
-    """Name → version of every resource in the last response."""
+    """Name → version of every subscribed resource the gateway has been sent."""
     sent_type_version: str | None = None
     version: str = ""
     nonce: str | None = None
@@ -239,10 +243,10 @@ class SotwStream(StreamBase):
             return None
         ledger = state.ledger
         versions = snapshot.names(type_url)
-        resend = False
+        resend: set[str] = set()
         if type_url == ENDPOINT and self.resend_endpoints:
             wanted = versions if state.names is None else state.names
-            resend = not self.resend_endpoints.isdisjoint(wanted)
+            resend = self.resend_endpoints.intersection(wanted)
             self.resend_endpoints.clear()
         if state.names is None:
             type_version = snapshot.type_versions[type_url]
@@ -257,18 +261,27 @@ class SotwStream(StreamBase):
             state.sent = versions
             count = len(versions)
         else:
+            # Per-name types (routes, endpoints) need not repeat what the gateway
+            # already holds: a response carries the subscribed resources it lacks or
+            # holds in another version, all of them only when a response is owed.
             desired = {name: versions[name] for name in state.names if name in versions}
-            changed = resend or any(state.sent.get(name) != v for name, v in desired.items())
-            if not state.needs_response and not changed:
+            if state.needs_response:
+                send = sorted(desired)
+            else:
+                sent = state.sent
+                send = sorted(
+                    name for name, v in desired.items() if name in resend or sent.get(name) != v
+                )
+            if not send and not state.needs_response:
                 state.sent = desired
                 ledger.sent_seq = self.seq
                 ledger.settle()
                 return None
             fields = snapshot.sotw_fields(type_url)
-            body = [fields[name] for name in sorted(desired)]
+            body = [fields[name] for name in send]
             state.sent = desired
             state.sent_type_version = None
-            count = len(desired)
+            count = len(send)
         state.needs_response = False
         state.version = snapshot.type_versions[type_url]
         state.nonce = self.next_nonce()

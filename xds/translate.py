@@ -7,11 +7,18 @@ configurations from cached bytes. Unchanged ingresses are recognised by identity
 first (a state built from the previous one reuses its objects) and by equality
 otherwise.
 
-Route configurations: `external` (external HTTP listener), `internal` (cluster-local
-listener) and `external-tls` (HTTPS listener, present when some ingress has TLS).
-ClusterLocal rules are served only internally; ExternalIP rules on every listener, as
-Knative does. A host served by two rules goes to the first rule in ingress-key order;
-the loser is reported in `Translator.errors`.
+Route configurations: `http`, shared by the external and the cluster-local HTTP
+listeners so that Envoy decodes and builds a change once, and `external-tls` (HTTPS
+listener, present when some ingress has TLS). ClusterLocal rules are served only
+internally; ExternalIP rules on every listener, as Knative does. In `http` a rule's
+virtual host limits the routes one listener may not use to the other (see
+`routes.Reach`).
+
+A host served by two rules goes to the first rule in ingress-key order, separately
+for each listener; the loser is reported in `Translator.errors`. When a ClusterLocal
+rule wins a host internally and a later ExternalIP rule wins it externally, the host
+gets a virtual host of its own in `http` that holds both rules' routes, each limited
+to its listener.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from __future__ import annotations
 import bisect
 import functools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import compress
 from operator import is_not
 
@@ -36,19 +43,28 @@ from wakegate.xds.clusters import ClusterEncoder
 from wakegate.xds.endpoints import encode_endpoints, load_assignment_bytes
 from wakegate.xds.listeners import http_listener, https_listener, sni_chains
 from wakegate.xds.routes import (
-    redirect_virtual_host,
+    Reach,
+    forward_routes,
+    redirect_routes,
+    redirected_virtual_host,
     route_configuration_bytes,
     rule_virtual_host,
+    virtual_host,
     virtual_host_entry,
 )
 
 EXTERNAL = "external"
 INTERNAL = "internal"
 EXTERNAL_TLS = "external-tls"
-ROUTE_CONFIGS: tuple[str, ...] = (EXTERNAL, INTERNAL, EXTERNAL_TLS)
-"""Route configuration names; each listener has the name of its route configuration."""
+HTTP_ROUTES = "http"
+"""The route configuration of both plain-HTTP listeners."""
+ROUTE_CONFIGS: tuple[str, ...] = (HTTP_ROUTES, EXTERNAL_TLS)
 
+_HTTP, _TLS_RC = range(2)
+"""Route configurations, indexes into ROUTE_CONFIGS."""
 _EXT, _INT, _TLS = range(3)
+"""Host claim tables: external HTTP, internal HTTP and TLS listener."""
+_RC_OF_TABLE = (_HTTP, _HTTP, _TLS_RC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,21 +89,35 @@ class GatewayConfig:
 
 @dataclass(slots=True)
 class _Slot:
-    """One rule's virtual host in one route configuration."""
+    """One rule's claim on its hosts in one claim table."""
 
-    rc: int
+    table: int
     rank: tuple[str, int]
-    """(ingress key, rule index): the lowest rank serving a host keeps it."""
+    """(ingress key, rule index): the lowest rank claiming a host wins it."""
     hosts: tuple[str, ...]
     names: tuple[str, ...]
     """The hosts lowercased, as Envoy compares them."""
-    redirect: bool
-    full: bytes
-    """The encoded `virtual_hosts` entry with every host."""
-    entry: bytes
-    """What goes into the route configuration: `full`, or a re-encoding without the
-    hosts lost to lower ranks, or nothing when all are lost."""
     lost: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class _Rule:
+    """One rule's virtual host in each route configuration that serves it."""
+
+    index: int
+    hosts: tuple[str, ...]
+    names: tuple[str, ...]
+    external: bool
+    """Visibility ExternalIP: served on every listener, not only the internal one."""
+    redirect: bool
+    """Its external HTTP routes redirect to HTTPS."""
+    full: dict[int, bytes]
+    """Route configuration → the encoded `virtual_hosts` entry with every host."""
+    entry: dict[int, bytes] = field(default_factory=dict)
+    """What goes into each route configuration: `full`, or a re-encoding with only the
+    hosts the rule keeps there, or nothing when it keeps none."""
+    served: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    """The hosts in each `entry`."""
 
 
 @dataclass(slots=True)
@@ -96,6 +126,7 @@ class _Built:
 
     ingress: Ingress
     slots: dict[tuple[int, int], _Slot]
+    rules: dict[int, _Rule]
     clusters: frozenset[str]
     notes: tuple[str, ...]
 
@@ -126,13 +157,16 @@ class Translator:
         self._last_ingresses: Sequence[Ingress] | None = None
         self._built: dict[str, _Built] = {}
         self._keys: list[str] = []
-        self._parts: list[list[bytes]] = [[], [], []]
+        self._parts: list[list[bytes]] = [[], []]
+        self._split_hosts: dict[str, bytes] = {}
+        """Host name → the virtual host it gets when a ClusterLocal rule serves it
+        internally and an ExternalIP rule externally."""
         self._claims: list[dict[str, list[tuple[str, int]]]] = [{}, {}, {}]
         self._conflicted: set[str] = set()
         self._noted: set[str] = set()
         self._duplicates: dict[str, int] = {}
-        self._rc_bytes: list[bytes] = [b"", b"", b""]
-        self._rc_dirty = {_EXT, _INT, _TLS}
+        self._rc_bytes: list[bytes] = [b"", b""]
+        self._rc_dirty = {_HTTP, _TLS_RC}
         self._refs: dict[str, int] = {}
         self._new_clusters: set[str] = set()
         self._last_backends: Mapping[str, Backend] | None = None
@@ -171,7 +205,7 @@ class Translator:
             for (_, rule), slot in sorted(built.slots.items(), key=lambda item: item[0][::-1]):
                 for host, name in zip(slot.hosts, slot.names, strict=True):
                     if host in slot.lost:
-                        owner = self._claims[slot.rc][name][0]
+                        owner = self._claims[slot.table][name][0]
                         where = (
                             f"spec.rules[{owner[1]}]" if owner[0] == key else f"ingress {owner[0]}"
                         )
@@ -194,6 +228,7 @@ class Translator:
         changes = self._changes(ingresses)
         self._last_ingresses = ingresses
         recheck: set[tuple[int, tuple[str, int]]] = set()
+        split_names: set[str] = set()
         dirty: set[str] = set()
         for key, ingress in changes.items():
             old = self._built.get(key)
@@ -202,7 +237,7 @@ class Translator:
                     old.ingress = ingress
                     continue
             if old is not None:
-                self._unclaim(old, recheck)
+                self._unclaim(old, recheck, split_names)
                 self._tls_dirty |= bool(old.ingress.tls)
                 self._tls_keys.discard(key)
                 self._conflicted.discard(key)
@@ -219,7 +254,7 @@ class Translator:
             else:
                 self._release_clusters(old.clusters)
             self._built[key] = built
-            self._claim(built, recheck)
+            self._claim(built, recheck, split_names)
             if built.notes:
                 self._noted.add(key)
             if ingress.tls:
@@ -227,15 +262,14 @@ class Translator:
                 self._tls_dirty = True
             dirty.add(key)
         dirty |= self._resolve(recheck)
+        self._settle_split_hosts(split_names)
         for key in dirty:
             built = self._built.get(key)
             if built is None:
                 continue
             index = bisect.bisect_left(self._keys, key)
             for rc, parts in enumerate(self._parts):
-                part = b"".join(
-                    slot.entry for (slot_rc, _), slot in built.slots.items() if slot_rc == rc
-                )
+                part = b"".join(rule.entry.get(rc, b"") for rule in built.rules.values())
                 if parts[index] != part:
                     parts[index] = part
                     self._rc_dirty.add(rc)
@@ -275,10 +309,10 @@ class Translator:
         return changes
 
     def _build(self, ingress: Ingress) -> _Built:
-        config = self.config
         key = ingress.key
         redirected = ingress.http_option is HTTPOption.REDIRECTED
         slots: dict[tuple[int, int], _Slot] = {}
+        rules: dict[int, _Rule] = {}
         notes = []
         for index, rule in enumerate(ingress.rules):
             if not rule.hosts:
@@ -287,21 +321,22 @@ class Translator:
             hosts, names = _unique_hosts(rule.hosts)
             domains = None if hosts == rule.hosts else hosts
             rank = (key, index)
-            vhost = rule_virtual_host(
-                ingress, index, default_timeout_s=config.default_timeout_s, domains=domains
-            ).SerializeToString()
-            entry = virtual_host_entry(vhost)
-            slots[_INT, index] = _Slot(_INT, rank, hosts, names, False, entry, entry)
-            if rule.visibility is not Visibility.EXTERNAL_IP:
-                continue
-            if ingress.tls:
-                slots[_TLS, index] = _Slot(_TLS, rank, hosts, names, False, entry, entry)
-            if redirected:
-                vhost = redirect_virtual_host(
-                    ingress, index, https_port=config.https_redirect_port, domains=domains
-                ).SerializeToString()
-                entry = virtual_host_entry(vhost)
-            slots[_EXT, index] = _Slot(_EXT, rank, hosts, names, redirected, entry, entry)
+            external = rule.visibility is Visibility.EXTERNAL_IP
+            built_rule = _Rule(index, hosts, names, external, external and redirected, {})
+            built_rule.full[_HTTP] = self._encode(ingress, built_rule, _HTTP, domains)
+            slots[_INT, index] = _Slot(_INT, rank, hosts, names)
+            if external:
+                slots[_EXT, index] = _Slot(_EXT, rank, hosts, names)
+                if ingress.tls:
+                    slots[_TLS, index] = _Slot(_TLS, rank, hosts, names)
+                    built_rule.full[_TLS_RC] = (
+                        self._encode(ingress, built_rule, _TLS_RC, domains)
+                        if built_rule.redirect
+                        else built_rule.full[_HTTP]
+                    )
+            built_rule.entry = dict(built_rule.full)
+            built_rule.served = dict.fromkeys(built_rule.full, hosts)
+            rules[index] = built_rule
         clusters = frozenset(
             split.backend.key
             for rule in ingress.rules
@@ -309,7 +344,34 @@ class Translator:
             for split in path.splits
             if split.percent > 0
         )
-        return _Built(ingress, slots, clusters, tuple(notes))
+        return _Built(ingress, slots, rules, clusters, tuple(notes))
+
+    def _encode(
+        self, ingress: Ingress, rule: _Rule, rc: int, domains: Iterable[str] | None
+    ) -> bytes:
+        """The `virtual_hosts` entry of one rule in one route configuration."""
+        config = self.config
+        if rc == _TLS_RC or (rule.external and not rule.redirect):
+            vhost = rule_virtual_host(
+                ingress, rule.index, default_timeout_s=config.default_timeout_s, domains=domains
+            )
+        elif rule.external:
+            vhost = redirected_virtual_host(
+                ingress,
+                rule.index,
+                default_timeout_s=config.default_timeout_s,
+                https_port=config.https_redirect_port,
+                domains=domains,
+            )
+        else:
+            vhost = rule_virtual_host(
+                ingress,
+                rule.index,
+                default_timeout_s=config.default_timeout_s,
+                domains=domains,
+                reach=Reach.INTERNAL,
+            )
+        return virtual_host_entry(vhost.SerializeToString())
 
     def _insert_key(self, key: str) -> None:
         index = bisect.bisect_left(self._keys, key)
@@ -325,37 +387,46 @@ class Translator:
             if parts.pop(index):
                 self._rc_dirty.add(rc)
 
-    def _claim(self, built: _Built, recheck: set[tuple[int, tuple[str, int]]]) -> None:
+    def _claim(
+        self, built: _Built, recheck: set[tuple[int, tuple[str, int]]], split_names: set[str]
+    ) -> None:
         for slot in built.slots.values():
-            claims = self._claims[slot.rc]
+            claims = self._claims[slot.table]
             for name in slot.names:
                 ranks = claims.get(name)
                 if ranks is None:
                     claims[name] = [slot.rank]
                     continue
                 bisect.insort(ranks, slot.rank)
-                recheck.update((slot.rc, rank) for rank in ranks)
+                recheck.update((slot.table, rank) for rank in ranks)
+                if slot.table == _INT:
+                    split_names.add(name)
 
-    def _unclaim(self, built: _Built, recheck: set[tuple[int, tuple[str, int]]]) -> None:
+    def _unclaim(
+        self, built: _Built, recheck: set[tuple[int, tuple[str, int]]], split_names: set[str]
+    ) -> None:
         for slot in built.slots.values():
-            claims = self._claims[slot.rc]
+            claims = self._claims[slot.table]
             for name in slot.names:
                 ranks = claims[name]
                 ranks.remove(slot.rank)
                 if ranks:
-                    recheck.update((slot.rc, rank) for rank in ranks)
+                    recheck.update((slot.table, rank) for rank in ranks)
+                    if slot.table == _INT:
+                        split_names.add(name)
                 else:
                     del claims[name]
 
     def _resolve(self, recheck: set[tuple[int, tuple[str, int]]]) -> set[str]:
-        """Settle which contested hosts each slot keeps; return keys whose bytes changed."""
-        dirty: set[str] = set()
-        for rc, (key, index) in recheck:
+        """Settle which contested hosts each rule keeps; return keys whose bytes changed."""
+        refresh: set[tuple[str, int, int]] = set()
+        for table, (key, index) in recheck:
             built = self._built.get(key)
-            slot = built.slots.get((rc, index)) if built is not None else None
+            slot = built.slots.get((table, index)) if built is not None else None
             if slot is None:
                 continue
-            claims = self._claims[rc]
+            refresh.add((key, index, _RC_OF_TABLE[table]))
+            claims = self._claims[table]
             lost = tuple(
                 host
                 for host, name in zip(slot.hosts, slot.names, strict=True)
@@ -364,30 +435,88 @@ class Translator:
             if lost == slot.lost:
                 continue
             slot.lost = lost
-            slot.entry = self._entry_without(built.ingress, slot, lost)
             if any(s.lost for s in built.slots.values()):
                 self._conflicted.add(key)
             else:
                 self._conflicted.discard(key)
+        dirty: set[str] = set()
+        for key, index, rc in refresh:
+            built = self._built[key]
+            rule = built.rules[index]
+            served = self._served(rule, rc, (key, index))
+            if served == rule.served[rc]:
+                continue
+            rule.served[rc] = served
+            if served == rule.hosts:
+                rule.entry[rc] = rule.full[rc]
+            elif served:
+                rule.entry[rc] = self._encode(built.ingress, rule, rc, served)
+            else:
+                rule.entry[rc] = b""
             dirty.add(key)
         return dirty
 
-    def _entry_without(self, ingress: Ingress, slot: _Slot, lost: tuple[str, ...]) -> bytes:
-        if not lost:
-            return slot.full
-        domains = [host for host in slot.hosts if host not in lost]
-        if not domains:
-            return b""
-        index = slot.rank[1]
-        if slot.redirect:
-            vhost = redirect_virtual_host(
-                ingress, index, https_port=self.config.https_redirect_port, domains=domains
+    def _served(self, rule: _Rule, rc: int, rank: tuple[str, int]) -> tuple[str, ...]:
+        """The hosts a rule keeps in its own virtual host of one route configuration.
+
+        In `http` that is every host the rule wins internally, except that a
+        ClusterLocal rule leaves a host some ExternalIP rule also serves to the
+        host's own virtual host (see `_settle_split_hosts`).
+        """
+        pairs = zip(rule.hosts, rule.names, strict=True)
+        if rc == _TLS_RC:
+            tls = self._claims[_TLS]
+            return tuple(host for host, name in pairs if tls[name][0] == rank)
+        internal, external = self._claims[_INT], self._claims[_EXT]
+        return tuple(
+            host
+            for host, name in pairs
+            if internal[name][0] == rank and (rule.external or name not in external)
+        )
+
+    def _settle_split_hosts(self, names: Iterable[str]) -> None:
+        """Give each of these hosts its own `http` virtual host if a ClusterLocal rule
+        wins it internally and an ExternalIP rule externally, or take that away."""
+        for name in names:
+            entry = self._split_host_entry(name)
+            if entry is None:
+                if self._split_hosts.pop(name, None) is not None:
+                    self._rc_dirty.add(_HTTP)
+            elif self._split_hosts.get(name) != entry:
+                self._split_hosts[name] = entry
+                self._rc_dirty.add(_HTTP)
+
+    def _split_host_entry(self, name: str) -> bytes | None:
+        internal = self._claims[_INT].get(name)
+        external = self._claims[_EXT].get(name)
+        if not internal or not external or internal[0] == external[0]:
+            return None
+        config = self.config
+        (inner_key, inner_index), (outer_key, outer_index) = internal[0], external[0]
+        inner, outer = self._built[inner_key], self._built[outer_key]
+        inner_rule = inner.rules[inner_index]
+        routes = forward_routes(
+            inner.ingress,
+            inner_index,
+            default_timeout_s=config.default_timeout_s,
+            reach=Reach.INTERNAL,
+        )
+        if outer.rules[outer_index].redirect:
+            routes += redirect_routes(
+                outer.ingress,
+                outer_index,
+                https_port=config.https_redirect_port,
+                reach=Reach.EXTERNAL,
             )
         else:
-            vhost = rule_virtual_host(
-                ingress, index, default_timeout_s=self.config.default_timeout_s, domains=domains
+            routes += forward_routes(
+                outer.ingress,
+                outer_index,
+                default_timeout_s=config.default_timeout_s,
+                reach=Reach.EXTERNAL,
             )
-        return virtual_host_entry(vhost.SerializeToString())
+        host = inner_rule.hosts[inner_rule.names.index(name)]
+        return virtual_host_entry(virtual_host(name, [host], routes).SerializeToString())
 
     # ---- clusters and endpoints -----------------------------------------------------
 
@@ -447,8 +576,9 @@ class Translator:
                 name,
                 bind_address=config.bind_address,
                 port=port,
-                route_config_name=name,
+                route_config_name=HTTP_ROUTES,
                 stream_idle_timeout_s=config.stream_idle_timeout_s,
+                internal=name == INTERNAL,
             ).SerializeToString()
             for name, port in ((EXTERNAL, config.external_port), (INTERNAL, config.internal_port))
         }
@@ -476,7 +606,11 @@ class Translator:
 
     def _assemble(self) -> resources.Resources:
         for rc in self._rc_dirty:
-            self._rc_bytes[rc] = route_configuration_bytes(ROUTE_CONFIGS[rc], self._parts[rc])
+            entries: Iterable[bytes] = self._parts[rc]
+            if rc == _HTTP and self._split_hosts:
+                split = self._split_hosts
+                entries = [*entries, *(split[name] for name in sorted(split))]
+            self._rc_bytes[rc] = route_configuration_bytes(ROUTE_CONFIGS[rc], entries)
         self._rc_dirty.clear()
         if self._clusters_dirty:
             self._clusters_out = dict(self._clusters)
@@ -485,10 +619,10 @@ class Translator:
             self._endpoints_out = dict(self._endpoints)
             self._endpoints_dirty = False
         listeners = dict(self._plain_listeners)
-        routes = {EXTERNAL: self._rc_bytes[_EXT], INTERNAL: self._rc_bytes[_INT]}
+        routes = {HTTP_ROUTES: self._rc_bytes[_HTTP]}
         if self._tls_listener is not None:
             listeners[EXTERNAL_TLS] = self._tls_listener
-            routes[EXTERNAL_TLS] = self._rc_bytes[_TLS]
+            routes[EXTERNAL_TLS] = self._rc_bytes[_TLS_RC]
         return {
             resources.CLUSTER: self._clusters_out,
             resources.ENDPOINT: self._endpoints_out,
