@@ -405,8 +405,9 @@ def test_default_timeout_is_a_time_to_first_byte_of_300s() -> None:
     assert action.HasField("timeout")
     assert action.timeout.ToTimedelta().total_seconds() == 0
     assert action.retry_policy.per_try_timeout.ToTimedelta().total_seconds() == 300
-    assert action.retry_policy.num_retries.value == 0
-    assert not action.retry_policy.retry_on
+    # Without retries asked for, only requests that never reached a pod are retried.
+    assert action.retry_policy.num_retries.value == 2
+    assert action.retry_policy.retry_on == "connect-failure,refused-stream,reset-before-request"
 
 
 def test_path_timeout_and_configured_default() -> None:
@@ -422,7 +423,7 @@ def test_path_timeout_and_configured_default() -> None:
 def test_zero_timeout_means_none() -> None:
     out = run(simple("t", timeout_s=0.0))
     action = vhost(out, "external", "t.default.example.com").routes[0].route
-    assert not action.HasField("retry_policy")
+    assert not action.retry_policy.HasField("per_try_timeout")
     assert action.HasField("timeout") and action.timeout.seconds == 0
 
 

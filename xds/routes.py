@@ -144,6 +144,10 @@ def weighted_clusters(splits: Iterable[Split], shared: Headers = ()) -> Fields:
     }
 
 
+UNSENT_RETRY_ON = "connect-failure,refused-stream,reset-before-request"
+UNSENT_RETRIES = 2
+
+
 def retry_policy(path: Path, default_timeout_s: float) -> Fields | None:
     """RetryPolicy: the retries the ingress asked for, and the time-to-first-byte timeout."""
     timeout_s = default_timeout_s if path.timeout_s is None else path.timeout_s
@@ -151,11 +155,12 @@ def retry_policy(path: Path, default_timeout_s: float) -> Fields | None:
     if retry is not None and retry.per_try_timeout_s is not None:
         timeout_s = retry.per_try_timeout_s
     attempts = retry.attempts if retry is not None else 0
-    if attempts == 0 and timeout_s <= 0:
-        return None
-    policy: Fields = {"num_retries": {"value": attempts}}
     if attempts:
-        policy["retry_on"] = RETRY_ON
+        policy: Fields = {"num_retries": {"value": attempts}, "retry_on": RETRY_ON}
+    else:
+        # A request that never reached a pod (one that had just stopped) is always
+        # safe to send again, whatever the ingress asked for.
+        policy = {"num_retries": {"value": UNSENT_RETRIES}, "retry_on": UNSENT_RETRY_ON}
     if timeout_s > 0:
         policy["per_try_timeout"] = _duration(timeout_s)
     return policy
