@@ -555,9 +555,8 @@ def test_cluster_per_backend_over_eds() -> None:
     assert c.eds_cluster_config.eds_config.resource_api_version == config_source_pb2.V3
     assert c.lb_policy == cluster_pb2.Cluster.LEAST_REQUEST
     assert c.connect_timeout.seconds == 5
-    options = hpo.HttpProtocolOptions()
-    assert c.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Unpack(options)
-    assert options.explicit_http_config.HasField("http_protocol_options")
+    # HTTP/1.1, Envoy's default upstream protocol, is left implicit.
+    assert HTTP_PROTOCOL_OPTIONS not in c.typed_extension_protocol_options
 
 
 def test_h2c_backend_gets_an_http2_cluster() -> None:

@@ -394,6 +394,46 @@ async def test_sotw_pushes_only_changed_types_in_warming_order(
     assert order == [CLUSTER, ENDPOINT, LISTENER, ROUTE]
 
 
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+async def test_routes_naming_new_clusters_wait_for_the_clusters_answer(
+    control_plane: ControlPlane, channel: grpc.aio.Channel, delta: bool
+) -> None:
+    cp = control_plane
+    cp.set(GROUP, resources(clusters={"a": cluster("a")}, eps={"a": endpoints("a")}))
+    s = open_stream(channel, delta=delta)
+    subscribe = s.delta_request if delta else s.request
+    last = {}
+    for type_url, names in ((CLUSTER, ()), (ENDPOINT, ["a"]), (LISTENER, ()), (ROUTE, ["r1"])):
+        await subscribe(type_url, names)
+        last[type_url] = await s.recv()
+        await s.ack(last[type_url])
+
+    # Cluster "b" is new and route r1 changes (to name it, in a real gateway).
+    cp.set(GROUP, resources(routes={"r1": route("r1", "to-b"), "r2": route("r2")}))
+    cds = await s.recv()
+    assert cds.type_url == CLUSTER
+    held = asyncio.create_task(s.recv())
+    done, _ = await asyncio.wait({held}, timeout=0.3)
+    assert not done, "routes were sent before the gateway answered the new clusters"
+
+    # As Envoy does: ask for the new cluster's endpoints, then ACK the clusters.
+    if delta:
+        await s.delta_request(ENDPOINT, ["b"])
+    else:
+        eds = last[ENDPOINT]
+        await s.request(ENDPOINT, ["a", "b"], nonce=eds.nonce, version=eds.version_info)
+    await s.ack(cds)
+    eds = await held
+    assert eds.type_url == ENDPOINT
+    assert "b" in (Stream.bodies(eds) if delta else Stream.names(eds))
+    rds = await s.recv()
+    assert rds.type_url == ROUTE
+    if delta:
+        assert Stream.bodies(rds) == {"r1": route("r1", "to-b")}
+    else:
+        assert [r.value for r in rds.resources] == [route("r1", "to-b")]
+
+
 async def test_sotw_subscription_change_after_an_ack_is_answered(
     control_plane: ControlPlane, channel: grpc.aio.Channel
 ) -> None:
@@ -546,10 +586,10 @@ async def test_wait_acked(control_plane: ControlPlane, channel: grpc.aio.Channel
     s = open_stream(channel)
     await s.request(CLUSTER)
     cds = await s.recv()
-    await s.request(LISTENER)
-    lds = await s.recv()
     assert not await cp.server.wait_acked(GROUP, first.version, 0.1)
     await s.ack(cds)
+    await s.request(LISTENER)
+    lds = await s.recv()
     # Listeners exist in the snapshot and are not ACKed yet.
     assert not await cp.server.wait_acked(GROUP, first.version, 0.1)
 

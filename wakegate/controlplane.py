@@ -6,10 +6,11 @@ cheap). The first change in an idle system is published at once; further
 changes within the debounce window are coalesced into the next snapshot.
 
 Changes to the set of clusters are published make-before-break. A route may only
-name a cluster every gateway has already warmed, and a cluster may only go once no
-route names it, so such a change goes out in up to three ACKed steps: new clusters
-and endpoints first (routes unchanged), then the new routes (old clusters kept),
-then the removal of clusters nothing routes to any more.
+name a cluster the gateway has already warmed, which the ADS server ensures per
+stream (routes follow the answer to the clusters they name); and a cluster may only
+go once no route names it, so a change that drops clusters goes out in two steps:
+the new routes with the old clusters kept, then, once every gateway ACKed that, the
+removal of clusters nothing routes to any more.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import grpc
 
 from wakegate.ingress.model import Backend, Certificate, Ingress, RoutingState
 from wakegate.xds.cache import Snapshot, SnapshotCache
-from wakegate.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources
+from wakegate.xds.resources import CLUSTER, ENDPOINT, Resources
 from wakegate.xds.server import XdsServer
 from wakegate.xds.translate import GatewayConfig, Translator
 
@@ -173,12 +174,9 @@ class ControlPlane:
         current = self.cache.get_snapshot(self.group)
         if current is not None and self.server.connected(self.group):
             old = current.resources
-            added = target.get(CLUSTER, {}).keys() - old.get(CLUSTER, {}).keys()
             removed = old.get(CLUSTER, {}).keys() - target.get(CLUSTER, {}).keys()
-            both = {t: {**old.get(t, {}), **target.get(t, {})} for t in (CLUSTER, ENDPOINT)}
-            if added:
-                await self._step({**old, **both, LISTENER: old[LISTENER], ROUTE: old[ROUTE]})
             if removed:
+                both = {t: {**old.get(t, {}), **target.get(t, {})} for t in (CLUSTER, ENDPOINT)}
                 await self._step({**target, **both})
         version = self._set(target)
         self._done(version, changes)

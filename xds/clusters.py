@@ -12,13 +12,10 @@ from wakegate.xds.common import ads_config_source, duration, length_delimited
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
-def protocol_options(http2: bool) -> hpo.HttpProtocolOptions:
-    """h2c (prior knowledge) for HTTP/2 backends, HTTP/1.1 (upgrades allowed) otherwise."""
+def h2c_options() -> hpo.HttpProtocolOptions:
+    """HTTP/2 with prior knowledge (h2c) to the backend."""
     explicit = hpo.HttpProtocolOptions.ExplicitHttpConfig
-    if http2:
-        config = explicit(http2_protocol_options=protocol_pb2.Http2ProtocolOptions())
-    else:
-        config = explicit(http_protocol_options=protocol_pb2.Http1ProtocolOptions())
+    config = explicit(http2_protocol_options=protocol_pb2.Http2ProtocolOptions())
     return hpo.HttpProtocolOptions(explicit_http_config=config)
 
 
@@ -49,7 +46,11 @@ def build_cluster(
         lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
         circuit_breakers=_circuit_breakers(max_requests),
     )
-    cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Pack(protocol_options(http2))
+    # HTTP/1.1 is Envoy's default upstream protocol; leaving it implicit keeps the
+    # message small, which matters because a SotW CDS update carries every cluster
+    # and Envoy parses, validates and hashes each one.
+    if http2:
+        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Pack(h2c_options())
     return cluster
 
 

@@ -72,8 +72,11 @@ class DeltaStream(StreamBase):
             self.types[type_url] = state
             self.ledgers[type_url] = state.ledger
             state.client.update(request.initial_resource_versions)
+        out = []
         if request.response_nonce:
             self._answer(type_url, state, request)
+            if type_url == CLUSTER and not state.pending:
+                out = self.release_held()
         changed = self._subscribe(state, subscribe, list(request.resource_names_unsubscribe))
         if first:
             if not state.wildcard:
@@ -82,8 +85,8 @@ class DeltaStream(StreamBase):
                         del state.client[name]
             state.fresh = set(state.names)
         if first or changed:
-            return self.respond_with_endpoints(type_url, state)
-        return []
+            return out + self.respond_with_endpoints(type_url, state)
+        return out
 
     def _answer(
         self, type_url: str, state: _TypeState, request: discovery_pb2.DeltaDiscoveryRequest
@@ -187,6 +190,7 @@ class DeltaStream(StreamBase):
         if type_url == CLUSTER:
             held = {name: client[name] for name in updated if name in client}
             self.note_modified_clusters(held, versions)
+            self.note_new_clusters(len(held) < len(updated))
         for name in updated:
             client[name] = versions[name]
         for name in removed:

@@ -19,6 +19,9 @@ ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 # endpoints they use, listeners before the routes they name.
 TYPES_IN_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
 
+# Types a gateway is sent only after it answered the clusters they may name.
+HELD_FOR_NEW_CLUSTERS: tuple[str, ...] = (LISTENER, ROUTE)
+
 # Full-state types: a SotW response always carries every resource of the type.
 FULL_STATE_TYPES = frozenset({LISTENER, CLUSTER})
 

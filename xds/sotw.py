@@ -23,6 +23,7 @@ from wakegate.xds.resources import (
     CLUSTER,
     ENDPOINT,
     FULL_STATE_TYPES,
+    HELD_FOR_NEW_CLUSTERS,
     SHORT_NAMES,
     TYPES_IN_ORDER,
 )
@@ -57,6 +58,14 @@ class StreamBase:
         self.on_identify: Callable[[StreamBase], None] | None = None
         self.resend_endpoints: set[str] = set()
         """Endpoint names to send again: their clusters changed and are warming."""
+        self.clusters_warming = False
+        """New clusters went out unanswered: listeners and routes wait for the answer.
+
+        A route naming a cluster the gateway is still warming fails with 503, so a
+        snapshot's listeners and routes only follow once the gateway has answered
+        the clusters they may name. Envoy asks for the new clusters' endpoints
+        before it answers, so those are on the stream ahead of the routes.
+        """
         self._nonce = 0
         self._closed = False
         self._ignored_types: set[str] = set()
@@ -130,6 +139,27 @@ class StreamBase:
         out = []
         for type_url in TYPES_IN_ORDER:
             state = self.types.get(type_url)
+            if state is not None and not self.held(type_url):
+                response = self._respond(type_url, state)
+                if response:
+                    out.append(response)
+        return out
+
+    def held(self, type_url: str) -> bool:
+        return self.clusters_warming and type_url in HELD_FOR_NEW_CLUSTERS
+
+    def note_new_clusters(self, added: bool) -> None:
+        if added:
+            self.clusters_warming = True
+
+    def release_held(self) -> list[bytes]:
+        """The gateway answered the newest clusters: send what waited for them."""
+        if not self.clusters_warming:
+            return []
+        self.clusters_warming = False
+        out = []
+        for type_url in HELD_FOR_NEW_CLUSTERS:
+            state = self.types.get(type_url)
             if state is not None:
                 response = self._respond(type_url, state)
                 if response:
@@ -144,6 +174,9 @@ class StreamBase:
         type answered here counts as ACKed for the current snapshot only once
         this answer is.
         """
+        if self.held(type_url):
+            state.needs_response = True
+            return []
         out = []
         answered = [(type_url, self._respond(type_url, state))]
         endpoints = self.types.get(ENDPOINT)
@@ -211,14 +244,17 @@ class SotwStream(StreamBase):
         if request.response_nonce != state.nonce:
             log.debug("gateway %s: stale nonce %s ignored", self.node_id, request.response_nonce)
             return []
+        out = []
         if not state.answered:
             state.answered = True
             self._answer(type_url, state, request)
+            if type_url == CLUSTER:
+                out = self.release_held()
         names = _names(type_url, request, state.names, first=False)
         if names != state.names:
             state.names = names
-            return self.respond_with_endpoints(type_url, state)
-        return []
+            return out + self.respond_with_endpoints(type_url, state)
+        return out
 
     def _answer(
         self, type_url: str, state: _TypeState, request: discovery_pb2.DiscoveryRequest
@@ -256,6 +292,7 @@ class SotwStream(StreamBase):
                 return None
             if type_url == CLUSTER:
                 self.note_modified_clusters(state.sent, versions)
+                self.note_new_clusters(not versions.keys() <= state.sent.keys())
             body = [snapshot.sotw_all(type_url)]
             state.sent_type_version = type_version
             state.sent = versions
