@@ -19,15 +19,21 @@ ROOT = Path(__file__).resolve().parents[1]
 WAKEGATE = [sys.executable, "-m", "wakegate.cli"]
 
 
-@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
-def test_bootstrap_is_accepted_by_envoy(tmp_path: Path, delta: bool) -> None:
-    args = [*WAKEGATE, "bootstrap", "-o", "json", "--xds-port", "18123"]
-    out = subprocess.run(
-        args + (["--delta"] if delta else []), capture_output=True, text=True, check=True
-    ).stdout
+@pytest.mark.parametrize(
+    ("flags", "api_type"),
+    [
+        ([], "DELTA_GRPC"),
+        (["--xds-protocol", "sotw"], "GRPC"),
+        (["--xds-protocol", "delta"], "DELTA_GRPC"),
+    ],
+    ids=["default", "sotw", "delta"],
+)
+def test_bootstrap_is_accepted_by_envoy(tmp_path: Path, flags: list[str], api_type: str) -> None:
+    args = [*WAKEGATE, "bootstrap", "-o", "json", "--xds-port", "18123", *flags]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     config = json.loads(out)
     ads = config["dynamic_resources"]["ads_config"]
-    assert ads["api_type"] == ("DELTA_GRPC" if delta else "GRPC")
+    assert ads["api_type"] == api_type
     assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
     path = tmp_path / "bootstrap.json"
     path.write_text(out)

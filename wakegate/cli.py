@@ -53,6 +53,15 @@ class CliError(Exception):
 # --- parser -----------------------------------------------------------------------------
 
 
+def _xds_protocol_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--xds-protocol",
+        choices=["delta", "sotw"],
+        default="delta",
+        help="how the gateway talks xDS: delta (incremental, the default) or state of the world",
+    )
+
+
 def _api_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-port", type=int, default=DEFAULT_API_PORT, help="the stack's API port")
 
@@ -79,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bind", default="127.0.0.1", help="gateway listener address")
     p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
     p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT, help="Envoy admin")
-    p.add_argument("--delta", action="store_true", help="the gateway uses delta xDS")
+    _xds_protocol_arg(p)
     p.add_argument("--no-gateway", action="store_true", help="serve xDS, start no Envoy")
     _api_arg(p)
     p.set_defaults(handler=cmd_up)
@@ -128,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--xds-host", default="127.0.0.1")
     p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
     p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT)
-    p.add_argument("--delta", action="store_true", help="use delta (incremental) xDS")
+    _xds_protocol_arg(p)
     p.add_argument("-o", "--output", choices=["json", "yaml"], default="yaml")
     p.set_defaults(handler=cmd_bootstrap)
 
@@ -138,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--xds-host", default="127.0.0.1")
     p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
     p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT)
-    p.add_argument("--delta", action="store_true", help="use delta (incremental) xDS")
+    _xds_protocol_arg(p)
     p.add_argument(
         "--workdir",
         type=Path,
@@ -184,7 +193,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             xds_port=args.xds_port,
             api_port=args.api_port,
             admin_port=args.admin_port,
-            delta=args.delta,
+            delta=args.xds_protocol == "delta",
             gateway=not args.no_gateway,
         )
     )
@@ -329,8 +338,18 @@ def _rows(kind: str, items: list[dict[str, Any]]) -> tuple[list[str], list[list[
             for i in items
         ]  # fmt: skip
     if kind == "revisions":
-        headers = ["NAME", "SERVICE", "GEN", "READY", "ROUTED", "DESIRED", "ACTUAL", "MODE",
-                   "AGE", "LAST DECISION"]
+        headers = [
+            "NAME",
+            "SERVICE",
+            "GEN",
+            "READY",
+            "ROUTED",
+            "DESIRED",
+            "ACTUAL",
+            "MODE",
+            "AGE",
+            "LAST DECISION",
+        ]
         return headers, [
             [i["name"], i["service"], i["generation"], i["ready"], i["routed"],
              "-" if i["autoscaler"]["desired"] is None else i["autoscaler"]["desired"],
@@ -411,7 +430,7 @@ def _bootstrap(args: argparse.Namespace) -> dict[str, object]:
         xds_host=args.xds_host,
         xds_port=args.xds_port,
         admin_port=args.admin_port,
-        delta=args.delta,
+        delta=args.xds_protocol == "delta",
     )
 
 

@@ -40,7 +40,7 @@ class StackConfig:
     admin_port: int = 9901
     node_id: str = "wakegate-gateway-0"
     node_cluster: str = "wakegate-gateway"
-    delta: bool = False
+    delta: bool = True
     gateway: bool = True
     pod_options: dict[str, Any] = field(default_factory=dict)
     autoscaler: AutoscalerConfig | None = field(default_factory=AutoscalerConfig)

@@ -52,7 +52,7 @@ def build_bootstrap(
     xds_port: int,
     admin_port: int,
     admin_host: str = "127.0.0.1",
-    delta: bool = False,
+    delta: bool = True,
     xds_tls: XdsTls | None = None,
     node_metadata: Mapping[str, Any] | None = None,
     connect_timeout: float = 1.0,
