@@ -1,0 +1,261 @@
+"""The Knative ingress conformance cases through the Kubernetes source, against a fake
+Kubernetes API server (tests/fake_kube.py: no real one runs on this machine).
+
+Each case's KIngress (of wakegate's ingress class), the Services and EndpointSlices of
+the backends it names (the addresses of real echo processes) and the TLS Secrets it
+names are created in the fake API server. The cluster reconciler lists and watches them
+through the official client, as `wakegate controller` does, and translates them into a
+ControlPlane; a real Envoy gateway speaking delta xDS serves them. A change counts as
+served when the KIngress status says Ready for its generation, which the reconciler
+writes only after the gateway ACKed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from tests.fake_kube import FakeKube
+from tests.support.backends import Backend
+from tests.support.conformance import (
+    CASES,
+    HTTP2,
+    NAMESPACE,
+    Case,
+    Driver,
+    backend_names,
+    gateway_config,
+    running_backends,
+)
+from tests.support.envoy import running_envoy
+from wakegate.controller import start_control_plane
+from wakegate.controlplane import ControlPlane
+from wakegate.ingress.model import Certificate
+from wakegate.reconciler.cluster import TLS_SECRET_TYPE, ClusterReconciler
+from wakegate.reconciler.kingress_status import LoadBalancers, condition_of
+from wakegate.reconciler.kubernetes import (
+    ENDPOINT_SLICES,
+    KINGRESSES,
+    SECRETS,
+    SERVICES,
+    ApiError,
+    KubeApi,
+    key_of,
+)
+from wakegate.xds.translate import GatewayConfig
+
+pytestmark = [pytest.mark.envoy, pytest.mark.asyncio(loop_scope="module")]
+
+Obj = dict[str, Any]
+
+LB = LoadBalancers(
+    external="wakegate-gateway.knative-serving.svc.cluster.local",
+    internal="wakegate-gateway-internal.knative-serving.svc.cluster.local",
+)
+
+
+# --- Kubernetes objects ----------------------------------------------------------------
+
+
+def service_port(backend: str) -> Obj:
+    """The port a split's `servicePort: 80` names; h2c the way Knative marks it."""
+    if backend in HTTP2:
+        return {"name": "http2", "port": 80, "appProtocol": "kubernetes.io/h2c"}
+    return {"name": "http", "port": 80}
+
+
+def service(name: str) -> Obj:
+    port = service_port(name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"ports": [{**port, "targetPort": port["name"]}]},
+    }
+
+
+def endpoint_slice(name: str, backend: Backend) -> Obj:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{name}-abcde",
+            "namespace": NAMESPACE,
+            "labels": {"kubernetes.io/service-name": name},
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [backend.host], "conditions": {"ready": True}}],
+        "ports": [{**service_port(name), "port": backend.port, "protocol": "TCP"}],
+    }
+
+
+def tls_secret(name: str, namespace: str, certificate: Certificate) -> Obj:
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": TLS_SECRET_TYPE,
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {
+            "tls.crt": b64(certificate.cert_chain_pem),
+            "tls.key": b64(certificate.private_key_pem),
+        },
+    }
+
+
+async def eventually(
+    check: Callable[[], bool],
+    what: str,
+    explain: Callable[[], object] = lambda: None,
+    timeout: float = 15.0,
+) -> None:
+    """Poll `check` until it holds; on timeout fail with `what` and `explain()`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what} ({explain()!r})")
+        await asyncio.sleep(0.02)
+
+
+# --- the driver ------------------------------------------------------------------------
+
+
+RESOURCES = {(r.api_version, r.kind): r for r in (SERVICES, ENDPOINT_SLICES, SECRETS, KINGRESSES)}
+
+
+@dataclass
+class FakeKubeDriver(Driver):
+    """Objects written to the fake API server through the official client, as Knative's
+    controllers write them; served once the KIngress status is Ready."""
+
+    kube: FakeKube
+    client: KubeApi
+    cp: ControlPlane
+    reconciler: ClusterReconciler
+    config: GatewayConfig
+    backends: Mapping[str, Backend]
+    published: set[str] = field(default_factory=set)
+
+    async def apply(self, obj: Obj, *, secrets: Mapping[str, Certificate] | None = None) -> None:
+        namespace = obj["metadata"]["namespace"]
+        created = [
+            await self._write(tls_secret(name, namespace, certificate))
+            for name, certificate in (secrets or {}).items()
+        ]
+        for name in backend_names(obj):
+            if name not in self.published:
+                created.append(await self._write(service(name)))
+                created.append(await self._write(endpoint_slice(name, self.backends[name])))
+                self.published.add(name)
+        await eventually(
+            lambda: all(self._seen(o) for o in created),
+            "the controller saw the Services, EndpointSlices and Secrets",
+        )
+        stored = await self._write(obj)
+        name, generation = stored["metadata"]["name"], stored["metadata"]["generation"]
+        await eventually(
+            lambda: self._ready(namespace, name, generation),
+            f"KIngress {name} Ready for generation {generation}",
+            lambda: self._status(namespace, name),
+        )
+
+    async def delete(self, name: str) -> None:
+        await self.client.request("DELETE", KINGRESSES.path(NAMESPACE, name))
+        key = f"{NAMESPACE}/{name}"
+        await eventually(
+            lambda: key not in {i.key for i in self.cp.ingresses()},
+            f"KIngress {key} gone from the control plane",
+        )
+        assert await self.cp.wait_served(timeout=15), self.cp.server.nodes()
+
+    async def _write(self, obj: Obj) -> Obj:
+        """Create `obj`, or update its spec (the status stays) if it exists; as stored."""
+        resource = RESOURCES[(obj["apiVersion"], obj["kind"])]
+        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        try:
+            return await self.client.create(resource, namespace, obj)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+        return await self.client.replace(resource, namespace, name, obj)
+
+    def _seen(self, obj: Obj) -> bool:
+        """The reconciler's informer holds `obj` at its stored version or a later one."""
+        for informer in self.reconciler.informers:
+            resource = informer.resource
+            if (resource.api_version, resource.kind) == (obj["apiVersion"], obj["kind"]):
+                held = informer.store.get(key_of(obj))
+                version = int(obj["metadata"]["resourceVersion"])
+                return held is not None and int(held["metadata"]["resourceVersion"]) >= version
+        raise AssertionError(f"no informer for {obj['apiVersion']} {obj['kind']}")
+
+    def _status(self, namespace: str, name: str) -> Obj:
+        current = self.kube.get(KINGRESSES.api_version, KINGRESSES.kind, namespace, name) or {}
+        return current.get("status") or {}
+
+    def _ready(self, namespace: str, name: str, generation: int) -> bool:
+        status = self._status(namespace, name)
+        ready = condition_of(status, "Ready") or {}
+        return status.get("observedGeneration") == generation and ready.get("status") == "True"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def backends() -> AsyncIterator[dict[str, Backend]]:
+    async with running_backends() as started:
+        yield started
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def gw(backends: dict[str, Backend]) -> AsyncIterator[FakeKubeDriver]:
+    config = gateway_config()
+    async with contextlib.AsyncExitStack() as stack:
+        kube = await stack.enter_async_context(FakeKube())
+        api = KubeApi.for_host(kube.url)
+        stack.push_async_callback(api.close)
+        client = KubeApi.for_host(kube.url)
+        stack.push_async_callback(client.close)
+        cp = ControlPlane(config, group="fake-kube-conformance")
+        stack.push_async_callback(cp.stop)
+        reconciler = ClusterReconciler(api, cp, load_balancers=LB)
+        serving: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        async def serve_xds() -> None:
+            serving.set_result(await start_control_plane(cp, "127.0.0.1", 0))
+
+        task = asyncio.create_task(reconciler.run(serve_xds))
+
+        async def cancel() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        stack.push_async_callback(cancel)
+        await asyncio.wait([task, serving], timeout=15, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()
+        assert serving.done(), "the reconciler did not list every source within 15s"
+        xds_port = serving.result()
+        await stack.enter_async_context(running_envoy(xds_port, delta=True, node_cluster=cp.group))
+        yield FakeKubeDriver(
+            kube=kube,
+            client=client,
+            cp=cp,
+            reconciler=reconciler,
+            config=config,
+            backends=backends,
+        )
+
+
+@pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
+async def test_fake_kube_conformance(gw: FakeKubeDriver, case: Case) -> None:
+    await case(gw)
