@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -19,6 +20,7 @@ from envoy.extensions.http.early_header_mutation.header_mutation.v3 import heade
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 
+from wakegate.ingress.kingress import IngressError, parse_ingress
 from wakegate.ingress.model import (
     TLS,
     Backend,
@@ -38,6 +40,16 @@ from wakegate.ingress.model import (
 from wakegate.xds import resources
 from wakegate.xds.clusters import HTTP_PROTOCOL_OPTIONS
 from wakegate.xds.common import INTERNAL_HEADER
+from wakegate.xds.readiness import (
+    STATUS_DOMAIN,
+    STATUS_VHOST,
+    ingress_hash,
+    ready_path,
+    status_route_entry,
+    status_virtual_host,
+    status_virtual_host_entry,
+)
+from wakegate.xds.routes import virtual_host_entry
 from wakegate.xds.translate import GatewayConfig, Translator, translate
 
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
@@ -654,3 +666,152 @@ def test_output_is_deterministic(http_option: HTTPOption) -> None:
     one = run(*ingresses)
     two = run(*reversed(ingresses))
     assert one == two
+
+
+# ---- readiness probes: the status virtual host --------------------------------------------
+
+PROBES = GatewayConfig(readiness_probes=True)
+
+
+def ready_hash(translator: Translator, key: str) -> str:
+    found = translator.readiness(key)
+    assert found is not None, key
+    return found[1]
+
+
+def status_paths(out: resources.Resources, listener_name: str) -> list[str]:
+    """The ready paths the status host answers on one listener."""
+    hosts = [v for v in routes(out, listener_name).virtual_hosts if STATUS_DOMAIN in v.domains]
+    assert len(hosts) <= 1
+    return [r.match.path for r in hosts[0].routes] if hosts else []
+
+
+def test_status_virtual_host_builder() -> None:
+    built = status_virtual_host([("default/a", "0a1b"), ("default/b", "2c3d")])
+    assert (built.name, list(built.domains)) == (STATUS_VHOST, [STATUS_DOMAIN])
+    first, second = built.routes
+    assert (first.match.path, second.match.path) == ("/ready/0a1b", "/ready/2c3d")
+    assert [(h.name, h.present_match) for h in first.match.headers] == [(INTERNAL_HEADER, True)]
+    assert first.direct_response.status == 200 and not first.HasField("route")
+    assert first.name == "wakegate/status/default/a"
+    entries = [status_route_entry("default/a", "0a1b"), status_route_entry("default/b", "2c3d")]
+    assert status_virtual_host_entry(entries) == virtual_host_entry(built.SerializeToString())
+    empty = virtual_host_entry(status_virtual_host([]).SerializeToString())
+    assert status_virtual_host_entry([]) == empty
+
+
+def test_status_domain_is_not_a_valid_kingress_host() -> None:
+    split = {"serviceName": "s", "serviceNamespace": "default", "servicePort": 80}
+    obj = {
+        "apiVersion": "networking.internal.knative.dev/v1alpha1",
+        "kind": "Ingress",
+        "metadata": {"name": "sneaky", "namespace": "default"},
+        "spec": {"rules": [{"hosts": [STATUS_DOMAIN], "http": {"paths": [{"splits": [split]}]}}]},
+    }
+    with pytest.raises(IngressError, match="invalid host"):
+        parse_ingress(obj)
+
+
+def test_ingress_hash_is_a_function_of_the_key_and_the_parts() -> None:
+    digest = ingress_hash("default/a", [b"ab", b"c"])
+    assert digest == ingress_hash("default/a", [b"ab", b"c"])
+    assert re.fullmatch("[0-9a-f]{32}", digest)
+    assert digest != ingress_hash("default/b", [b"ab", b"c"])
+    assert digest != ingress_hash("default/a", [b"a", b"bc"]), "parts are framed"
+    assert digest != ingress_hash("default/a", [b"ab", b"c", b""])
+    assert digest != ingress_hash("default/a", [b"ab", b"d"])
+
+
+def test_status_virtual_host_only_with_readiness_probes() -> None:
+    state = RoutingState(ingresses=(simple("a"),))
+    translator = Translator()
+    out = translator.translate(state)
+    assert translator.readiness("default/a") is None
+    assert status_paths(out, "internal") == []
+    probed = Translator(PROBES)
+    out = probed.translate(state)
+    assert status_paths(out, "internal") == [ready_path(ready_hash(probed, "default/a"))]
+    assert status_paths(out, "external") == [], "only the cluster-local listener answers"
+    shared = route_pb2.RouteConfiguration.FromString(out[resources.ROUTE]["http"])
+    assert [list(v.domains) for v in shared.virtual_hosts][-1] == [STATUS_DOMAIN]
+    empty = Translator(PROBES).translate(RoutingState())
+    assert status_paths(empty, "internal") == []
+
+
+def test_ready_hash_changes_with_the_ingress_and_only_with_it() -> None:
+    a, b = simple("a"), simple("b")
+    translator = Translator(PROBES)
+    out = translator.translate(RoutingState(ingresses=(a, b)))
+    first = {key: ready_hash(translator, key) for key in ("default/a", "default/b")}
+    assert first["default/a"] != first["default/b"]
+    assert status_paths(out, "internal") == [ready_path(first[k]) for k in sorted(first)]
+    assert translator.readiness("default/a") == (a, first["default/a"])
+
+    # Another replica (other listener ports, another translator) builds the same hashes.
+    other = Translator(
+        GatewayConfig(external_port=1, internal_port=2, tls_port=3, readiness_probes=True)
+    )
+    other.translate(RoutingState(ingresses=(a, b)))
+    assert {key: ready_hash(other, key) for key in first} == first
+
+    # A new generation that serves something else changes that ingress's hash only.
+    changed = replace(
+        a, rules=(replace(a.rules[0], hosts=("a2.default.example.com",)),), generation=2
+    )
+    out = translator.translate(RoutingState(ingresses=(changed, b)))
+    assert ready_hash(translator, "default/a") != first["default/a"]
+    assert ready_hash(translator, "default/b") == first["default/b"]
+    assert ready_path(ready_hash(translator, "default/a")) in status_paths(out, "internal")
+    # A new generation that serves the same: the same hash.
+    second = ready_hash(translator, "default/a")
+    translator.translate(RoutingState(ingresses=(replace(changed, generation=3), b)))
+    assert ready_hash(translator, "default/a") == second
+    # Back to the first spec: back to the first hash.
+    translator.translate(RoutingState(ingresses=(a, b)))
+    assert ready_hash(translator, "default/a") == first["default/a"]
+    # Endpoints are not part of it.
+    backends = {"default/a-00001:80": Backend((Endpoint("10.0.0.1", 8080),))}
+    translator.translate(RoutingState(ingresses=(a, b), backends=backends))
+    assert ready_hash(translator, "default/a") == first["default/a"]
+
+    out = translator.translate(RoutingState(ingresses=(b,)))
+    assert translator.readiness("default/a") is None
+    assert status_paths(out, "internal") == [ready_path(first["default/b"])]
+
+
+def test_ready_hash_follows_certificates_conflicts_and_split_hosts() -> None:
+    secure = with_tls(simple("a"), "a-cert")
+    translator = Translator(PROBES)
+
+    def hash_with(*ingresses: Ingress, **certificates: Certificate) -> str:
+        certs = {f"default/{name}": cert for name, cert in certificates.items()}
+        translator.translate(RoutingState(ingresses=ingresses, certificates=certs))
+        return ready_hash(translator, "default/a")
+
+    no_cert = hash_with(secure)
+    with_cert = hash_with(secure, **{"a-cert": Certificate("A", "KA")})
+    rotated = hash_with(secure, **{"a-cert": Certificate("A2", "KA2")})
+    assert len({no_cert, with_cert, rotated}) == 3
+    assert hash_with(secure) == no_cert, "a deleted certificate is part of it"
+
+    # b loses its host to a (first by key); once a is gone b serves it.
+    b = simple("b", "a.default.example.com")
+    translator.translate(RoutingState(ingresses=(simple("a"), b)))
+    losing = ready_hash(translator, "default/b")
+    translator.translate(RoutingState(ingresses=(b,)))
+    assert ready_hash(translator, "default/b") != losing
+
+    # A host split between a's ClusterLocal rule and b's ExternalIP rule: b's hash
+    # covers the shared virtual host, so it follows a's routes there.
+    local = simple("a", "both.example.com", visibility=Visibility.CLUSTER_LOCAL)
+    public = simple("b", "both.example.com", "b.example.com")
+    translator.translate(RoutingState(ingresses=(local, public)))
+    before = ready_hash(translator, "default/b")
+    translator.translate(RoutingState(ingresses=(replace(local, generation=2), public)))
+    assert ready_hash(translator, "default/b") == before
+    moved = simple("a", "both.example.com", visibility=Visibility.CLUSTER_LOCAL, path="/v2")
+    translator.translate(RoutingState(ingresses=(moved, public)))
+    assert ready_hash(translator, "default/b") != before
+    fresh = Translator(PROBES)
+    fresh.translate(RoutingState(ingresses=(moved, public)))
+    assert ready_hash(fresh, "default/b") == ready_hash(translator, "default/b")

@@ -212,14 +212,16 @@ def _mutate(rng: random.Random, ingresses: dict[str, Ingress], n: int) -> None:
         ingresses[key] = ingress(i, generation=rng.randrange(5))
 
 
+@pytest.mark.parametrize("probes", [False, True], ids=["plain", "readiness-probes"])
 @pytest.mark.parametrize("seed", range(4))
-def test_random_changes_match_a_fresh_translation(seed: int) -> None:
+def test_random_changes_match_a_fresh_translation(seed: int, probes: bool) -> None:
     rng = random.Random(seed)
     n = 30
     base = state(n)
     current = {ing.key: ing for ing in base.ingresses}
     certificates = {"default/c1": Certificate("C1", "K1")}
-    translator = Translator(GatewayConfig(https_redirect_port=8443))
+    config = GatewayConfig(https_redirect_port=8443, readiness_probes=probes)
+    translator = Translator(config)
     for step in range(60):
         for _ in range(rng.randrange(1, 4)):
             _mutate(rng, current, n)
@@ -230,6 +232,8 @@ def test_random_changes_match_a_fresh_translation(seed: int) -> None:
             backends[key] = Backend((Endpoint("10.9.9.9", step + 1),), http2=rng.random() < 0.5)
         ordered = sorted(current.values(), key=lambda ing: (ing.generation, ing.key))
         st = RoutingState(tuple(ordered), backends, certificates)
-        fresh = Translator(GatewayConfig(https_redirect_port=8443))
+        fresh = Translator(config)
         assert translator.translate(st) == fresh.translate(st), f"step {step}"
         assert translator.errors == fresh.errors, f"step {step}"
+        for key in current:
+            assert translator.readiness(key) == fresh.readiness(key), f"step {step}"

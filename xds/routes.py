@@ -82,6 +82,12 @@ def headers_to_set(headers: Iterable[tuple[str, str]]) -> list[Fields]:
     ]
 
 
+def reach_matchers(reach: Reach) -> list[Fields]:
+    """HeaderMatchers that limit a route to one listener (none for `Reach.ANY`)."""
+    marker = _MARKER.get(reach)
+    return [] if marker is None else [marker]
+
+
 def route_match(path: Path, reach: Reach = Reach.ANY) -> Fields:
     """RouteMatch: the path as a prefix, every header by exact value, and the listener
     marker when only one listener may use the route."""

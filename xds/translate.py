@@ -19,12 +19,18 @@ for each listener; the loser is reported in `Translator.errors`. When a ClusterL
 rule wins a host internally and a later ExternalIP rule wins it externally, the host
 gets a virtual host of its own in `http` that holds both rules' routes, each limited
 to its listener.
+
+With `GatewayConfig.readiness_probes`, `http` also carries the status virtual host
+(see `readiness`): per ingress, a route whose path holds a hash of everything built for
+that ingress (its entries in both route configurations, the split-host virtual hosts
+it takes part in, its TLS chains), kept up to date as incrementally as the rest.
 """
 
 from __future__ import annotations
 
 import bisect
 import functools
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
@@ -41,7 +47,8 @@ from wakegate.ingress.model import (
 from wakegate.xds import resources
 from wakegate.xds.clusters import ClusterEncoder
 from wakegate.xds.endpoints import encode_endpoints, load_assignment_bytes
-from wakegate.xds.listeners import http_listener, https_listener, sni_chains
+from wakegate.xds.listeners import SNIChain, http_listener, https_listener, sni_chains
+from wakegate.xds.readiness import ingress_hash, status_route_entry, status_virtual_host_entry
 from wakegate.xds.routes import (
     Reach,
     forward_routes,
@@ -85,6 +92,9 @@ class GatewayConfig:
     """Port put in `httpOption: Redirected` redirects; None keeps the default (443)."""
     max_upstream_requests: int = 100_000
     """Circuit-breaker limit per cluster for connections, pending and active requests."""
+    readiness_probes: bool = False
+    """Serve the status virtual host (`readiness`) on the cluster-local listener, so a
+    prober can tell which version of each ingress a gateway serves."""
 
 
 @dataclass(slots=True)
@@ -183,6 +193,16 @@ class Translator:
         self._tls_errors: dict[str, tuple[str, ...]] = {}
         self._tls_listener: bytes | None = None
         self._plain_listeners = self._build_plain_listeners()
+        self._probes = self.config.readiness_probes
+        self._ready: dict[str, str] = {}
+        """Ingress key → the hash in its status route."""
+        self._ready_routes: dict[str, bytes] = {}
+        self._ready_dirty: set[str] = set()
+        self._status_entry = status_virtual_host_entry(()) if self._probes else b""
+        self._split_owners: dict[str, tuple[str, ...]] = {}
+        """Split host name → the keys of the ingresses whose rules share its virtual host."""
+        self._splits_of: dict[str, set[str]] = {}
+        self._tls_digests: dict[str, bytes] = {}
 
     # ---- public -------------------------------------------------------------------
 
@@ -194,6 +214,16 @@ class Translator:
         if self._tls_dirty or state.certificates is not self._last_certificates:
             self._sync_tls(state.certificates)
         return self._assemble()
+
+    def readiness(self, key: str) -> tuple[Ingress, str] | None:
+        """The ingress last translated under `key` and the hash in its status route:
+        a gateway answers `/ready/<hash>` on the status host once it serves what was
+        built for that ingress. None when probes are off or the key is unknown."""
+        built = self._built.get(key)
+        digest = self._ready.get(key)
+        if built is None or digest is None:
+            return None
+        return built.ingress, digest
 
     @property
     def errors(self) -> dict[str, tuple[str, ...]]:
@@ -263,6 +293,9 @@ class Translator:
             dirty.add(key)
         dirty |= self._resolve(recheck)
         self._settle_split_hosts(split_names)
+        if self._probes:
+            self._ready_dirty.update(changes)
+            self._ready_dirty.update(dirty)
         for key in dirty:
             built = self._built.get(key)
             if built is None:
@@ -482,9 +515,30 @@ class Translator:
             if entry is None:
                 if self._split_hosts.pop(name, None) is not None:
                     self._rc_dirty.add(_HTTP)
+                    self._split_host_owners(name, ())
             elif self._split_hosts.get(name) != entry:
                 self._split_hosts[name] = entry
                 self._rc_dirty.add(_HTTP)
+                internal, external = self._claims[_INT][name], self._claims[_EXT][name]
+                owners = tuple(dict.fromkeys((internal[0][0], external[0][0])))
+                self._split_host_owners(name, owners)
+
+    def _split_host_owners(self, name: str, owners: tuple[str, ...]) -> None:
+        """Record whose rules a split host's virtual host holds, for their hashes."""
+        if not self._probes:
+            return
+        old = self._split_owners.pop(name, ())
+        for key in old:
+            names = self._splits_of[key]
+            names.discard(name)
+            if not names:
+                del self._splits_of[key]
+        if owners:
+            self._split_owners[name] = owners
+            for key in owners:
+                self._splits_of.setdefault(key, set()).add(name)
+        self._ready_dirty.update(old)
+        self._ready_dirty.update(owners)
 
     def _split_host_entry(self, name: str) -> bytes | None:
         internal = self._claims[_INT].get(name)
@@ -588,6 +642,8 @@ class Translator:
         self._last_certificates = certificates
         ingresses = [self._built[key].ingress for key in sorted(self._tls_keys)]
         chains, self._tls_errors = sni_chains(ingresses, certificates)
+        if self._probes:
+            self._sync_tls_digests(chains)
         config = self.config
         self._tls_listener = (
             https_listener(
@@ -602,14 +658,64 @@ class Translator:
             else None
         )
 
+    def _sync_tls_digests(self, chains: Iterable[SNIChain]) -> None:
+        found: dict[str, list[bytes]] = {}
+        for chain in chains:
+            key = chain.name.rpartition("/tls[")[0]
+            cert = chain.certificate
+            found.setdefault(key, []).extend(
+                (
+                    chain.name.encode(),
+                    "\0".join(chain.server_names).encode(),
+                    hashlib.sha256(cert.cert_chain_pem.encode()).digest(),
+                    hashlib.sha256(cert.private_key_pem.encode()).digest(),
+                )
+            )
+        digests = {key: b"\0".join(parts) for key, parts in found.items()}
+        for key in digests.keys() | self._tls_digests.keys():
+            if digests.get(key) != self._tls_digests.get(key):
+                self._ready_dirty.add(key)
+        self._tls_digests = digests
+
+    # ---- status virtual host --------------------------------------------------------
+
+    def _sync_ready(self) -> None:
+        changed = False
+        for key in self._ready_dirty:
+            if key not in self._built:
+                if self._ready.pop(key, None) is not None:
+                    del self._ready_routes[key]
+                    changed = True
+                continue
+            digest = ingress_hash(key, self._ready_parts(key))
+            if self._ready.get(key) != digest:
+                self._ready[key] = digest
+                self._ready_routes[key] = status_route_entry(key, digest)
+                changed = True
+        self._ready_dirty.clear()
+        if changed:
+            routes = self._ready_routes
+            self._status_entry = status_virtual_host_entry(routes[key] for key in self._keys)
+            self._rc_dirty.add(_HTTP)
+
+    def _ready_parts(self, key: str) -> list[bytes]:
+        """Everything built for one ingress, in a fixed order."""
+        index = bisect.bisect_left(self._keys, key)
+        parts = [self._parts[_HTTP][index], self._parts[_TLS_RC][index]]
+        parts += (self._split_hosts[name] for name in sorted(self._splits_of.get(key, ())))
+        parts.append(self._tls_digests.get(key, b""))
+        return parts
+
     # ---- output -------------------------------------------------------------------
 
     def _assemble(self) -> resources.Resources:
+        if self._ready_dirty:
+            self._sync_ready()
         for rc in self._rc_dirty:
             entries: Iterable[bytes] = self._parts[rc]
-            if rc == _HTTP and self._split_hosts:
+            if rc == _HTTP and (self._split_hosts or self._probes):
                 split = self._split_hosts
-                entries = [*entries, *(split[name] for name in sorted(split))]
+                entries = [*entries, *(split[name] for name in sorted(split)), self._status_entry]
             self._rc_bytes[rc] = route_configuration_bytes(ROUTE_CONFIGS[rc], entries)
         self._rc_dirty.clear()
         if self._clusters_dirty:
