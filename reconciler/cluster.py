@@ -18,9 +18,16 @@ The upstream speaks h2c when the Service port is named `h2c`/`grpc`, has
 appProtocol `kubernetes.io/h2c`, or the SKS's protocolType is `h2c`.
 
 An invalid KIngress is not applied: the previous valid generation keeps serving and
-the status says why. Status is written only once every connected gateway ACKed a
-snapshot containing the ingress's generation, and only while `may_write_status()`
-(the leader).
+the status says why. Status is written only while `may_write_status()` (the leader).
+A generation counts as served (LoadBalancerReady) once
+- with a `gateway_service`: every ready pod behind that Service answers its readiness
+  probe (`gateway_probe`), so gateways connected to other replicas count too;
+- without one: every gateway connected to this replica ACKed a snapshot containing it.
+Either way a gateway of this replica that rejected the config since keeps it
+False (GatewayRejected) until it accepts a later snapshot.
+
+A deleted TLS Secret (or one without a usable pair) takes its certificate out of the
+ControlPlane; the TLS entries naming it lose their chain and say so in the status.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from prometheus_client import Counter, Gauge
 from wakegate.controlplane import ControlPlane
 from wakegate.ingress.kingress import API_VERSION, KIND, IngressError, parse_ingress
 from wakegate.ingress.model import Backend, BackendRef, Certificate, Endpoint, Ingress
+from wakegate.reconciler.gateway_probe import GatewayProber, GatewayService
 from wakegate.reconciler.kingress_status import (
     LoadBalancers,
     Observation,
@@ -317,7 +325,14 @@ class ClusterReconciler:
         ack_poll_s: float = 0.5,
         watch_timeout_s: int = 300,
         status_concurrency: int = 8,
+        gateway_service: GatewayService | None = None,
+        prober: GatewayProber | None = None,
     ) -> None:
+        """With `gateway_service`, status follows readiness probes of its pods (through
+        `prober`, or a default one); the ControlPlane's gateways must then serve the
+        status virtual host (`GatewayConfig.readiness_probes`)."""
+        if gateway_service is not None and not control_plane.gateway.readiness_probes:
+            raise ValueError("probing the gateway pods needs GatewayConfig(readiness_probes=True)")
         self.api = api
         self.cp = control_plane
         self.load_balancers = load_balancers
@@ -348,6 +363,11 @@ class ClusterReconciler:
         self._status_wake = asyncio.Event()
         self._errors: dict[str, tuple[str, ...]] = {}
         self._live = False
+        self.gateway_service = gateway_service
+        self.prober: GatewayProber | None = None
+        if gateway_service is not None:
+            self.prober = prober or GatewayProber()
+            self.prober.on_change = self._status_wake.set
 
         def informer(
             resource: Resource, handler: Handler, transform: Callable[[Obj], Obj], **kw: Any
@@ -390,6 +410,8 @@ class ClusterReconciler:
             self._go_live()
             if on_synced is not None:
                 await on_synced()
+            if self.prober is not None:
+                tasks.append(asyncio.create_task(self.prober.run(), name="gateway-probe"))
             tasks.append(asyncio.create_task(self._status_loop(), name="kingress-status"))
             await asyncio.gather(*tasks)
         finally:
@@ -404,6 +426,7 @@ class ClusterReconciler:
         self._dirty_refs.update(self._refs)
         self._dirty_certs.update(self._cert_users)
         self._push()
+        self._update_gateway_pods()
         self.synced.set()
         log.info(
             "listed %d KIngress of class %s (%d invalid); serving",
@@ -481,6 +504,7 @@ class ClusterReconciler:
             users.discard(key)
             if not users:
                 self._cert_users.pop(secret, None)
+                self._dirty_certs.add(secret)
         self._dirty_ingresses.add(key)
         self._count()
         self._push()
@@ -526,6 +550,20 @@ class ClusterReconciler:
         else:
             slices[str(meta.get("name"))] = obj
         self._touch(owner)
+        if self.gateway_service is not None and owner == self.gateway_service.key:
+            self._update_gateway_pods()
+
+    def _update_gateway_pods(self) -> None:
+        """Probe the ready pods behind the gateway Service."""
+        service = self.gateway_service
+        if self.prober is None or service is None:
+            return
+        slices = self.objects.slices.get(service.key, {}).values()
+        if isinstance(service.port, int):
+            pods = ready_endpoints(slices, fixed_port=service.port)
+        else:
+            pods = ready_endpoints(slices, port_name=service.port)
+        self.prober.set_pods(pods)
 
     def _on_sks(self, kind: str, obj: Obj) -> None:
         key = key_of(obj)
@@ -557,6 +595,8 @@ class ClusterReconciler:
             certificate = self.objects.certificates.get(secret)
             if secret in self._cert_users and certificate is not None:
                 self.cp.set_certificate(secret, certificate)
+            else:
+                self.cp.delete_certificate(secret)
         for ref_key in refs:
             ref = self._refs.get(ref_key)
             if ref is not None:
@@ -578,7 +618,7 @@ class ClusterReconciler:
             if ref_key not in self._refs:
                 self._depend(ref_key, frozenset())
                 self.cp.delete_backend(ref_key)
-        if ingresses:
+        if ingresses or certs:
             self._status_wake.set()
 
     def _depend(self, ref_key: str, deps: frozenset[str]) -> None:
@@ -614,7 +654,9 @@ class ClusterReconciler:
             unserved = [
                 key for key, ingress in pushed.items() if self._served.get(key) is not ingress
             ]
-            if unserved:
+            if self.prober is not None:
+                await self._probe(unserved, pushed, version)
+            elif unserved:
                 acked = await self.cp.server.wait_acked(self.cp.group, version, self.ack_poll_s)
                 if acked:
                     for key in unserved:
@@ -622,8 +664,38 @@ class ClusterReconciler:
                             self._served[key] = pushed[key]
                 else:
                     self._status_wake.set()
-                self._status_dirty.update(unserved)
+            self._status_dirty.update(unserved)
             await self._write_statuses()
+
+    async def _probe(self, unserved: list[str], pushed: dict[str, Ingress], version: str) -> None:
+        """Mark served what every gateway pod answers for; probe for the rest."""
+        prober = self.prober
+        assert prober is not None
+        if not self.may_write_status():
+            prober.set_wanted({})
+            return
+        wanted: dict[str, str] = {}
+        acked: bool | None = None
+        for key in unserved:
+            found = self.cp.translator.readiness(key)
+            if found is None or found[0] != pushed[key]:
+                continue
+            digest = found[1]
+            if not prober.served(key, digest):
+                wanted[key] = digest
+                continue
+            if self._rejection(key) is not None:
+                if acked is None:
+                    acked = await self.cp.server.wait_acked(
+                        self.cp.group, version, self.ack_poll_s, min_gateways=0
+                    )
+                if not acked:
+                    wanted[key] = digest
+                    self._status_wake.set()
+                    continue
+            if self._applied.get(key) is pushed[key]:
+                self._served[key] = pushed[key]
+        prober.set_wanted(wanted)
 
     def observe(self, key: str) -> Observation:
         """What is known about one KIngress, for its status."""
@@ -633,13 +705,10 @@ class ClusterReconciler:
         served = applied is not None and self._served.get(key) is applied
         rejected, waiting = None, ""
         if applied is not None and not served:
-            since = self._applied_at.get(key, 0.0)
-            for node in self.cp.server.nodes():
-                nack = node.last_nack
-                if node.group == self.cp.group and node.connected and nack and nack.time >= since:
-                    rejected = _nack_message(node)
-                    break
-            if not self.cp.server.connected(self.cp.group):
+            rejected = self._rejection(key)
+            if self.prober is not None:
+                waiting = self._probe_waiting(key)
+            elif not self.cp.server.connected(self.cp.group):
                 waiting = "no gateway is connected"
         return Observation(
             generation=generation,
@@ -650,6 +719,25 @@ class ClusterReconciler:
             rejected=rejected,
             waiting=waiting,
         )
+
+    def _rejection(self, key: str) -> str | None:
+        """A NACK from a gateway of this replica since `key`'s generation was applied."""
+        since = self._applied_at.get(key, 0.0)
+        for node in self.cp.server.nodes():
+            nack = node.last_nack
+            if node.group == self.cp.group and node.connected and nack and nack.time >= since:
+                return _nack_message(node)
+        return None
+
+    def _probe_waiting(self, key: str) -> str:
+        assert self.prober is not None and self.gateway_service is not None
+        pods = self.prober.pods
+        if pods is not None and not pods:
+            return f"no ready gateway pod behind Service {self.gateway_service.key}"
+        found = self.cp.translator.readiness(key)
+        if found is None:
+            return "the gateway configuration is being built"
+        return self.prober.waiting(key, found[1])
 
     async def _write_statuses(self) -> None:
         if not self.may_write_status():

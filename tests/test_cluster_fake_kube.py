@@ -16,7 +16,8 @@ import contextlib
 import copy
 import itertools
 import socket
-from collections.abc import AsyncIterator, Callable
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,21 +33,18 @@ from tests.support.envoy import running_envoy
 from tests.test_conformance import _distribution, _self_signed, rule, split
 from tests.test_conformance import kingress as conformance_kingress
 from tests.test_conformance import path as http_path
-from wakegate.controller import (
-    add_controller_parser,
-    run_controller,
-    start_control_plane,
-    xds_credentials,
-)
+from wakegate.controller import add_controller_parser, run_controller, xds_credentials
 from wakegate.controlplane import ControlPlane
 from wakegate.ingress.model import Endpoint
 from wakegate.leader import LeaderElector
 from wakegate.reconciler.cluster import DEFAULT_INGRESS_CLASS, ClusterReconciler
+from wakegate.reconciler.gateway_probe import GatewayProber, GatewayService, pod_name
 from wakegate.reconciler.kingress_status import LoadBalancers, condition_of
 from wakegate.reconciler.kubernetes import KINGRESSES, Backoff, KubeApi
 from wakegate.xds.bootstrap import XdsTls
+from wakegate.xds.readiness import STATUS_DOMAIN, ready_path
 from wakegate.xds.resources import CLUSTER, LISTENER, ROUTE
-from wakegate.xds.translate import GatewayConfig
+from wakegate.xds.translate import EXTERNAL_TLS, GatewayConfig
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -57,6 +55,7 @@ LB = LoadBalancers(
     internal="wakegate-gateway-internal.knative-serving.svc.cluster.local",
 )
 FAST = Backoff(initial_s=0.05, max_s=0.4)
+FAST_PROBES = Backoff(initial_s=0.05, max_s=0.3)
 
 
 # --- Kubernetes objects ----------------------------------------------------------------
@@ -159,6 +158,19 @@ class Cluster:
     api: KubeApi
     reconciler: ClusterReconciler
     task: asyncio.Task[None]
+    make_reconciler: Callable[[], ClusterReconciler]
+
+    async def pause(self) -> None:
+        """Stop reconciling: the ControlPlane keeps serving its last snapshot."""
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    async def resume(self) -> None:
+        """Reconcile again, with a fresh reconciler over the same ControlPlane."""
+        self.reconciler = self.make_reconciler()
+        self.task = asyncio.create_task(self.reconciler.run())
+        await asyncio.wait_for(self.reconciler.synced.wait(), 10)
 
     def ingress(self, name: str, ns: str = "default") -> Any:
         return {i.key: i for i in self.cp.ingresses()}.get(f"{ns}/{name}")
@@ -184,6 +196,7 @@ async def fake_cluster(
     may_write_status: Callable[[], bool] = lambda: True,
     user_agent: str = "wakegate-test",
     credentials: grpc.ServerCredentials | None = None,
+    gateway_service: GatewayService | None = None,
 ) -> AsyncIterator[Cluster]:
     async with contextlib.AsyncExitStack() as stack:
         if kube is None:
@@ -192,26 +205,28 @@ async def fake_cluster(
         api.api_client.user_agent = user_agent
         stack.push_async_callback(api.close)
         cp = ControlPlane(gateway or GatewayConfig(bind_address="127.0.0.1"), group=group)
-        await start_control_plane(cp, "127.0.0.1", 0, credentials)
+        await cp.start("127.0.0.1", 0, credentials=credentials)
         stack.push_async_callback(cp.stop)
-        reconciler = ClusterReconciler(
-            api,
-            cp,
-            load_balancers=LB,
-            may_write_status=may_write_status,
-            backoff=FAST,
-            ack_poll_s=0.2,
+
+        def make_reconciler() -> ClusterReconciler:
+            return ClusterReconciler(
+                api,
+                cp,
+                load_balancers=LB,
+                may_write_status=may_write_status,
+                backoff=FAST,
+                ack_poll_s=0.2,
+                gateway_service=gateway_service,
+                prober=GatewayProber(backoff=FAST_PROBES) if gateway_service else None,
+            )
+
+        reconciler = make_reconciler()
+        cluster = Cluster(
+            kube, cp, api, reconciler, asyncio.create_task(reconciler.run()), make_reconciler
         )
-        task = asyncio.create_task(reconciler.run())
-
-        async def cancel() -> None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-        stack.push_async_callback(cancel)
+        stack.push_async_callback(cluster.pause)
         await asyncio.wait_for(reconciler.synced.wait(), 10)
-        yield Cluster(kube, cp, api, reconciler, task)
+        yield cluster
 
 
 # --- sources → ControlPlane ------------------------------------------------------------
@@ -523,15 +538,23 @@ class Replica:
         await self.stack.aclose()
 
 
-async def start_replica(kube: FakeKube, name: str) -> Replica:
+async def start_replica(
+    kube: FakeKube,
+    name: str,
+    *,
+    gateway: GatewayConfig | None = None,
+    gateway_service: GatewayService | None = None,
+) -> Replica:
     stack = contextlib.AsyncExitStack()
     holder: dict[str, LeaderElector] = {}
     c = await stack.enter_async_context(
         fake_cluster(
             kube,
+            gateway=gateway,
             group=f"gw-{name}",
             user_agent=name,
             may_write_status=lambda: "e" in holder and holder["e"].is_leader,
+            gateway_service=gateway_service,
         )
     )
     api = KubeApi.for_host(kube.url)
@@ -669,6 +692,55 @@ async def test_fake_kube_controller_serves_health_metrics_and_xds(tmp_path: Path
         assert not _port_open(xds)
 
 
+async def test_fake_kube_controller_with_gateway_service_waits_for_its_pods(
+    tmp_path: Path,
+) -> None:
+    async with FakeKube(bookmark_interval_s=0.2) as kube:
+        kube.apply(simple_kingress("hello", "hello.example.com", "svc"))
+        parser = argparse.ArgumentParser()
+        add_controller_parser(parser.add_subparsers())
+        args = parser.parse_args(
+            ["controller", "--kubeconfig", str(kube.kubeconfig(tmp_path / "kubeconfig")),
+             "--xds-host", "127.0.0.1", "--xds-port", str(free_port()),
+             "--health-port", str(free_port()), "--metrics-port", str(free_port()),
+             "--gateway-service", "knative-serving/gw-internal", "--gateway-probe-port", "http"]
+        )  # fmt: skip
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_controller(args, stop))
+
+        def balancer() -> dict[str, Any]:
+            obj = kube.get(KIN, "Ingress", "default", "hello") or {}
+            return dict(condition_of(obj.get("status"), "LoadBalancerReady") or {})
+
+        try:
+            waiting = await eventually(lambda: balancer().get("message"), timeout=15)
+            assert balancer()["status"] == "Unknown"
+            assert "no ready gateway pod behind Service knative-serving/gw-internal" in waiting
+
+            port = free_port()
+            kube.apply(
+                endpoint_slice(
+                    "gw-internal",
+                    ["127.0.0.1"],
+                    [{"name": "http", "port": port}],
+                    ns="knative-serving",
+                )
+            )
+            waiting = await eventually(
+                lambda: (
+                    "gateway pods do not serve it yet" in balancer().get("message", "")
+                    and balancer()["message"]
+                ),
+                timeout=15,
+                what="the pod from the EndpointSlice is probed on its named port",
+            )
+            assert f"1 of 1 gateway pods do not serve it yet: 127.0.0.1:{port}" in waiting
+            assert balancer()["status"] == "Unknown"
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+
+
 # --- a real Envoy, real backends --------------------------------------------------------
 
 
@@ -688,10 +760,10 @@ def publish_backends(kube: FakeKube, backends: dict[str, Backend]) -> None:
         kube.apply(endpoint_slice(name, [b.host], b.port))
 
 
-def gateway_config() -> GatewayConfig:
+def gateway_config(*, readiness_probes: bool = False) -> GatewayConfig:
     return GatewayConfig(
         external_port=free_port(), internal_port=free_port(), tls_port=free_port(),
-        bind_address="127.0.0.1",
+        bind_address="127.0.0.1", readiness_probes=readiness_probes,
     )  # fmt: skip
 
 
@@ -875,6 +947,276 @@ async def test_fake_kube_gateway_fetches_config_over_mutual_tls(
                 f"http://127.0.0.1:{config.external_port}/", host="mtls.example.com"
             )
             assert (code, body["name"]) == (200, "k2")
+
+
+@pytest.mark.envoy
+async def test_fake_kube_deleted_tls_secret_takes_its_certificate_off_the_gateway(
+    echo: dict[str, Backend],
+) -> None:
+    config = gateway_config()
+    hosts = {"a": "tls-a.example.com", "b": "tls-b.example.com"}
+    pems = {r: _self_signed(host) for r, host in hosts.items()}
+
+    async def https(r: str) -> int:
+        context = ssl.create_default_context(cadata=pems[r][0])
+        async with aiohttp.ClientSession() as session:
+            async with session.get(
+                f"https://127.0.0.1:{config.tls_port}/",
+                headers={"Host": hosts[r]},
+                ssl=context,
+                server_hostname=hosts[r],
+                timeout=aiohttp.ClientTimeout(total=5),
+            ) as resp:
+                return resp.status
+
+    def tls_listener(c: Cluster) -> bytes | None:
+        snapshot = c.cp.cache.get_snapshot(c.cp.group)
+        assert snapshot is not None
+        return snapshot.resources[LISTENER].get(EXTERNAL_TLS)
+
+    async with fake_cluster(gateway=config) as c:
+        publish_backends(c.kube, echo)
+        for r, host in hosts.items():
+            c.kube.apply(tls_secret(f"tls-{r}", *pems[r]))
+            tls = {"hosts": [host], "secretName": f"tls-{r}", "secretNamespace": "default"}
+            c.kube.apply(kingress(f"tls-{r}", rule([host], http_path(split("k0"))), tls=[tls]))
+        async with running_envoy(c.cp.server.port or 0, node_cluster=c.cp.group):
+            for r in hosts:
+                await eventually(
+                    lambda r=r: c.condition(f"tls-{r}").get("status") == "True", timeout=15
+                )
+            assert await https("a") == 200 and await https("b") == 200
+
+            c.kube.delete("v1", "Secret", "default", "tls-a")
+            await eventually(lambda: "default/tls-a" not in c.cp.state().certificates)
+            assert await c.cp.wait_served(10), "the gateway accepts the config without it"
+            with pytest.raises(aiohttp.ClientError):
+                await https("a")
+            assert await https("b") == 200, "the other certificate keeps serving"
+            network = await eventually(
+                lambda: (
+                    c.condition("tls-a", "NetworkConfigured").get("status") == "False"
+                    and c.condition("tls-a", "NetworkConfigured")
+                ),
+                what="the missing certificate in the status",
+            )
+            assert "secret default/tls-a has no certificate" in network["message"]
+            status, body, _ = await get(
+                f"http://127.0.0.1:{config.external_port}/", host=hosts["a"]
+            )
+            assert (status, body["name"]) == (200, "k0"), "plain HTTP is unaffected"
+
+            # No ingress uses tls-b any more: its certificate goes, and with no chain
+            # left the TLS listener goes too.
+            assert tls_listener(c) is not None
+            c.kube.delete(KIN, "Ingress", "default", "tls-b")
+            await eventually(lambda: "default/tls-b" not in c.cp.state().certificates)
+            await eventually(lambda: tls_listener(c) is None, what="TLS listener removed")
+            assert await c.cp.wait_served(10)
+            with pytest.raises(aiohttp.ClientError):
+                await https("b")
+
+
+# --- readiness probes: two replicas, a gateway on each ----------------------------------------
+
+GATEWAY_NS = "knative-serving"
+GATEWAY_SVC = "wakegate-gateway-internal"
+GATEWAY_SERVICE = GatewayService(GATEWAY_NS, GATEWAY_SVC, "http")
+
+
+def gateway_slice(replica: str, port: int, *, ready: bool = True) -> dict[str, Any]:
+    """The EndpointSlice of one gateway pod of the cluster-local Service: every pod is
+    127.0.0.1 here, so each gets a slice of its own with its own port."""
+    return endpoint_slice(
+        GATEWAY_SVC,
+        {"127.0.0.1": ready},
+        [{"name": "http", "port": port, "protocol": "TCP"}],
+        name=f"{GATEWAY_SVC}-{replica}",
+        ns=GATEWAY_NS,
+    )
+
+
+async def eventually_async(
+    check: Callable[[], Awaitable[Any]], timeout: float = 15.0, what: str = ""
+) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: object = None
+    while True:
+        try:
+            result = await check()
+            if result:
+                return result
+            last = result
+        except (AssertionError, aiohttp.ClientError) as exc:
+            last = exc
+        if loop.time() > deadline:
+            raise AssertionError(f"not true within {timeout}s: {what or check} (last: {last!r})")
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.envoy
+async def test_fake_kube_two_replicas_ready_only_once_every_gateway_pod_serves(
+    echo: dict[str, Backend],
+) -> None:
+    host, key = "both.example.com", "default/both"
+    configs = {r: gateway_config(readiness_probes=True) for r in ("a", "b")}
+    pods = {r: pod_name(Endpoint("127.0.0.1", c.internal_port)) for r, c in configs.items()}
+    async with FakeKube(bookmark_interval_s=0.2) as kube, contextlib.AsyncExitStack() as stack:
+        publish_backends(kube, echo)
+        kube.apply(
+            service(GATEWAY_SVC, [{"name": "http", "port": 80, "targetPort": 8081}], ns=GATEWAY_NS)
+        )
+        for r, config in configs.items():
+            kube.apply(gateway_slice(r, config.internal_port))
+        replicas: dict[str, Replica] = {}
+        for r in ("a", "b"):
+            replica = await start_replica(
+                kube, f"replica-{r}", gateway=configs[r], gateway_service=GATEWAY_SERVICE
+            )
+            stack.push_async_callback(replica.stop)
+            replicas[r] = replica
+            if r == "a":
+                await asyncio.wait_for(replica.elector.leading.wait(), 5)
+        a, b = replicas["a"].cluster, replicas["b"].cluster
+        assert not replicas["b"].elector.is_leader
+
+        # For each replica: generation → the first snapshot sequence that serves it.
+        first: dict[str, dict[int, int]] = {r: {} for r in replicas}
+
+        def tracker(r: str, cp: ControlPlane) -> Callable[[], None]:
+            def seen() -> None:
+                found, current = cp.translator.readiness(key), cp.cache.current(cp.group)
+                if found is not None and current is not None:
+                    first[r].setdefault(found[0].generation, current[0])
+
+            return seen
+
+        for r, replica in replicas.items():
+            cp = replica.cluster.cp
+            cp.cache.watch(cp.group, tracker(r, cp))
+
+        ready_writes: list[int] = []
+        violations: list[str] = []
+
+        def on_request(request: Request) -> None:
+            """At each Ready=True write, every ready gateway pod has ACKed that generation."""
+            if request.method != "PATCH" or not request.path.endswith("/both/status"):
+                return
+            status = (request.body or {}).get("status") or {}
+            if (condition_of(status, "Ready") or {}).get("status") != "True":
+                return
+            generation = int(status["observedGeneration"])
+            ready_writes.append(generation)
+            for r, replica in replicas.items():
+                pod = kube.get(
+                    "discovery.k8s.io/v1", "EndpointSlice", GATEWAY_NS, f"{GATEWAY_SVC}-{r}"
+                )
+                if not pod or not pod["endpoints"][0]["conditions"]["ready"]:
+                    continue
+                cp = replica.cluster.cp
+                acked = [
+                    cp.cache.sequence(cp.group, node.acked_snapshot.get(ROUTE, ""))
+                    for node in cp.server.nodes()
+                    if node.connected
+                ]
+                needed = first[r].get(generation)
+                if needed is None or not acked or any(s is None or s < needed for s in acked):
+                    violations.append(
+                        f"gen {generation} Ready; gateway {r} acked {acked} < {needed}"
+                    )
+
+        kube.on_request = on_request
+
+        def ready(generation: int) -> bool:
+            return (
+                a.status("both").get("observedGeneration") == generation
+                and a.condition("both").get("status") == "True"
+            )
+
+        def waiting_for_b(generation: int) -> dict[str, Any] | None:
+            condition = a.condition("both")
+            if a.status("both").get("observedGeneration") != generation:
+                return None
+            return condition if pods["b"] in condition.get("message", "") else None
+
+        async def backend(r: str) -> str | None:
+            status, body, _ = await get(f"http://127.0.0.1:{configs[r].external_port}/", host=host)
+            return body["name"] if status == 200 else None
+
+        async def serves(r: str, name: str) -> bool:
+            return await backend(r) == name
+
+        def digest_of(c: Cluster) -> str:
+            found = c.cp.translator.readiness(key)
+            assert found is not None
+            return found[1]
+
+        kube.apply(simple_kingress("both", host, "k0"))
+        for c in (a, b):
+            await eventually(lambda c=c: c.ingress("both"), what="generation 1 in both replicas")
+        envoys = {
+            r: await stack.enter_async_context(
+                running_envoy(c.cp.server.port or 0, node_cluster=c.cp.group)
+            )
+            for r, c in (("a", a), ("b", b))
+        }
+        await eventually(lambda: ready(1), timeout=20, what="generation 1 Ready")
+        assert await backend("a") == "k0" and await backend("b") == "k0"
+
+        # Both replicas built the same hash; the status host answers it on the
+        # cluster-local listener only.
+        digest = digest_of(a)
+        assert digest_of(b) == digest
+        for config in configs.values():
+            internal = f"http://127.0.0.1:{config.internal_port}"
+            external = f"http://127.0.0.1:{config.external_port}"
+            assert (await get(internal + ready_path(digest), host=STATUS_DOMAIN))[0] == 200
+            assert (await get(internal + ready_path("0" * 32), host=STATUS_DOMAIN))[0] == 404
+            assert (await get(external + ready_path(digest), host=STATUS_DOMAIN))[0] == 404
+
+        # Replica b (not the leader) stops reconciling; its gateway keeps generation 1.
+        await b.pause()
+        kube.apply(simple_kingress("both", host, "k1"))
+        await eventually_async(lambda: serves("a", "k1"), what="a's gateway serves generation 2")
+        waiting = await eventually(lambda: waiting_for_b(2), what="status waits for b's pod")
+        assert waiting["status"] == "Unknown", waiting
+        assert "1 of 2 gateway pods do not serve it yet" in waiting["message"]
+        new_digest = digest_of(a)
+        assert new_digest != digest
+        prober = a.reconciler.prober
+        assert prober is not None
+        await eventually(
+            lambda: "HTTP 404" in prober.waiting(key, new_digest), what="b's pod answers 404"
+        )
+        # b's gateway keeps answering the new hash with 404, and status stays not Ready.
+        answered = "http.internal.downstream_rq_4xx"
+        before = (await envoys["b"].stats(answered))[answered]
+
+        async def probed_again() -> bool:
+            return (await envoys["b"].stats(answered))[answered] >= before + 3
+
+        await eventually_async(probed_again, what="b's gateway probed three more times")
+        assert await backend("b") == "k0"
+        assert 2 not in ready_writes and not ready(2)
+        assert a.condition("both")["status"] == "Unknown"
+
+        await b.resume()
+        await eventually(lambda: ready(2), timeout=20, what="generation 2 Ready once b serves it")
+        assert await backend("b") == "k1"
+
+        # A gateway pod that leaves is no longer waited for.
+        await b.pause()
+        kube.apply(simple_kingress("both", host, "k2"))
+        await eventually(lambda: waiting_for_b(3), what="generation 3 waits for b's pod")
+        assert 3 not in ready_writes
+        kube.apply(gateway_slice("b", configs["b"].internal_port, ready=False))
+        await eventually(lambda: ready(3), timeout=20, what="generation 3 Ready without b's pod")
+        assert await backend("a") == "k2" and await backend("b") == "k1"
+
+        kube.on_request = None
+        assert sorted(set(ready_writes)) == [1, 2, 3]
+        assert not violations, violations
 
 
 # --- conformance cases, driven through the Kubernetes source -------------------------------

@@ -1,7 +1,10 @@
 """`wakegate controller`: cluster mode, Knative Serving's ingress inside Kubernetes.
 
 Every replica watches the cluster and serves xDS to the Envoy gateways; the replica
-holding the leader Lease also writes KIngress status. `/healthz` answers 200 while
+holding the leader Lease also writes KIngress status. With `--gateway-service`, the
+leader marks an ingress Ready once every ready gateway pod behind that Service answers
+its readiness probe, whichever replica the gateway is connected to; without it, once
+the gateways connected to the leader ACKed it. `/healthz` answers 200 while
 the process runs; `/readyz` answers 200 once the first full list of every source was
 translated and published, which is also when the xDS port opens, so a gateway never
 receives a snapshot built from a partial view of the cluster.
@@ -12,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
 import sys
@@ -27,6 +29,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from wakegate.controlplane import DEFAULT_GROUP, ControlPlane
 from wakegate.leader import LeaderElector
 from wakegate.reconciler.cluster import ACTIVATOR_SERVICE, DEFAULT_INGRESS_CLASS, ClusterReconciler
+from wakegate.reconciler.gateway_probe import (
+    DEFAULT_PROBE_PORT,
+    GatewayProber,
+    GatewayService,
+    parse_gateway_service,
+    parse_probe_port,
+)
 from wakegate.reconciler.kingress_status import LoadBalancers, service_domain
 from wakegate.reconciler.kubernetes import KubeApi, load_configuration
 from wakegate.xds.translate import GatewayConfig
@@ -38,6 +47,11 @@ DEFAULT_METRICS_PORT = 9090
 DEFAULT_HEALTH_PORT = 8086
 DEFAULT_EXTERNAL_ADDRESS = "wakegate-gateway.knative-serving"
 DEFAULT_INTERNAL_ADDRESS = "wakegate-gateway-internal.knative-serving"
+DEFAULT_PROBE_CONCURRENCY = 16
+
+
+class ArgumentError(ValueError):
+    """A controller flag with a bad value; the message names the flag."""
 
 
 def add_controller_parser(
@@ -84,6 +98,27 @@ def add_controller_parser(
         help="DNS name of the gateway's cluster-local Service",
     )
     p.add_argument(
+        "--gateway-service",
+        default=None,
+        metavar="NAMESPACE/NAME",
+        help="the gateway's cluster-local Service: an ingress is Ready once every ready "
+        "pod behind it answers its readiness probe (default: once the gateways connected "
+        "to the leader ACKed it)",
+    )
+    p.add_argument(
+        "--gateway-probe-port",
+        default=str(DEFAULT_PROBE_PORT),
+        metavar="PORT",
+        help="the gateway pods' cluster-local listener: a port number, or the name of "
+        "the --gateway-service port (resolved per EndpointSlice)",
+    )
+    p.add_argument(
+        "--gateway-probe-concurrency",
+        default=str(DEFAULT_PROBE_CONCURRENCY),
+        metavar="N",
+        help="readiness probes in flight at most",
+    )
+    p.add_argument(
         "--domain-internal-suffix",
         default="svc.cluster.local",
         help="suffix completing name.namespace gateway addresses",
@@ -105,11 +140,36 @@ def add_controller_parser(
 
 def _cmd_controller(args: argparse.Namespace) -> int:
     try:
+        gateway_probe(args)
         asyncio.run(run_controller(args))
+    except ArgumentError as exc:
+        print(f"wakegate: {exc}", file=sys.stderr)
+        return 2
     except ConfigException as exc:
         print(f"wakegate: Kubernetes configuration: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def gateway_probe(args: argparse.Namespace) -> tuple[GatewayService, int] | None:
+    """The gateway Service to probe and the probe concurrency, or None when not probing;
+    `ArgumentError` names the flag of a bad value."""
+    if args.gateway_service is None:
+        return None
+    try:
+        namespace, name = parse_gateway_service(args.gateway_service)
+    except ValueError as exc:
+        raise ArgumentError(f"--gateway-service: {exc}") from None
+    try:
+        port = parse_probe_port(args.gateway_probe_port)
+    except ValueError as exc:
+        raise ArgumentError(f"--gateway-probe-port: {exc}") from None
+    text = str(args.gateway_probe_concurrency).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise ArgumentError(
+            f"--gateway-probe-concurrency: expected a positive number, got {text!r}"
+        )
+    return GatewayService(namespace, name, port), int(text)
 
 
 def xds_credentials(tls_dir: Path) -> grpc.ServerCredentials:
@@ -125,9 +185,15 @@ def xds_credentials(tls_dir: Path) -> grpc.ServerCredentials:
     )
 
 
-def cluster_gateway() -> GatewayConfig:
-    """Gateway listeners in a pod: all interfaces, 8080 external, 8081 internal, 8443 TLS."""
-    return GatewayConfig(external_port=8080, internal_port=8081, tls_port=8443)
+def cluster_gateway(*, readiness_probes: bool = False) -> GatewayConfig:
+    """Gateway listeners in a pod: all interfaces, 8080 external, 8081 internal, 8443 TLS;
+    with `readiness_probes`, the status virtual host on the internal one."""
+    return GatewayConfig(
+        external_port=8080,
+        internal_port=DEFAULT_PROBE_PORT,
+        tls_port=8443,
+        readiness_probes=readiness_probes,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -147,11 +213,7 @@ async def start_control_plane(
     cp: ControlPlane, host: str, port: int, credentials: grpc.ServerCredentials | None = None
 ) -> int:
     """Start `cp` serving xDS on host:port, over mutual TLS when given `credentials`."""
-    if credentials is not None:
-        # ControlPlane.start opens the port through its server; bind the credentials there.
-        serve = cp.server.start
-        cp.server.start = functools.partial(serve, credentials=credentials)  # type: ignore[method-assign]
-    return await cp.start(host, port)
+    return await cp.start(host, port, credentials=credentials)
 
 
 async def run_controller(args: argparse.Namespace, stop: asyncio.Event | None = None) -> None:
@@ -161,10 +223,11 @@ async def run_controller(args: argparse.Namespace, stop: asyncio.Event | None = 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+    probe = gateway_probe(args)
     credentials = xds_credentials(args.xds_tls_dir) if args.xds_tls_dir else None
     configuration = await load_configuration(args.kubeconfig)
     api = KubeApi.from_configuration(configuration)
-    cp = ControlPlane(cluster_gateway(), group=args.node_cluster)
+    cp = ControlPlane(cluster_gateway(readiness_probes=probe is not None), group=args.node_cluster)
     suffix = args.domain_internal_suffix
     balancers = LoadBalancers(
         external=service_domain(args.gateway_external_address, suffix),
@@ -178,12 +241,15 @@ async def run_controller(args: argparse.Namespace, stop: asyncio.Event | None = 
         ingress_class=args.ingress_class,
         activator=ACTIVATOR_SERVICE,
         may_write_status=lambda: elector is not None and elector.is_leader,
+        gateway_service=probe[0] if probe is not None else None,
+        prober=GatewayProber(concurrency=probe[1]) if probe is not None else None,
     )
     elector = LeaderElector(
         api,
         namespace=args.leader_election_namespace,
         name=args.leader_election_id,
         on_started_leading=reconciler.resync_status,
+        on_stopped_leading=reconciler.resync_status,
     )
     ready = asyncio.Event()
 

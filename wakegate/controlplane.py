@@ -79,11 +79,14 @@ class ControlPlane:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
+        credentials: grpc.ServerCredentials | None = None,
         services: Sequence[Callable[[grpc.aio.Server], None]] = (),
     ) -> int:
-        """Serve xDS (and `services`) on host:port (0 = any free port); the bound port."""
+        """Serve xDS (and `services`) on host:port (0 = any free port), over TLS when
+        given server `credentials` (mutual TLS if they require client certificates);
+        returns the bound port."""
         self.publish()
-        bound = await self.server.start(host, port, services=services)
+        bound = await self.server.start(host, port, credentials=credentials, services=services)
         self._task = asyncio.create_task(self._publisher(), name="wakegate-publisher")
         return bound
 
@@ -119,8 +122,16 @@ class ControlPlane:
             self._mark()
 
     def set_certificate(self, key: str, certificate: Certificate) -> None:
-        self._certificates[key] = certificate
-        self._mark()
+        if self._certificates.get(key) != certificate:
+            self._certificates[key] = certificate
+            self._mark()
+
+    def delete_certificate(self, key: str) -> bool:
+        """Forget a secret's certificate; TLS entries naming it lose their chain."""
+        found = self._certificates.pop(key, None) is not None
+        if found:
+            self._mark()
+        return found
 
     def backend_keys(self) -> list[str]:
         return list(self._backends)
