@@ -82,6 +82,7 @@ CASES = [
         {"gateway": {"service": {"type": "NodePort", "nodePorts": {"http": 30080}}}},
     ),
     Case("mtls", {"xdsTLS": {"enabled": True}}),
+    Case("ack-readiness", {"controlPlane": {"gatewayProbe": {"enabled": False}}}),
     Case(
         "monitoring",
         {"metrics": {"serviceMonitor": {"enabled": True}, "gatewayPodMonitor": {"enabled": True}}},
@@ -345,6 +346,19 @@ def test_ports_line_up(rendered: Rendered) -> None:
     election = r.values["controlPlane"]["leaderElection"]["namespace"] or r.case.namespace
     assert args["leader-election-namespace"] == election
 
+    # The controller probes the pods behind the cluster-local Service on the port that
+    # Service targets, which is the gateway's cluster-local listener.
+    probe = r.values["controlPlane"]["gatewayProbe"]
+    probe_flags = {"gateway-service", "gateway-probe-port", "gateway-probe-concurrency"}
+    if probe["enabled"]:
+        assert args["gateway-service"] == f"{r.case.namespace}/{internal['metadata']['name']}"
+        (local_port,) = internal["spec"]["ports"]
+        probed = int(args["gateway-probe-port"])
+        assert probed == LISTENERS.internal_port == resolve_port(local_port["targetPort"], gw)
+        assert int(args["gateway-probe-concurrency"]) == probe["concurrency"]
+    else:
+        assert not probe_flags & args.keys()
+
 
 def test_bootstrap_is_build_bootstrap_plus_health_listener(rendered: Rendered) -> None:
     r = rendered
@@ -562,6 +576,10 @@ def test_every_value_is_documented_and_in_the_schema(chart: helm.Chart) -> None:
         ({"gateway": {"logLevel": "loud"}}, ["/gateway/logLevel"]),
         ({"metrics": {"serviceMonitor": {"interval": "often"}}}, ["serviceMonitor/interval"]),
         ({"ingressClass": ""}, ["/ingressClass"]),
+        (
+            {"controlPlane": {"gatewayProbe": {"concurrency": 0}}},
+            ["/controlPlane/gatewayProbe/concurrency", "minimum"],
+        ),
     ],
     ids=[
         "service-type",
@@ -572,6 +590,7 @@ def test_every_value_is_documented_and_in_the_schema(chart: helm.Chart) -> None:
         "log-level",
         "duration",
         "empty-class",
+        "probe-concurrency",
     ],
 )
 def test_schema_rejects_invalid_values(chart: helm.Chart, values: Obj, expected: list[str]) -> None:
