@@ -188,6 +188,14 @@ class RevisionScaling:
         return self.stable_window_s * self.panic_window_percentage / 100.0
 
     @property
+    def initial_pods(self) -> int:
+        """Ready pods a new revision needs before it is Ready, and the pods it starts
+        with: Knative's active threshold before the scale target is initialised,
+        max(min-scale, initial scale). 0 (a zero initial scale without min-scale)
+        makes the revision Ready without a pod, its traffic through the activator."""
+        return max(self.min_scale, self.initial_scale)
+
+    @property
     def panic_threshold(self) -> float:
         """How many times the ready pods' capacity the panic-window load must need."""
         return self.panic_threshold_percentage / 100.0

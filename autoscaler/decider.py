@@ -97,9 +97,9 @@ class DeciderState:
                 panic_time=now if ready_pods > 1 else None,
                 max_panic_pods=ready_pods if ready_pods > 1 else 0,
             )
-        if scaling.initial_scale == 0:
+        if scaling.initial_pods == 0:
             return cls(Activity.INACTIVE, now, scale=0, initialized=True)
-        return cls(Activity.ACTIVATING, now, scale=scaling.initial_scale, initialized=False)
+        return cls(Activity.ACTIVATING, now, scale=scaling.initial_pods, initialized=False)
 
 
 @dataclass(frozen=True, slots=True)

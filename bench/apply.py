@@ -12,9 +12,10 @@ new Service is deleted once measured, so every apply meets the same stack.
 1. On an empty stack.
 2. With `--background` Services already applied and at zero pods (routes loaded, the
    activator in path), put in a few large multi-document PUTs: annotated
-   `autoscaling.knative.dev/initial-scale: "0"` when the stack accepts that, otherwise
-   applied as they are and left to idle to zero with short windows (stable 6 s,
-   grace 1 s) — the short windows apply to the whole run.
+   `autoscaling.knative.dev/initial-scale: "0"`, which the stack accepts as it runs
+   with allow-zero-initial-scale, so they are Ready without ever starting a pod. Should
+   the stack refuse that, they are applied as they are and left to idle to zero with
+   short windows (stable 6 s, grace 1 s) — the short windows apply to the whole run.
 
 Baseline, same run: the app's own spawn → first 200, polled the same way, so wakegate's
 overhead = apply → first 200 - app start. No target is set for this figure. Where the
@@ -59,9 +60,7 @@ SEED: dict[str, Any] = yaml.safe_load((EXAMPLE / "helloworld-go.yaml").read_text
 DOMAIN = "example.com"
 NAMESPACE = "default"
 ZERO_SCALE = {"autoscaling.knative.dev/initial-scale": "0"}
-SHORT = AutoscalerConfig(
-    stable_window_s=6.0, scale_to_zero_grace_period_s=1.0, allow_zero_initial_scale=True
-)
+SHORT = AutoscalerConfig(stable_window_s=6.0, scale_to_zero_grace_period_s=1.0)
 CHECK_S = 2.0
 """Between checks of the background Services while they load."""
 
@@ -431,6 +430,7 @@ async def local_stack(data_dir: Path, timeline: Timeline) -> AsyncIterator[tuple
         api_port=0,
         admin_port=0,
         autoscaler=SHORT,
+        allow_zero_initial_scale=True,
     )
     stack = LocalStack(config)
     try:

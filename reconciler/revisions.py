@@ -18,6 +18,7 @@ from wakegate.reconciler.serving import (
     Service,
     ServiceError,
     ServingConfig,
+    admitted,
     autoscaling_settings,
     child_name,
     parse_template,
@@ -57,13 +58,15 @@ class Revision:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], config: ServingConfig | None = None) -> Revision:
+        """Read a stored revision back; it was validated when applied (see `admitted`)."""
         created = data.get("createdAt")
+        template = parse_template(data["template"], data["service"], "template", admitted(config))
         return cls(
             namespace=data["namespace"],
             service=data["service"],
             name=data["name"],
             generation=int(data["generation"]),
-            template=parse_template(data["template"], data["service"], "template", config),
+            template=template,
             created_at=datetime.fromisoformat(created) if created else None,
         )
 
@@ -186,11 +189,14 @@ def autoscaling_spec(
 ) -> AutoscalingSpec:
     """The template's autoscaling annotations over `defaults` (default `AUTOSCALING_DEFAULTS`).
 
+    The template was validated when it was applied, so an initial scale of 0 is read as
+    it is; whether it is honoured is the autoscaler config's `allow_zero_initial_scale`.
+
     As in Knative's KPA, a template with `containerConcurrency` > 0 and no `target`
     annotation targets that limit, and an annotated target above the limit is capped.
     """
     base = AUTOSCALING_DEFAULTS if defaults is None else defaults
-    settings = autoscaling_settings(template.annotations)
+    settings = autoscaling_settings(template.annotations, config=admitted())
     limit = template.container_concurrency
     changes: dict[str, Any] = {
         attr: settings[key] for key, attr in _FIELDS.items() if key in settings

@@ -31,8 +31,11 @@ from wakegate.reconciler.revisions import (
 )
 from wakegate.reconciler.routes import SERVICE_PORT, RouteStatus, route_ingress
 from wakegate.reconciler.serving import (
+    SERVING_CONFIG,
     Service,
     ServiceError,
+    ServingConfig,
+    admitted,
     load_services,
     parse_service,
     require_local_command,
@@ -66,7 +69,8 @@ ScalePolicy = Callable[[Revision, bool], int]
 
 
 def initial_scale_policy(revision: Revision, routed: bool) -> int:
-    """Without an autoscaler: routed (or not yet ready) revisions run their initial scale."""
+    """Without an autoscaler: routed (or not yet ready) revisions run their initial scale,
+    at least one pod, since without an activator nothing would wake a revision at zero."""
     spec = revision.autoscaling
     if not routed:
         return spec.min_scale
@@ -115,8 +119,12 @@ class LocalServing:
         scale_policy: ScalePolicy = initial_scale_policy,
         pod_options: dict[str, Any] | None = None,
         activation: Activation | None = None,
+        config: ServingConfig | None = None,
     ) -> None:
         self.store = store
+        self.config = config or SERVING_CONFIG
+        """Validates what is applied; stored objects are read with `admitted(config)`."""
+        self._stored_config = admitted(self.config)
         self.routing = routing
         self.domain = domain
         self.scale_policy = scale_policy
@@ -158,12 +166,12 @@ class LocalServing:
     def services(self) -> list[tuple[Service, dict[str, Any]]]:
         out = []
         for stored in self.store.list_services():
-            service = parse_service(stored.manifest)
+            service = parse_service(stored.manifest, self._stored_config)
             out.append((service, self.store.get_status(service.namespace, service.name) or {}))
         return out
 
     def revisions(self, namespace: str | None = None) -> list[Revision]:
-        return [Revision.from_dict(d) for d in self.store.list_revisions(namespace)]
+        return [Revision.from_dict(d, self.config) for d in self.store.list_revisions(namespace)]
 
     def pods(self) -> list[dict[str, Any]]:
         return [
@@ -174,7 +182,8 @@ class LocalServing:
         ]
 
     def is_ready(self, revision: Revision) -> bool:
-        """Whether the revision has ever had a ready pod (it stays ready at zero)."""
+        """Whether the revision has become Ready: its initial pods were all ready once,
+        or it has none (zero initial scale). It stays ready at zero."""
         return revision.key in self._ready
 
     def pod_log(self, name: str) -> Path | None:
@@ -191,7 +200,7 @@ class LocalServing:
         Raises ServiceError (one line, naming the field) and changes nothing when
         any document is invalid.
         """
-        services = load_services(text)
+        services = load_services(text, self.config)
         now = datetime.now(UTC)
         existing = self.revisions()
         planned: list[tuple[Service, Revision | None]] = []
@@ -321,11 +330,14 @@ class LocalServing:
         stored = self.store.get_service(namespace, name)
         if stored is None:
             return
-        service = parse_service(stored.manifest)
+        service = parse_service(stored.manifest, self._stored_config)
         live = self._live.setdefault(key, _Live())
         stored_revisions = self.store.list_revisions(namespace, service.name)
-        revisions = service_revisions(service, map(Revision.from_dict, stored_revisions))
+        revisions = service_revisions(
+            service, (Revision.from_dict(d, self.config) for d in stored_revisions)
+        )
         base_dirs = {d["name"]: d.get("baseDir", ".") for d in stored_revisions}
+        self._ready_without_pods(revisions)
         failed = self._failed(live)
         ready = {r.name for r in revisions if r.key in self._ready}
         ingress, route = route_ingress(
@@ -399,6 +411,22 @@ class LocalServing:
                 live.served_generation = stored.generation
                 live.served.notify_all()
 
+    def _initial_pods(self, revision: Revision) -> int:
+        """Ready pods the revision needs to become Ready: max(min-scale, initial scale)
+        as the autoscaler resolves them; without an autoscaler at least one."""
+        if self.activation is None:
+            return initial_scale_policy(revision, True)
+        scaling = RevisionScaling.for_revision(revision, self.activation.config)
+        return scaling.initial_pods
+
+    def _ready_without_pods(self, revisions: list[Revision]) -> None:
+        """A revision with no initial pods is Ready at once, its traffic through the
+        activator until the first request wakes it (Knative's zero initial scale)."""
+        new = {r.key for r in revisions if r.key not in self._ready and self._initial_pods(r) == 0}
+        if new:
+            self._ready |= new
+            self._save_ready()
+
     def _failed(self, live: _Live) -> dict[str, str]:
         failed = {}
         for revision, pods in live.pods.items():
@@ -417,7 +445,11 @@ class LocalServing:
             self._publish(revision, self._pods_of(revision))
             if self.activation is not None:
                 self.activation.autoscaler.set_ready(revision.key, len(endpoints))
-            if endpoints and revision.key not in self._ready:
+            if (
+                endpoints
+                and revision.key not in self._ready
+                and len(endpoints) >= self._initial_pods(revision)
+            ):
                 self._ready.add(revision.key)
                 self._save_ready()
             self.enqueue(key)

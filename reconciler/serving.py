@@ -16,7 +16,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 import yaml
@@ -57,6 +57,16 @@ class ServingConfig:
 
 SERVING_CONFIG = ServingConfig()
 """Used when a caller passes no config; replace it to change the process-wide defaults."""
+
+
+def admitted(config: ServingConfig | None = None) -> ServingConfig:
+    """`config` for reading back objects that were validated when they were applied.
+
+    A zero initial scale accepted while `allow_zero_initial_scale` was on stays readable
+    once it is off; as in Knative, such a revision then runs at the global initial scale
+    (see `RevisionScaling.from_spec`), and only a new apply is refused.
+    """
+    return replace(config or SERVING_CONFIG, allow_zero_initial_scale=True)
 
 
 class StringMap(Mapping[str, str]):
@@ -433,8 +443,12 @@ def autoscaling_settings(
             "expected max-scale >= min-scale (or 0 for unlimited)",
         )
     if out.get("initial-scale") == 0 and not config.allow_zero_initial_scale:
-        key = found["initial-scale"][0]
-        _fail(f"{path}[{key}]", 'got "0", expected at least 1 (zero initial scale is not allowed)')
+        key, text = found["initial-scale"]
+        _fail(
+            f"{path}[{key}]",
+            f"got {_shown(text)}, expected at least 1: zero initial scale is not allowed "
+            "(config-autoscaler allow-zero-initial-scale; wakegate up --allow-zero-initial-scale)",
+        )
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support.backends import free_port, get
 from wakegate.envoy_process import find_envoy
@@ -93,6 +95,78 @@ async def test_up_serves_the_hello_world_example(tmp_path: Path) -> None:
         assert f"curl -H 'Host: {host}' http://127.0.0.1:{port}/" in lines
         status, body, _ = await get(f"http://127.0.0.1:{port}/", host=host)
         assert (status, body) == (200, "Hello World!\n")
+    finally:
+        if up.returncode is None:
+            up.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(up.wait(), 30) == 0
+
+
+def zero_scale_manifest(tmp_path: Path) -> Path:
+    """The hello-world Service annotated `initial-scale: "0"`, written next to its app."""
+    doc = yaml.safe_load((ROOT / "examples/helloworld/helloworld-go.yaml").read_text())
+    doc["spec"]["template"]["metadata"]["annotations"]["autoscaling.knative.dev/initial-scale"] = (
+        "0"
+    )
+    app = tmp_path / "app"
+    shutil.copytree(ROOT / "examples/helloworld", app)
+    path = app / "zero.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.envoy
+def test_up_refuses_zero_initial_scale_unless_allowed(tmp_path: Path) -> None:
+    manifest = zero_scale_manifest(tmp_path)
+    result = subprocess.run(
+        [*WAKEGATE, "up", "-f", str(manifest), "--data-dir", str(tmp_path / "data"),
+         "--port", str(free_port()), "--internal-port", str(free_port()),
+         "--tls-port", str(free_port()), "--admin-port", "0", "--xds-port", "0",
+         "--api-port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    field = "spec.template.metadata.annotations[autoscaling.knative.dev/initial-scale]"
+    assert field in result.stderr and "--allow-zero-initial-scale" in result.stderr
+
+
+@pytest.mark.envoy
+async def test_up_with_allow_zero_initial_scale_wakes_on_the_first_request(
+    tmp_path: Path,
+) -> None:
+    manifest = zero_scale_manifest(tmp_path)
+    port, api_port = free_port(), free_port()
+    up = await asyncio.create_subprocess_exec(
+        *WAKEGATE, "up", "--allow-zero-initial-scale", "-f", str(manifest),
+        "--data-dir", str(tmp_path / "data"), "--port", str(port),
+        "--internal-port", str(free_port()), "--tls-port", str(free_port()),
+        "--admin-port", "0", "--xds-port", "0", "--api-port", str(api_port),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+    def pods() -> list[dict]:
+        out = subprocess.run(
+            [*WAKEGATE, "get", "pods", "-o", "json", "--api-port", str(api_port)],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout  # fmt: skip
+        return list(json.loads(out))
+
+    try:
+        assert up.stdout is not None
+        lines: list[str] = []
+        while not lines or lines[-1] != "ready":
+            line = await asyncio.wait_for(up.stdout.readline(), 60)
+            assert line, f"up exited early: {lines}"
+            lines.append(line.decode().strip())
+        assert "http://helloworld-go.default.example.com is served" in lines
+        assert await asyncio.to_thread(pods) == []
+        status, body, _ = await get(
+            f"http://127.0.0.1:{port}/", host="helloworld-go.default.example.com"
+        )
+        assert (status, body) == (200, "Hello World!\n")
+        assert [p["ready"] for p in await asyncio.to_thread(pods)] == [True]
     finally:
         if up.returncode is None:
             up.send_signal(signal.SIGTERM)

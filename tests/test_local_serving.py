@@ -203,6 +203,13 @@ BAD_INPUT: list[tuple[str, str | dict, str]] = [
         service("old-helloworld-go"),
         "already served by",
     ),
+    (
+        # Not allowed unless the stack runs with allow-zero-initial-scale.
+        "initial-scale 0",
+        _with([*ANNOTATIONS, "autoscaling.knative.dev/initial-scale"], "0"),
+        "spec.template.metadata.annotations[autoscaling.knative.dev/initial-scale]: "
+        'got "0", expected at least 1',
+    ),
     ("command not found", _with([*CONTAINER, "command"], ["no-such-cmd-x"]), "not found"),
     ("image only", _with([*CONTAINER, "command"], []), "runs commands, not images"),
 ]

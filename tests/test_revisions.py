@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from wakegate.autoscaler.config import AutoscalerConfig, RevisionScaling
+from wakegate.autoscaler.decider import Activity, DeciderState
 from wakegate.reconciler import revisions
 from wakegate.reconciler.revisions import (
     AUTOSCALING_DEFAULTS,
@@ -19,7 +21,7 @@ from wakegate.reconciler.revisions import (
     latest_ready,
     next_revision,
 )
-from wakegate.reconciler.serving import ServiceError, load_services, parse_service
+from wakegate.reconciler.serving import ServiceError, ServingConfig, load_services, parse_service
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "helloworld" / "helloworld-go.yaml"
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -246,3 +248,62 @@ def test_defaults_are_overridable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(revisions, "AUTOSCALING_DEFAULTS", fast)
     assert autoscaling_spec(template).target == 1.0
     assert autoscaling_spec(template).window_s == 30.0
+
+
+ALLOW_ZERO = ServingConfig(allow_zero_initial_scale=True)
+
+
+def zero_revision(**annotations: str) -> Revision:
+    doc = manifest(annotations={"autoscaling.knative.dev/initial-scale": "0", **annotations})
+    revision = next_revision(parse_service(doc, ALLOW_ZERO), [], created_at=T0)
+    assert revision is not None
+    return revision
+
+
+def test_a_stored_zero_initial_scale_reads_back_once_no_longer_allowed() -> None:
+    revision = zero_revision()
+    assert autoscaling_spec(revision.template).initial_scale == 0
+    assert Revision.from_dict(revision.to_dict()) == revision
+    with pytest.raises(ServiceError, match=r"initial-scale\]: got \"0\""):
+        parse_service(manifest(annotations={"autoscaling.knative.dev/initial-scale": "0"}))
+
+
+@pytest.mark.parametrize(
+    ("allow", "annotations", "initial", "pods"),
+    [
+        # Knative's GetInitialScale: a revision's 0 counts only while it is allowed,
+        # otherwise the config's initial-scale applies.
+        (True, {}, 0, 0),
+        (False, {}, 1, 1),
+        # activeThreshold: min-scale above the initial scale wins.
+        (True, {"autoscaling.knative.dev/min-scale": "2"}, 0, 2),
+        (
+            True,
+            {
+                "autoscaling.knative.dev/min-scale": "2",
+                "autoscaling.knative.dev/initial-scale": "3",
+            },
+            3,
+            3,
+        ),
+    ],
+    ids=["allowed", "not-allowed", "min-scale-wins", "initial-above-min"],
+)
+def test_initial_pods_follow_knative(
+    allow: bool, annotations: dict[str, str], initial: int, pods: int
+) -> None:
+    revision = zero_revision(**annotations)
+    config = AutoscalerConfig(allow_zero_initial_scale=allow)
+    scaling = RevisionScaling.for_revision(revision, config)
+    assert (scaling.initial_scale, scaling.initial_pods) == (initial, pods)
+    state = DeciderState.start(scaling, 0.0)
+    assert state.scale == pods
+    assert state.activity is (Activity.INACTIVE if pods == 0 else Activity.ACTIVATING)
+
+
+def test_initial_scale_three_starts_three_pods() -> None:
+    revision = apply(manifest(annotations={"autoscaling.knative.dev/initial-scale": "3"}), [])
+    assert revision is not None
+    scaling = RevisionScaling.for_revision(revision)
+    assert scaling.initial_pods == 3
+    assert DeciderState.start(scaling, 0.0).scale == 3

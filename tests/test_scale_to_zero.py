@@ -22,7 +22,8 @@ import pytest_asyncio
 from tests.support.backends import get
 from tests.test_local_serving import HOST, Client, service, stack_config
 from wakegate.autoscaler.config import AutoscalerConfig
-from wakegate.stack import LocalStack
+from wakegate.ingress.model import BackendRef
+from wakegate.stack import LocalStack, StackConfig
 
 pytestmark = pytest.mark.envoy
 
@@ -251,3 +252,134 @@ async def test_gateway_concurrency_metric_matches_a_closed_loop_load(client: Cli
     await proc.wait()
     print(f"closed loop of {workers}: measured {observed.panic:.2f} over the last 3 s")
     assert abs(observed.panic - workers) <= 0.1 * workers, observed
+
+
+# --- autoscaling.knative.dev/initial-scale ------------------------------------------------
+
+INITIAL_SCALE = "autoscaling.knative.dev/initial-scale"
+
+
+def scaled(name: str = "helloworld-go", **annotations: str) -> dict:
+    doc = service(name)
+    doc["spec"]["template"]["metadata"]["annotations"].update(annotations)
+    return doc
+
+
+def zero_scale_config(tmp_path: Path, **autoscaler: float) -> StackConfig:
+    config = stack_config(tmp_path)
+    config.allow_zero_initial_scale = True
+    settings = {
+        "stable_window_s": WINDOW_S,
+        "scale_to_zero_grace_period_s": GRACE_S,
+        "tick_interval_s": TICK_S,
+        **autoscaler,
+    }
+    config.autoscaler = AutoscalerConfig(**settings)
+    return config
+
+
+@pytest_asyncio.fixture
+async def zero_client(tmp_path: Path) -> AsyncIterator[Client]:
+    stack = LocalStack(zero_scale_config(tmp_path))
+    await stack.start()
+    try:
+        yield Client(stack)
+    finally:
+        await stack.stop()
+
+
+def condition(status: dict, kind: str) -> dict:
+    return next(c for c in status["conditions"] if c["type"] == kind)
+
+
+async def test_zero_initial_scale_is_ready_without_a_pod_and_wakes_on_request(
+    zero_client: Client,
+) -> None:
+    client = zero_client
+    status, reply = await client.apply(scaled(**{INITIAL_SCALE: "0"}))
+    assert status == 200 and reply["served"], reply
+
+    # Ready, routed through the activator, and no pod was ever started.
+    _, described = await client.read("/v1/services/default/helloworld-go")
+    assert condition(described["status"], "Ready")["status"] == "True", described["status"]
+    assert described["status"]["latestReadyRevisionName"] == "helloworld-go-00001"
+    assert described["pods"] == []
+    _, revisions = await client.read("/v1/revisions")
+    (revision,) = revisions
+    assert (revision["ready"], revision["routed"], revision["pods"]) == (True, True, 0)
+    assert revision["autoscaler"]["mode"] == "proxy"
+    assert client.stack.activator is not None
+    backend = client.stack.cp.state().backends[BackendRef("default", revision["name"], 80).key]
+    assert [e.port for e in backend.endpoints] == [client.stack.activator.port]
+
+    # The first request wakes it through the activator and is answered by its pod.
+    assert await client.hello() == (200, "Hello World!\n")
+    assert await ready_pods(client) == 1
+
+    # From then on it is like any revision: idle, it goes back to zero.
+    await wait_pods(client, 0, WINDOW_S + GRACE_S + 10)
+    assert await client.hello() == (200, "Hello World!\n")
+
+
+async def test_initial_scale_three_and_min_scale_over_a_zero_initial_scale(
+    tmp_path: Path,
+) -> None:
+    # Ticks far apart: nothing scales the new revisions down while they are counted.
+    stack = LocalStack(zero_scale_config(tmp_path, tick_interval_s=600.0))
+    await stack.start()
+    try:
+        client = Client(stack)
+        three = scaled("three", **{INITIAL_SCALE: "3"})
+        floor = scaled("floor", **{INITIAL_SCALE: "0", "autoscaling.knative.dev/min-scale": "2"})
+        status, reply = await client.apply(three, floor)
+        assert status == 200 and reply["served"], reply
+        # A revision is Ready once all its initial pods are; min-scale above the initial
+        # scale wins (Knative's activeThreshold).
+        _, pods = await client.read("/v1/pods")
+        ready = collections.Counter(p["revision"] for p in pods if p["ready"])
+        assert ready == {"three-00001": 3, "floor-00001": 2}, pods
+        for name in ("three", "floor"):
+            _, described = await client.read(f"/v1/services/default/{name}")
+            assert condition(described["status"], "Ready")["status"] == "True"
+            assert await client.hello(f"{name}.default.example.com") == (200, "Hello World!\n")
+    finally:
+        await stack.stop()
+
+
+async def test_zero_initial_scale_once_disallowed_still_serves_but_is_not_reapplied(
+    tmp_path: Path,
+) -> None:
+    zero = scaled(**{INITIAL_SCALE: "0"})
+    stack = LocalStack(zero_scale_config(tmp_path))
+    await stack.start()
+    try:
+        status, reply = await Client(stack).apply(zero)
+        assert status == 200 and reply["served"], reply
+    finally:
+        await stack.stop()
+
+    # The same data, now without allow-zero-initial-scale: the stored revision still
+    # loads and serves (at the global initial scale, as Knative does); applying it again
+    # is refused with the field named, and nothing changes.
+    config = zero_scale_config(tmp_path)
+    config.allow_zero_initial_scale = False
+    stack = LocalStack(config)
+    await stack.start()
+    try:
+        client = Client(stack)
+        assert stack.serving is not None
+        assert await stack.serving.wait_served("default/helloworld-go", 1, 30)
+        assert await client.hello() == (200, "Hello World!\n")
+        status, reply = await client.apply(zero, wait=False)
+        assert status == 400, reply
+        message = reply["error"]
+        assert "\n" not in message
+        assert message.startswith(
+            "document 0: spec.template.metadata.annotations"
+            "[autoscaling.knative.dev/initial-scale]: "
+        ), message
+        _, described = await client.read("/v1/services/default/helloworld-go")
+        assert [r["name"] for r in described["revisions"]] == ["helloworld-go-00001"]
+        assert await client.hello() == (200, "Hello World!\n")
+    finally:
+        await stack.stop()

@@ -15,6 +15,7 @@ from wakegate.reconciler.serving import (
     ServiceError,
     ServingConfig,
     TrafficTarget,
+    admitted,
     autoscaling_settings,
     load_services,
     parse_go_duration,
@@ -250,7 +251,19 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
         "initial-scale 0",
         annotate("autoscaling.knative.dev/initial-scale", "0"),
         f"{ANN}[autoscaling.knative.dev/initial-scale]",
-        "at least 1",
+        "zero initial scale is not allowed",
+    ),
+    (
+        "initial-scale 00 is zero too",
+        annotate("autoscaling.knative.dev/initial-scale", "00"),
+        f"{ANN}[autoscaling.knative.dev/initial-scale]",
+        "allow-zero-initial-scale",
+    ),
+    (
+        "initialScale 0 (old spelling)",
+        annotate("autoscaling.knative.dev/initialScale", "0"),
+        f"{ANN}[autoscaling.knative.dev/initialScale]",
+        'got "0", expected at least 1',
     ),
     (
         "burst capacity -2",
@@ -624,6 +637,41 @@ def test_zero_initial_scale_allowed_by_config() -> None:
     annotate("autoscaling.knative.dev/initial-scale", "0")(doc)
     service = parse_service(doc, ServingConfig(allow_zero_initial_scale=True))
     assert service.template.annotations["autoscaling.knative.dev/initial-scale"] == "0"
+    assert parse_service(service_to_dict(service), admitted()) == service
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "one", ""])
+def test_allowing_zero_initial_scale_allows_nothing_else(value: str) -> None:
+    doc = manifest()
+    annotate("autoscaling.knative.dev/initial-scale", value)(doc)
+    with pytest.raises(ServiceError) as caught:
+        parse_service(doc, ServingConfig(allow_zero_initial_scale=True))
+    message = str(caught.value)
+    assert message.startswith(f"{ANN}[autoscaling.knative.dev/initial-scale]: "), message
+    assert "non-negative integer" in message and "\n" not in message
+
+
+def test_a_zero_initial_scale_in_a_list_names_the_document_and_nothing_loads() -> None:
+    good = manifest()
+    zero = manifest()
+    zero["metadata"]["name"] = "zero"
+    annotate("autoscaling.knative.dev/initial-scale", "0")(zero)
+    text = yaml.safe_dump_all([good, zero])
+    with pytest.raises(ServiceError) as caught:
+        load_services(text)
+    message = str(caught.value)
+    assert message.startswith(f"document 1: {ANN}[autoscaling.knative.dev/initial-scale]: ")
+    assert "\n" not in message
+    allowed = load_services(text, ServingConfig(allow_zero_initial_scale=True))
+    assert [s.name for s in allowed] == ["hello", "zero"]
+
+
+def test_admitted_reads_back_what_was_accepted_and_keeps_other_settings() -> None:
+    config = ServingConfig(revision_timeout_s=120, allow_zero_initial_scale=False)
+    read_back = admitted(config)
+    assert read_back.allow_zero_initial_scale
+    assert read_back.revision_timeout_s == 120
+    assert not config.allow_zero_initial_scale
 
 
 def test_timeout_zero_means_the_default_and_the_maximum_is_configurable() -> None:

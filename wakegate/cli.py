@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT, help="Envoy admin")
     _xds_protocol_arg(p)
     p.add_argument("--no-gateway", action="store_true", help="serve xDS, start no Envoy")
+    p.add_argument(
+        "--allow-zero-initial-scale",
+        action="store_true",
+        help='accept autoscaling.knative.dev/initial-scale: "0": the revision is Ready '
+        "without a pod and its first request wakes it (Knative's allow-zero-initial-scale)",
+    )
     _api_arg(p)
     p.set_defaults(handler=cmd_up)
 
@@ -195,6 +201,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             admin_port=args.admin_port,
             delta=args.xds_protocol == "delta",
             gateway=not args.no_gateway,
+            allow_zero_initial_scale=args.allow_zero_initial_scale,
         )
     )
     stack.preflight()

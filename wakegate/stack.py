@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from wakegate.envoy_process import EnvoyGateway, GatewayError, check_port_free
 from wakegate.ingress.model import Endpoint
 from wakegate.reconciler.manifests import ManifestReconciler
 from wakegate.reconciler.services import Activation, LocalServing
+from wakegate.reconciler.serving import ServingConfig
 from wakegate.store import Store
 from wakegate.xds.bootstrap import build_bootstrap
 from wakegate.xds.translate import GatewayConfig
@@ -46,6 +47,17 @@ class StackConfig:
     autoscaler: AutoscalerConfig | None = field(default_factory=AutoscalerConfig)
     """None runs every routed revision at its initial scale, with no activator."""
     activator_hold_timeout_s: float = 60.0
+    allow_zero_initial_scale: bool = False
+    """Knative's `allow-zero-initial-scale`: accept `autoscaling.knative.dev/initial-scale:
+    "0"`, a revision that is Ready without a pod and wakes on its first request. Also on
+    when `autoscaler.allow_zero_initial_scale` is; without an autoscaler such a revision
+    still runs one pod."""
+
+    @property
+    def zero_initial_scale(self) -> bool:
+        return self.allow_zero_initial_scale or bool(
+            self.autoscaler and self.autoscaler.allow_zero_initial_scale
+        )
 
 
 class ActivatorProcess:
@@ -144,18 +156,20 @@ class LocalStack:
             )
             await self.gateway.start()
         activation = None
+        allow_zero = c.zero_initial_scale
         if c.autoscaler is not None and self.gateway is not None:
+            autoscaling = replace(c.autoscaler, allow_zero_initial_scale=allow_zero).validate()
             self.activator = ActivatorProcess(
                 f"127.0.0.1:{self.xds_port}", c.activator_hold_timeout_s
             )
             port = await self.activator.start()
             self._stats = GatewayStats(self.gateway.admin_url)
-            self.autoscaler = Autoscaler(c.autoscaler.validate(), self._stats, self._on_decision)
+            self.autoscaler = Autoscaler(autoscaling, self._stats, self._on_decision)
             pods_feed.on_poke = lambda ns, rev: (
                 self.autoscaler and self.autoscaler.poke(f"{ns}/{rev}", 1.0)
             )
             activation = Activation(
-                self.autoscaler, c.autoscaler, Endpoint("127.0.0.1", port), pods_feed
+                self.autoscaler, autoscaling, Endpoint("127.0.0.1", port), pods_feed
             )
         self.serving = LocalServing(
             self.store,
@@ -164,6 +178,7 @@ class LocalStack:
             domain=c.domain,
             pod_options=c.pod_options,
             activation=activation,
+            config=ServingConfig(allow_zero_initial_scale=allow_zero),
         )
         self.api = Api(self.cp, self.manifests, self.serving)
         self.api_port = await self.api.start("127.0.0.1", c.api_port)
