@@ -24,7 +24,9 @@ A generation counts as served (LoadBalancerReady) once
   probe (`gateway_probe`), so gateways connected to other replicas count too;
 - without one: every gateway connected to this replica ACKed a snapshot containing it.
 Either way a gateway of this replica that rejected the config since keeps it
-False (GatewayRejected) until it accepts a later snapshot.
+False (GatewayRejected) until it accepts a later snapshot. With probes, a generation
+the stored status already reports LoadBalancerReady (written by an earlier leader) counts
+as served, so a new leader or a restarted one does not flip Ready while it re-learns.
 
 A deleted TLS Secret (or one without a usable pair) takes its certificate out of the
 ControlPlane; the TLS entries naming it lose their chain and say so in the status.
@@ -48,8 +50,10 @@ from wakegate.ingress.kingress import API_VERSION, KIND, IngressError, parse_ing
 from wakegate.ingress.model import Backend, BackendRef, Certificate, Endpoint, Ingress
 from wakegate.reconciler.gateway_probe import GatewayProber, GatewayService
 from wakegate.reconciler.kingress_status import (
+    LOAD_BALANCER_READY,
     LoadBalancers,
     Observation,
+    condition_of,
     desired_status,
     same_status,
 )
@@ -677,6 +681,10 @@ class ClusterReconciler:
         wanted: dict[str, str] = {}
         acked: bool | None = None
         for key in unserved:
+            if self._reported_served(key, pushed[key]):
+                if self._applied.get(key) is pushed[key]:
+                    self._served[key] = pushed[key]
+                continue
             found = self.cp.translator.readiness(key)
             if found is None or found[0] != pushed[key]:
                 continue
@@ -696,6 +704,15 @@ class ClusterReconciler:
             if self._applied.get(key) is pushed[key]:
                 self._served[key] = pushed[key]
         prober.set_wanted(wanted)
+
+    def _reported_served(self, key: str, ingress: Ingress) -> bool:
+        """The stored status already says this generation is served."""
+        status = (self._kingresses.get(key) or {}).get("status") or {}
+        balancer = condition_of(status, LOAD_BALANCER_READY) or {}
+        return (
+            status.get("observedGeneration") == ingress.generation
+            and balancer.get("status") == "True"
+        )
 
     def observe(self, key: str) -> Observation:
         """What is known about one KIngress, for its status."""

@@ -2,12 +2,13 @@
 
 Pure functions, no I/O. The condition set is knative.dev/networking's IngressStatus:
 `NetworkConfigured` (the spec was translated into gateway config), `LoadBalancerReady`
-(every gateway accepted that config) and `Ready`, their conjunction, which takes its
-reason and message from the first False condition, else the first Unknown one. As in
-net-kourier, a served ingress gets the gateway Services' DNS names as
-`publicLoadBalancer` and `privateLoadBalancer`. `lastTransitionTime` only moves when a
-condition's status, reason or message changes, so rewriting an unchanged status is
-a no-op that `same_status` detects.
+(every gateway serves that config: each ready gateway pod answers its readiness probe,
+or without probes each gateway connected to this replica ACKed it) and `Ready`, their
+conjunction, which takes its reason and message from the first False condition, else
+the first Unknown one. As in net-kourier, a served ingress gets the gateway Services'
+DNS names as `publicLoadBalancer` and `privateLoadBalancer`. `lastTransitionTime` only
+moves when a condition's status, reason or message changes, so rewriting an unchanged
+status is a no-op that `same_status` detects.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class Observation:
     applied_generation: int | None = None
     """The generation handed to the gateways: the latest valid one."""
     served: bool = False
-    """Every connected gateway accepted a snapshot containing `applied_generation`."""
+    """Every gateway serves `applied_generation` (by readiness probe, or by ACK)."""
     problems: tuple[str, ...] = ()
     """Translator errors for the applied generation (host conflicts, missing certificates)."""
     rejected: str | None = None

@@ -568,7 +568,7 @@ async def start_replica(
         lease_duration_s=1.5,
         renew_deadline_s=1.0,
         retry_period_s=0.1,
-        on_started_leading=c.reconciler.resync_status,
+        on_started_leading=lambda: c.reconciler.resync_status(),
     )
     holder["e"] = elector
     task = asyncio.create_task(elector.run())
@@ -1097,6 +1097,7 @@ async def test_fake_kube_two_replicas_ready_only_once_every_gateway_pod_serves(
             cp.cache.watch(cp.group, tracker(r, cp))
 
         ready_writes: list[int] = []
+        writes: list[tuple[str, str]] = []
         violations: list[str] = []
 
         def on_request(request: Request) -> None:
@@ -1104,6 +1105,7 @@ async def test_fake_kube_two_replicas_ready_only_once_every_gateway_pod_serves(
             if request.method != "PATCH" or not request.path.endswith("/both/status"):
                 return
             status = (request.body or {}).get("status") or {}
+            writes.append((request.user_agent, (condition_of(status, "Ready") or {})["status"]))
             if (condition_of(status, "Ready") or {}).get("status") != "True":
                 return
             generation = int(status["observedGeneration"])
@@ -1213,6 +1215,19 @@ async def test_fake_kube_two_replicas_ready_only_once_every_gateway_pod_serves(
         kube.apply(gateway_slice("b", configs["b"].internal_port, ready=False))
         await eventually(lambda: ready(3), timeout=20, what="generation 3 Ready without b's pod")
         assert await backend("a") == "k2" and await backend("b") == "k1"
+
+        # The leader goes; b takes over and keeps the status it finds.
+        await b.resume()
+        written = len(writes)
+        await replicas["a"].stop()
+        await asyncio.wait_for(replicas["b"].elector.leading.wait(), 5)
+        kube.apply(simple_kingress("other", "other.example.com", "k0"))
+        await eventually(
+            lambda: "gateway pods do not serve it yet" in b.condition("other").get("message", ""),
+            what="b writes status as the leader",
+        )
+        assert writes[written:] == [], "the new leader does not flip a served ingress"
+        assert ready(3)
 
         kube.on_request = None
         assert sorted(set(ready_writes)) == [1, 2, 3]
