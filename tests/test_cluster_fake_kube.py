@@ -1234,6 +1234,54 @@ async def test_fake_kube_two_replicas_ready_only_once_every_gateway_pod_serves(
         assert not violations, violations
 
 
+@pytest.mark.envoy
+async def test_fake_kube_probed_gateway_rejection_still_gives_false(
+    echo: dict[str, Backend],
+) -> None:
+    config = gateway_config(readiness_probes=True)
+    async with fake_cluster(gateway=config, gateway_service=GATEWAY_SERVICE) as c:
+        kube = c.kube
+        publish_backends(kube, echo)
+        kube.apply(
+            service(GATEWAY_SVC, [{"name": "http", "port": 80, "targetPort": 8081}], ns=GATEWAY_NS)
+        )
+        kube.apply(gateway_slice("solo", config.internal_port))
+        kube.apply(simple_kingress("fine", "fine.example.com", "k0"))
+        async with running_envoy(c.cp.server.port or 0, node_cluster=c.cp.group):
+            await eventually(lambda: c.condition("fine").get("status") == "True", timeout=15)
+
+            kube.apply(tls_secret("garbage-tls", "not a certificate", "not a key"))
+            tls = {"hosts": ["broken.example.com"], "secretName": "garbage-tls"}
+            kube.apply(
+                kingress(
+                    "broken",
+                    rule(["broken.example.com"], http_path(split("k2"))),
+                    tls=[{**tls, "secretNamespace": "default"}],
+                )
+            )
+            rejected = await eventually(
+                lambda: (
+                    c.condition("broken", "LoadBalancerReady").get("status") == "False"
+                    and c.condition("broken", "LoadBalancerReady")
+                ),
+                timeout=15,
+                what="the gateway's NACK in the status",
+            )
+            assert rejected["reason"] == "GatewayRejected"
+            assert "rejected lds" in rejected["message"], rejected["message"]
+            assert c.condition("broken")["status"] == "False"
+            # Its routes were accepted (the probe answers); the rejection still decides.
+            found = c.cp.translator.readiness("default/broken")
+            assert found is not None
+            probe = f"http://127.0.0.1:{config.internal_port}{ready_path(found[1])}"
+            assert (await get(probe, host=STATUS_DOMAIN))[0] == 200
+            assert c.condition("fine")["status"] == "True", "what was served stays served"
+
+            kube.delete(KIN, "Ingress", "default", "broken")
+            await eventually(lambda: c.ingress("broken") is None)
+            assert await c.cp.wait_served(10), "config without the rejected part is accepted"
+
+
 # --- conformance cases, driven through the Kubernetes source -------------------------------
 
 
