@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import socket
@@ -99,6 +100,43 @@ async def test_up_serves_the_hello_world_example(tmp_path: Path) -> None:
         if up.returncode is None:
             up.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(up.wait(), 30) == 0
+
+
+async def test_up_stopped_while_starting_exits_cleanly(tmp_path: Path) -> None:
+    """SIGTERM while the manifests are still being applied: a clean stop, no pod left."""
+    mark = f"stop-while-starting-{os.getpid()}-{tmp_path.name}"
+    up = await asyncio.create_subprocess_exec(
+        *WAKEGATE, "up", "-f", str(ROOT / "examples/helloworld/helloworld-go.yaml"),
+        "--data-dir", str(tmp_path), "--port", str(free_port()), "--internal-port",
+        str(free_port()), "--tls-port", str(free_port()), "--admin-port", "0", "--xds-port", "0",
+        "--api-port", "0",
+        stdout=asyncio.subprocess.PIPE, env={**os.environ, "WAKEGATE_TEST_MARK": mark},
+    )  # fmt: skip
+    assert up.stdout is not None
+    lines: list[str] = []
+    while not lines or not lines[-1].startswith("data"):
+        line = await asyncio.wait_for(up.stdout.readline(), 60)
+        assert line, f"up exited early: {lines}"
+        lines.append(line.decode().strip())
+    up.send_signal(signal.SIGTERM)
+    rest = (await asyncio.wait_for(up.stdout.read(), 30)).decode()
+    assert await asyncio.wait_for(up.wait(), 30) == 0
+    assert "ready" not in rest.splitlines()
+    assert processes_marked(mark) == []
+
+
+def processes_marked(mark: str) -> list[int]:
+    """Live processes whose environment carries `WAKEGATE_TEST_MARK=mark`."""
+    found = []
+    needle = f"WAKEGATE_TEST_MARK={mark}".encode()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if needle in (proc / "environ").read_bytes().split(b"\0"):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
 
 
 def zero_scale_manifest(tmp_path: Path) -> Path:

@@ -100,7 +100,9 @@ class Api:
     async def start(self, host: str, port: int) -> int:
         if not ipaddress.ip_address(host).is_loopback:
             raise ValueError(f"api address: got {host}, expected a loopback address")
-        self._runner = web.AppRunner(self.app, access_log=None)
+        # On stop, requests still in flight (an apply waiting to be served) get a short
+        # grace, not aiohttp's default minute: what they wait for is being stopped too.
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()

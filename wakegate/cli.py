@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -16,7 +17,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -171,12 +172,30 @@ def build_parser() -> argparse.ArgumentParser:
 # --- the stack ------------------------------------------------------------------------------
 
 
-async def _until_signalled() -> None:
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM, installed before anything slow starts."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
+
+
+async def _unless_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> bool:
+    """Run `work` unless a signal comes first; False when it was cut short."""
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -206,22 +225,26 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     stack.preflight()
 
+    async def start() -> None:
+        await stack.start()
+        print(f"api      http://127.0.0.1:{stack.api_port}", flush=True)
+        print(f"xds      grpc://{stack.config.xds_host}:{stack.xds_port}", flush=True)
+        if stack.gateway is not None:
+            print(f"gateway  http://{args.bind}:{args.port}  "
+                  f"(cluster-local :{args.internal_port}, admin {stack.gateway.admin_url})",
+                  flush=True)  # fmt: skip
+        print(f"data     {args.data_dir}", flush=True)
+        for path, text in manifests:
+            reply = await _apply_in_process(stack, text, path)
+            for line in reply:
+                print(line, flush=True)
+        print("ready", flush=True)
+
     async def run() -> None:
+        stop = _stop_on_signals()
         try:
-            await stack.start()
-            print(f"api      http://127.0.0.1:{stack.api_port}", flush=True)
-            print(f"xds      grpc://{stack.config.xds_host}:{stack.xds_port}", flush=True)
-            if stack.gateway is not None:
-                print(f"gateway  http://{args.bind}:{args.port}  "
-                      f"(cluster-local :{args.internal_port}, admin {stack.gateway.admin_url})",
-                      flush=True)  # fmt: skip
-            print(f"data     {args.data_dir}", flush=True)
-            for path, text in manifests:
-                reply = await _apply_in_process(stack, text, path)
-                for line in reply:
-                    print(line, flush=True)
-            print("ready", flush=True)
-            await _until_signalled()
+            if await _unless_stopped(stop, start()):
+                await stop.wait()
         finally:
             await stack.stop()
 
@@ -454,11 +477,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     from wakegate.envoy_process import EnvoyGateway
 
     async def run() -> None:
+        stop = _stop_on_signals()
         gateway = EnvoyGateway(_bootstrap(args), args.workdir, supervise=True)
-        await gateway.start(wait_live=False)
-        print(f"envoy gateway running (admin {gateway.admin_url}, log {gateway.log_path})")
         try:
-            await _until_signalled()
+            await gateway.start(wait_live=False)
+            print(f"envoy gateway running (admin {gateway.admin_url}, log {gateway.log_path})")
+            await stop.wait()
         finally:
             await gateway.stop()
 

@@ -191,6 +191,8 @@ class LocalStack:
             self.serving.on_decision(revision_key, decision)
 
     async def stop(self) -> None:
+        if self.api is not None:
+            await self.api.stop()
         if self.autoscaler is not None:
             await self.autoscaler.stop()
         if self.serving is not None:
@@ -201,8 +203,6 @@ class LocalStack:
             await self._stats.close()
         if self.gateway is not None:
             await self.gateway.stop()
-        if self.api is not None:
-            await self.api.stop()
         await self.cp.stop()
         if self.store is not None:
             self.store.close()

@@ -37,11 +37,23 @@ ECHO = Path(__file__).resolve().parents[1] / "backends" / "echo.py"
 LOOPBACK = "127.0.0.1"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """A port that was free a moment ago; prefer letting the server bind port 0."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port that was free a moment ago and not handed out before in this process.
+
+    The kernel may give the same ephemeral port to consecutive binds once the first
+    socket is closed, so a test asking for three ports could get one twice. Prefer
+    letting a server bind port 0 where it can report the port it got.
+    """
+    while True:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @dataclass
