@@ -209,3 +209,24 @@ async def test_up_with_allow_zero_initial_scale_wakes_on_the_first_request(
         if up.returncode is None:
             up.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(up.wait(), 30) == 0
+
+
+def test_only_the_controller_subcommand_loads_the_kubernetes_client() -> None:
+    probe = (
+        "import sys, contextlib, io\n"
+        "from wakegate.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    main(sys.argv[1:])\n"
+        "print('kubernetes' in sys.modules)\n"
+    )
+    loaded = {
+        words: subprocess.run(
+            [sys.executable, "-c", probe, *words], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for words in (("--help",), ("up", "--help"), ("-v", "controller", "--help"))
+    }
+    assert loaded == {
+        ("--help",): "False",
+        ("up", "--help"): "False",
+        ("-v", "controller", "--help"): "True",
+    }

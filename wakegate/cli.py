@@ -67,7 +67,18 @@ def _api_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-port", type=int, default=DEFAULT_API_PORT, help="the stack's API port")
 
 
-def build_parser() -> argparse.ArgumentParser:
+CONTROLLER_HELP = "run in a Kubernetes cluster as Knative Serving's ingress"
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in `argv`: its first word that is not an option."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(command: str | None = "controller") -> argparse.ArgumentParser:
+    """The CLI's parser; `controller`'s own options (and the Kubernetes client they
+    need) are only loaded when `command` is `controller`, which keeps the other
+    subcommands and `--help` quick."""
     parser = argparse.ArgumentParser(prog="wakegate", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -163,9 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=cmd_gateway)
 
-    from wakegate.controller import add_controller_parser
+    if command == "controller":
+        from wakegate.controller import add_controller_parser
 
-    add_controller_parser(sub)
+        add_controller_parser(sub)
+    else:
+        sub.add_parser("controller", help=CONTROLLER_HELP)
     return parser  # fmt: skip
 
 
@@ -491,7 +505,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command(words)).parse_args(words)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

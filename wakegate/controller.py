@@ -58,9 +58,9 @@ def add_controller_parser(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> argparse.ArgumentParser:
     """Add `controller` to a CLI's subcommands; its handler runs the controller."""
-    p = subparsers.add_parser(
-        "controller", help="run in a Kubernetes cluster as Knative Serving's ingress"
-    )
+    from wakegate.cli import CONTROLLER_HELP
+
+    p = subparsers.add_parser("controller", help=CONTROLLER_HELP)
     p.add_argument(
         "--kubeconfig",
         type=Path,
