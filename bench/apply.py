@@ -28,37 +28,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import copy
-import http.client
-import logging
-import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
-import aiohttp
 import yaml
 
-from bench.stack import HELLO_APP, ms, percentile, table
-from tests.support.backends import LOOPBACK, free_port
+from bench import command_line
+from bench.local import Api, Timeline, host, local_stack, manifest, pod_log, service_of
+from bench.stack import ms, percentile, percentile_ms, table
+from bench.timing import Client, start_client
 from wakegate.autoscaler.config import AutoscalerConfig
 from wakegate.ingress.model import Backend, Ingress
-from wakegate.stack import LocalStack, StackConfig
+from wakegate.stack import LocalStack
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = HELLO_APP.parent
-SEED: dict[str, Any] = yaml.safe_load((EXAMPLE / "helloworld-go.yaml").read_text())
-DOMAIN = "example.com"
-NAMESPACE = "default"
 ZERO_SCALE = {"autoscaling.knative.dev/initial-scale": "0"}
 SHORT = AutoscalerConfig(stable_window_s=6.0, scale_to_zero_grace_period_s=1.0)
 CHECK_S = 2.0
@@ -78,302 +66,15 @@ STAGES: tuple[tuple[str, str, str], ...] = (
 """(row, event, meaning): each row is the first `event` after the row before it."""
 
 
-# --- the timing client (its own process) -----------------------------------------------
-
-
-def _status(port: int, host: str, timeout: float) -> int:
-    """GET / with `host` on a fresh connection; the status, 0 when the connection failed.
-
-    Returns once the response is read, without waiting for the connection to close
-    (Envoy delays closing after a response it made itself, such as a 404).
-    """
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=max(timeout, 0.001))
-    try:
-        conn.request("GET", "/", headers={"Host": host})
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    except (OSError, http.client.HTTPException):
-        return 0
-    finally:
-        conn.close()
-
-
-def _poll(
-    port: int, host: str, since_ns: int, timeout: float, poll_s: float
-) -> tuple[int, int, str]:
-    """GET every `poll_s` until a 200: when it came (monotonic ns, 0 on timeout), when
-    the last request that got something else was sent, and the statuses seen, as
-    `404x37 200x1`."""
-    seen: Counter[int] = Counter()
-    deadline = since_ns + int(timeout * 1e9)
-    missed = 0
-    while (started := time.monotonic_ns()) < deadline:
-        status = _status(port, host, (deadline - started) / 1e9)
-        seen[status] += 1
-        if status == 200:
-            return time.monotonic_ns(), missed, _seen(seen)
-        missed = started
-        time.sleep(max(0.0, (started - time.monotonic_ns()) / 1e9 + poll_s))
-    return 0, missed, _seen(seen)
-
-
-def _seen(seen: Counter[int]) -> str:
-    return " ".join(f"{status}x{n}" for status, n in seen.items()) or "-"
-
-
-def _apply(
-    api_port: int,
-    gw_port: int,
-    host: str,
-    query: str,
-    body_path: str,
-    timeout: float,
-    poll_s: float,
-) -> tuple[int, int, int, int, int, str]:
-    """PUT the manifest and poll the gateway from that moment: sent, API replied, API
-    status, first 200 (monotonic ns; 0 = not within `timeout`), last request without a
-    200 sent, and the statuses seen."""
-    body = Path(body_path).read_bytes()
-    reply: list[int] = [0, 0]
-
-    def put() -> None:
-        conn = http.client.HTTPConnection(LOOPBACK, api_port, timeout=timeout + 30)
-        try:
-            conn.request("PUT", f"/v1/manifests?{query}", body=body)
-            response = conn.getresponse()
-            response.read()
-            reply[:] = [time.monotonic_ns(), response.status]
-        except OSError:
-            reply[:] = [time.monotonic_ns(), 0]
-        finally:
-            conn.close()
-
-    thread = threading.Thread(target=put, daemon=True)
-    sent = time.monotonic_ns()
-    thread.start()
-    first_ok, missed, seen = _poll(gw_port, host, sent, timeout, poll_s)
-    thread.join(timeout + 30)
-    return sent, reply[0], reply[1], first_ok, missed, seen
-
-
-def _start_app(poll_s: float, timeout: float = 30.0) -> tuple[int, int]:
-    """Spawn the hello-world app and poll it every `poll_s` until it answers 200:
-    spawned, first 200 (monotonic ns). The app is stopped before returning."""
-    port = free_port()
-    env = {**os.environ, "PORT": str(port), "HOST": LOOPBACK}
-    spawned = time.monotonic_ns()
-    proc = subprocess.Popen(
-        [sys.executable, str(HELLO_APP)],
-        cwd=EXAMPLE,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        first_ok, _, _ = _poll(port, "localhost", spawned, timeout, poll_s)
-        if not first_ok:
-            raise RuntimeError(f"the hello-world app did not answer within {timeout:g}s")
-        return spawned, first_ok
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def client() -> None:
-    """Answer timing commands read from stdin, one line each, until stdin ends:
-    `apply API GW HOST QUERY BODY TIMEOUT POLL` → `SENT REPLIED STATUS FIRST_OK MISSED SEEN…`;
-    `start POLL` → `SPAWNED FIRST_OK`."""
-    for line in sys.stdin:
-        kind, *args = line.split()
-        if kind == "apply":
-            api, gw, host, query, body, timeout, poll = args
-            out = _apply(int(api), int(gw), host, query, body, float(timeout), float(poll))
-            print(*out, flush=True)
-        elif kind == "start":
-            print(*_start_app(float(args[0])), flush=True)
-
-
-@dataclass
-class Applied:
-    sent: int
-    replied: int
-    status: int
-    first_ok: int
-    missed: int
-    seen: str
-
-
-class Client:
-    """The benchmark's end of a running `client()` process."""
-
-    def __init__(self, process: asyncio.subprocess.Process, poll_s: float) -> None:
-        self.process = process
-        self.poll_s = poll_s
-
-    async def _call(self, line: str, timeout: float) -> list[str]:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(line.encode() + b"\n")
-        await self.process.stdin.drain()
-        reply = await asyncio.wait_for(self.process.stdout.readline(), timeout)
-        if not reply:
-            raise RuntimeError(f"the timing client exited with {await self.process.wait()}")
-        return reply.decode().split(" ", 5)
-
-    async def apply(
-        self, stack: LocalStack, host: str, body: Path, *, wait: bool, timeout: float
-    ) -> Applied:
-        query = {"dir": str(EXAMPLE), "timeout": f"{timeout:g}", **({"wait": "1"} if wait else {})}
-        args = f"{stack.api_port} {stack.config.port} {host} {urlencode(query)} {body}"
-        *times, seen = await self._call(f"apply {args} {timeout:g} {self.poll_s:g}", timeout + 60)
-        sent, replied, status, first_ok, missed = (int(t) for t in times)
-        return Applied(sent, replied, status, first_ok, missed, seen.strip())
-
-    async def start_app(self) -> float:
-        """Seconds from spawning the app to its first 200."""
-        spawned, first_ok = await self._call(f"start {self.poll_s:g}", 60)
-        return (int(first_ok) - int(spawned)) / 1e9
-
-
-@contextlib.asynccontextmanager
-async def start_client(poll_s: float) -> AsyncIterator[Client]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "from bench.apply import client; client()",
-        cwd=REPO,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        yield Client(proc, poll_s)
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-
-
-# --- the stack, its API and its timeline -----------------------------------------------
-
-
-def manifest(name: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
-    """The seed's hello-world Service named `name`, with extra template annotations."""
-    doc = copy.deepcopy(SEED)
-    doc["metadata"]["name"] = name
-    template = doc["spec"]["template"]["metadata"]
-    template["annotations"] = {**template.get("annotations", {}), **(annotations or {})}
-    return doc
-
-
-def host(name: str) -> str:
-    return f"{name}.{NAMESPACE}.{DOMAIN}"
-
-
-def dump(docs: Sequence[dict[str, Any]]) -> str:
-    return "---\n".join(yaml.safe_dump(d) for d in docs)
-
-
-class Api:
-    """The stack's loopback API, for everything that is not timed."""
-
-    def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
-        self.session = session
-        self.base = f"http://127.0.0.1:{port}"
-
-    async def put(self, docs: Sequence[dict[str, Any]]) -> tuple[int, dict[str, Any], float]:
-        """Apply without waiting: status, reply, seconds the API took."""
-        t0 = time.monotonic()
-        query = {"dir": str(EXAMPLE)}
-        async with self.session.put(
-            self.base + "/v1/manifests", params=query, data=dump(docs)
-        ) as r:
-            return r.status, await r.json(), time.monotonic() - t0
-
-    async def delete(self, name: str) -> None:
-        async with self.session.delete(f"{self.base}/v1/services/{NAMESPACE}/{name}") as r:
-            if r.status not in (200, 404):
-                raise RuntimeError(f"delete {name} failed: {r.status} {await r.text()}")
-
-    async def revisions(self) -> list[dict[str, Any]]:
-        async with self.session.get(self.base + "/v1/revisions") as r:
-            revisions: list[dict[str, Any]] = await r.json()
-            return revisions
-
-
-def _service_of(name: str, dashes: int) -> str:
-    """`new-1-00001` (dashes=1) or `new-1-00001-bcdfg` (dashes=2) → `new-1`."""
-    return name.rsplit("-", dashes)[0]
-
-
-@dataclass
-class Timeline:
-    """Stack events per Service (monotonic ns), and every reconcile's duration."""
-
-    events: dict[tuple[str, str], list[int]] = field(default_factory=dict)
-    reconciles: list[tuple[int, float]] = field(default_factory=list)
-    """(started, seconds) of every reconcile."""
-
-    def mark(self, event: str, service: str) -> None:
-        self.events.setdefault((event, service), []).append(time.monotonic_ns())
-
-    def first(self, event: str, service: str, since: int) -> int | None:
-        return next((t for t in self.events.get((event, service), ()) if t >= since), None)
-
-    def reconcile_cost(self, since: int, until: int) -> tuple[int, float]:
-        """How many reconciles started in [since, until) and their mean seconds."""
-        took = [s for t, s in self.reconciles if since <= t < until]
-        return len(took), sum(took) / len(took) if took else 0.0
-
-
-class _PodLog(logging.Handler):
-    """Turns the runtime's pod started and ready lines into timeline events."""
-
-    def __init__(self, timeline: Timeline) -> None:
-        super().__init__(logging.INFO)
-        self.timeline = timeline
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message, args = str(record.msg), record.args
-        if not isinstance(args, tuple) or not args:
-            return
-        service = _service_of(str(args[0]), 2)
-        if message.startswith("pod %s started"):
-            self.timeline.mark("spawned", service)
-        elif message.startswith("pod %s ready in"):
-            self.timeline.mark("ready", service)
-
-
-@contextlib.contextmanager
-def pod_log(timeline: Timeline) -> Iterator[None]:
-    """Feed the runtime's INFO lines to `timeline`; its warnings still print."""
-    runtime = logging.getLogger("wakegate.runtime")
-    level, propagate = runtime.level, runtime.propagate
-    handlers = [_PodLog(timeline), logging.StreamHandler()]
-    handlers[1].setLevel(logging.WARNING)
-    for handler in handlers:
-        runtime.addHandler(handler)
-    runtime.setLevel(logging.INFO)
-    runtime.propagate = False
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            runtime.removeHandler(handler)
-        runtime.setLevel(level)
-        runtime.propagate = propagate
+# --- hooks on the stack ----------------------------------------------------------------
 
 
 def instrument(stack: LocalStack, timeline: Timeline) -> None:
-    """Wrap the API's store, the reconciler and the control plane's `apply_ingress` and
-    `set_backend` so each marks `timeline`; behaviour is unchanged."""
+    """Wrap the API's store and the control plane's `apply_ingress` and `set_backend` so
+    each marks `timeline`; behaviour is unchanged."""
     serving, cp = stack.serving, stack.cp
     assert serving is not None
-    store, reconcile = serving.apply, serving.reconcile
+    store = serving.apply
     apply_ingress, set_backend = cp.apply_ingress, cp.set_backend
     watchers: set[asyncio.Task[None]] = set()
 
@@ -382,14 +83,6 @@ def instrument(stack: LocalStack, timeline: Timeline) -> None:
         for item in applied:
             timeline.mark("stored", item.service.name)
         return applied
-
-    async def reconciling(key: str) -> None:
-        started = time.monotonic_ns()
-        timeline.mark("reconcile", key.partition("/")[2])
-        try:
-            await reconcile(key)
-        finally:
-            timeline.reconciles.append((started, (time.monotonic_ns() - started) / 1e9))
 
     async def served(name: str) -> None:
         version = await cp.flush()
@@ -409,37 +102,12 @@ def instrument(stack: LocalStack, timeline: Timeline) -> None:
 
     def backend(key: str, value: Backend) -> None:
         revision_name = key.partition("/")[2].rpartition(":")[0]
-        timeline.mark("backend", _service_of(revision_name, 1))
+        timeline.mark("backend", service_of(revision_name))
         set_backend(key, value)
 
     serving.apply = stored  # type: ignore[method-assign]
-    serving.reconcile = reconciling  # type: ignore[method-assign]
     cp.apply_ingress = routed  # type: ignore[method-assign]
     cp.set_backend = backend  # type: ignore[method-assign]
-
-
-@contextlib.asynccontextmanager
-async def local_stack(data_dir: Path, timeline: Timeline) -> AsyncIterator[tuple[LocalStack, Api]]:
-    config = StackConfig(
-        data_dir=data_dir,
-        domain=DOMAIN,
-        port=free_port(),
-        internal_port=free_port(),
-        tls_port=free_port(),
-        xds_port=0,
-        api_port=0,
-        admin_port=0,
-        autoscaler=SHORT,
-        allow_zero_initial_scale=True,
-    )
-    stack = LocalStack(config)
-    try:
-        await stack.start()
-        instrument(stack, timeline)
-        async with aiohttp.ClientSession() as session:
-            yield stack, Api(session, stack.api_port)
-    finally:
-        await stack.stop()
 
 
 # --- measuring new Services ------------------------------------------------------------
@@ -517,7 +185,7 @@ async def measure(
                 stages=stages,
             )
         )
-        await api.delete(name)
+        await api.delete(name, missing_ok=True)
         if not got.first_ok:
             timeouts += 1
             if timeouts >= max_timeouts:
@@ -627,13 +295,9 @@ async def load_background(
 # --- report ----------------------------------------------------------------------------
 
 
-def _p(values: Sequence[float], p: float) -> str:
-    return ms(percentile(values, p)) if values else "-"
-
-
 def _spread(values: Sequence[float]) -> list[str]:
     """p50, p95 and max, in ms."""
-    return [_p(values, 50), _p(values, 95), _p(values, 100)]
+    return [percentile_ms(values, p) for p in (50, 95, 100)]
 
 
 def report(app_start: list[float], scenarios: list[Scenario], poll_ms: float) -> None:
@@ -702,7 +366,7 @@ def report(app_start: list[float], scenarios: list[Scenario], poll_ms: float) ->
                 if (a := _stage(r, row)) is not None
                 and (b := 0.0 if previous is None else _stage(r, previous)) is not None
             ]
-            cells += [_p(got, 50), _p(steps, 50), f"{len(got)}/{len(runs)}"]
+            cells += [percentile_ms(got, 50), percentile_ms(steps, 50), f"{len(got)}/{len(runs)}"]
         rows.append(cells)
         previous = row
     header = ["stage", "meaning"]
@@ -766,7 +430,13 @@ async def main_async(args: argparse.Namespace) -> None:
         work = Path(tmp)
         async with start_client(poll_s) as timing:
             app_start = [await timing.start_app() for _ in range(args.baseline)]
-            async with local_stack(work / "stack", timeline) as (stack, api):
+            async with local_stack(
+                work / "stack",
+                timeline,
+                autoscaler=SHORT,
+                allow_zero_initial_scale=True,
+                instrument=instrument,
+            ) as (stack, api):
                 common = {
                     "services": args.services,
                     "waited": args.waited,
@@ -796,11 +466,7 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.apply",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_line("apply", __doc__)
     p.add_argument("--services", type=int, default=20, help="new Services applied without wait")
     p.add_argument("--waited", type=int, default=20, help="new Services applied with ?wait=1")
     p.add_argument("--baseline", type=int, default=20, help="app starts for the baseline")

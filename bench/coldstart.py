@@ -25,44 +25,38 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import copy
-import logging
 import os
 import re
 import resource
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
+from bench import command_line
 from bench.dataplane import Load, load, parse_hey
-from bench.stack import HELLO_APP, cpu_seconds, ms, percentile, table
-from tests.support.backends import LOOPBACK, free_port
+from bench.local import NAMESPACE, Api, Timeline, host, local_stack, manifest, pod_log, service_of
+from bench.stack import cpu_seconds, ms, percentile, percentile_ms, table
+from bench.timing import Client, start_client
 from wakegate.autoscaler.config import AutoscalerConfig
 from wakegate.autoscaler.decider import Decision
 from wakegate.ingress.model import BackendRef
 from wakegate.reconciler.routes import SERVICE_PORT
-from wakegate.stack import LocalStack, StackConfig
-
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = HELLO_APP.parent
-SEED: dict[str, Any] = yaml.safe_load((EXAMPLE / "helloworld-go.yaml").read_text())
-DOMAIN = "example.com"
-NAMESPACE = "default"
+from wakegate.stack import LocalStack
 
 SHORT = AutoscalerConfig(stable_window_s=6.0, scale_to_zero_grace_period_s=1.0, tick_interval_s=1.0)
 SETTLE_S = 0.3
 """Pause after the pods went quiet, before a wake."""
 POLL_S = 0.1
+"""Between counts of the ready pods during the burst."""
+APP_POLL_S = 0.001
+"""Between requests to the baseline app while it starts."""
 TARGET_OVERHEAD_S = 0.100
 BURST_PODS = 5
 TARGET_BURST_S = 10.0
@@ -78,293 +72,45 @@ STAGES: tuple[tuple[str, str], ...] = (
 )
 
 
-# --- the timing client (its own process) ---------------------------------------------------
-
-
-def _get(port: int, host: str, timeout: float = 60.0) -> tuple[int, int, int]:
-    """GET / on a fresh connection: sent, first byte (monotonic ns), status."""
-    request = f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
-    sent = time.monotonic_ns()
-    with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
-        sock.sendall(request)
-        data = sock.recv(65536)
-        first = time.monotonic_ns()
-        while chunk := sock.recv(65536):
-            data += chunk
-    parts = data.split(b" ", 2)
-    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-    return sent, first, status
-
-
-def _start_app(timeout: float = 30.0) -> tuple[int, int]:
-    """Spawn the hello-world app and poll it every millisecond until it answers 200:
-    spawned, first 200 (monotonic ns). The app is stopped before returning."""
-    port = free_port()
-    env = {**os.environ, "PORT": str(port), "HOST": LOOPBACK, "PYTHONUNBUFFERED": "1"}
-    request = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    spawned = time.monotonic_ns()
-    proc = subprocess.Popen(
-        [sys.executable, str(HELLO_APP)],
-        cwd=EXAMPLE,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection((LOOPBACK, port), timeout=5) as sock:
-                    sock.sendall(request)
-                    if sock.recv(64).startswith(b"HTTP/1.1 200"):
-                        return spawned, time.monotonic_ns()
-            except OSError:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError(f"the hello-world app exited with {proc.returncode}")
-            time.sleep(0.001)
-        raise RuntimeError(f"the hello-world app did not answer within {timeout:g}s")
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def client() -> None:
-    """Answer timing commands read from stdin, one line each, until stdin ends:
-    `get PORT HOST` → `SENT FIRST_BYTE STATUS`; `start` → `SPAWNED READY`."""
-    for line in sys.stdin:
-        kind, *args = line.split()
-        if kind == "get":
-            print(*_get(int(args[0]), args[1]), flush=True)
-        elif kind == "start":
-            print(*_start_app(), flush=True)
-
-
-class Client:
-    """The benchmark's end of a running `client()` process."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-
-    async def _call(self, line: str, timeout: float = 90.0) -> list[int]:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(line.encode() + b"\n")
-        await self.process.stdin.drain()
-        reply = await asyncio.wait_for(self.process.stdout.readline(), timeout)
-        if not reply:
-            raise RuntimeError(f"the timing client exited with {await self.process.wait()}")
-        return [int(v) for v in reply.split()]
-
-    async def get(self, port: int, host: str) -> tuple[int, int, int]:
-        """Sent and first byte (monotonic ns), and the status of one GET."""
-        sent, first, status = await self._call(f"get {port} {host}")
-        return sent, first, status
-
-    async def start_app(self) -> float:
-        """Seconds from spawning the app to its first 200."""
-        spawned, ready = await self._call("start")
-        return (ready - spawned) / 1e9
-
-
-@contextlib.asynccontextmanager
-async def start_client() -> AsyncIterator[Client]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "from bench.coldstart import client; client()",
-        cwd=REPO,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        yield Client(proc)
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-
-
-# --- the stack, its API and its timeline ------------------------------------------------
-
-
-def manifest(name: str, **annotations: str) -> dict[str, Any]:
-    """The seed's Service (target 10) named `name`, with extra template annotations."""
-    doc = copy.deepcopy(SEED)
-    doc["metadata"]["name"] = name
-    template = doc["spec"]["template"]["metadata"]
-    template["annotations"] = {**template.get("annotations", {}), **annotations}
-    return doc
-
-
-def host(name: str) -> str:
-    return f"{name}.{NAMESPACE}.{DOMAIN}"
+# --- the stack: hooks and helpers ------------------------------------------------------
 
 
 def revision(name: str) -> str:
     return f"{name}-00001"
 
 
-class Api:
-    """The stack's loopback API."""
-
-    def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
-        self.session = session
-        self.base = f"http://127.0.0.1:{port}"
-
-    async def apply(self, *docs: dict[str, Any]) -> None:
-        """Apply Services and wait until the gateway serves them."""
-        body = "---\n".join(yaml.safe_dump(d) for d in docs)
-        query = {"dir": str(EXAMPLE), "wait": "1", "timeout": "60"}
-        async with self.session.put(self.base + "/v1/manifests", params=query, data=body) as r:
-            reply = await r.json()
-        if r.status != 200 or not reply.get("served"):
-            raise RuntimeError(f"apply failed: {r.status} {reply}")
-
-    async def delete(self, name: str) -> None:
-        async with self.session.delete(f"{self.base}/v1/services/{NAMESPACE}/{name}") as r:
-            if r.status != 200:
-                raise RuntimeError(f"delete {name} failed: {r.status} {await r.text()}")
-
-    async def pods(self) -> list[dict[str, Any]]:
-        async with self.session.get(self.base + "/v1/pods") as r:
-            pods: list[dict[str, Any]] = await r.json()
-            return pods
-
-    async def ready(self, revision_name: str) -> list[dict[str, Any]]:
-        return [p for p in await self.pods() if p["revision"] == revision_name and p["ready"]]
-
-
-def _service_of(revision_or_pod: str, dashes: int = 1) -> str:
-    """`cold-1-00001` (dashes=1) or `cold-1-00001-bcdfg` (dashes=2) → `cold-1`."""
-    return revision_or_pod.rsplit("-", dashes)[0]
-
-
-@dataclass
-class Timeline:
-    """When each stage of scaling happened, per Service (monotonic ns)."""
-
-    events: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
-    app_start_s: list[tuple[int, str, float]] = field(default_factory=list)
-    """(when, service, spawn → ready) as the runtime logged it."""
-    desired: list[tuple[int, str, int]] = field(default_factory=list)
-    """(when, service, pods) each time the autoscaler changed its mind."""
-
-    def mark(self, stage: str, service: str) -> None:
-        self.events.setdefault(stage, []).append((time.monotonic_ns(), service))
-
-    def first(self, stage: str, service: str, since: int) -> int | None:
-        return next((t for t, s in self.events.get(stage, ()) if s == service and t >= since), None)
-
-
-class _PodLog(logging.Handler):
-    """Turns the runtime's `pod … started` and `pod … ready in` lines into timeline events."""
-
-    def __init__(self, timeline: Timeline) -> None:
-        super().__init__(logging.INFO)
-        self.timeline = timeline
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message, args = str(record.msg), record.args
-        if not isinstance(args, tuple) or not args:
-            return
-        service = _service_of(str(args[0]), 2)
-        if message.startswith("pod %s started"):
-            self.timeline.mark("spawned", service)
-        elif message.startswith("pod %s ready in") and len(args) > 1:
-            self.timeline.mark("ready", service)
-            self.timeline.app_start_s.append(
-                (time.monotonic_ns(), service, float(args[1]) / 1000)  # type: ignore[arg-type]
-            )
-
-
-@contextlib.contextmanager
-def pod_log(timeline: Timeline) -> Iterator[None]:
-    """Feed the runtime's INFO lines to `timeline`; other loggers keep printing warnings."""
-    runtime = logging.getLogger("wakegate.runtime")
-    level, propagate = runtime.level, runtime.propagate
-    handler = _PodLog(timeline)
-    runtime.addHandler(handler)
-    runtime.setLevel(logging.INFO)
-    runtime.propagate = False
-    warnings = logging.StreamHandler()
-    warnings.setLevel(logging.WARNING)
-    runtime.addHandler(warnings)
-    try:
-        yield
-    finally:
-        runtime.removeHandler(handler)
-        runtime.removeHandler(warnings)
-        runtime.setLevel(level)
-        runtime.propagate = propagate
-
-
 def instrument(stack: LocalStack, timeline: Timeline) -> None:
-    """Wrap the stack's poke, decision, reconcile and endpoint-feed callbacks so each
-    marks `timeline`; behaviour is unchanged."""
+    """Wrap the stack's poke, decision and endpoint-feed callbacks so each marks
+    `timeline`; behaviour is unchanged."""
     serving, autoscaler = stack.serving, stack.autoscaler
     assert serving is not None and serving.activation is not None and autoscaler is not None
     feed = serving.activation.pods_feed
     on_poke, set_endpoints = feed.on_poke, feed.set_endpoints
-    on_decision, reconcile = autoscaler.on_decision, serving.reconcile
+    on_decision = autoscaler.on_decision
 
     def poke(namespace: str, revision_name: str) -> None:
-        timeline.mark("poke", _service_of(revision_name))
+        timeline.mark("poke", service_of(revision_name))
         if on_poke is not None:
             on_poke(namespace, revision_name)
 
     def decided(key: str, decision: Decision) -> None:
-        service = _service_of(key.partition("/")[2])
+        service = service_of(key.partition("/")[2])
         timeline.desired.append((time.monotonic_ns(), service, decision.desired))
         if decision.desired > 0:
             timeline.mark("decision", service)
         on_decision(key, decision)
-
-    async def reconciling(key: str) -> None:
-        timeline.mark("reconcile", key.partition("/")[2])
-        await reconcile(key)
 
     def endpoints(
         namespace: str, revision_name: str, eps: Iterable[Any], *a: Any, **kw: Any
     ) -> None:
         listed = list(eps)
         if listed:
-            timeline.mark("endpoints", _service_of(revision_name))
+            timeline.mark("endpoints", service_of(revision_name))
         set_endpoints(namespace, revision_name, listed, *a, **kw)
 
     feed.on_poke = poke
     feed.set_endpoints = endpoints  # type: ignore[method-assign]
     autoscaler.on_decision = decided
-    serving.reconcile = reconciling  # type: ignore[method-assign]
-
-
-@contextlib.asynccontextmanager
-async def local_stack(
-    data_dir: Path, autoscaler: AutoscalerConfig, timeline: Timeline
-) -> AsyncIterator[tuple[LocalStack, Api]]:
-    config = StackConfig(
-        data_dir=data_dir,
-        domain=DOMAIN,
-        port=free_port(),
-        internal_port=free_port(),
-        tls_port=free_port(),
-        xds_port=0,
-        api_port=0,
-        admin_port=0,
-        autoscaler=autoscaler,
-    )
-    stack = LocalStack(config)
-    try:
-        await stack.start()
-        instrument(stack, timeline)
-        async with aiohttp.ClientSession() as session:
-            yield stack, Api(session, stack.api_port)
-    finally:
-        await stack.stop()
 
 
 async def activator_hold(stack: LocalStack, session: aiohttp.ClientSession) -> tuple[float, int]:
@@ -520,10 +266,6 @@ async def cold_starts(
     return ColdResult(app_start, results, services)
 
 
-def _p(values: Sequence[float], p: float) -> str:
-    return ms(percentile(values, p)) if values else "-"
-
-
 def report_cold(r: ColdResult) -> None:
     first = [w.first_byte_s for w in r.wakes if w.status == 200]
     failed = [w for w in r.wakes if w.status != 200]
@@ -541,9 +283,9 @@ def report_cold(r: ColdResult) -> None:
     ratio = f"{percentile(first, 50) / percentile(base, 50):.2f}x" if first and base else ""
 
     def row(label: str, values: Sequence[float], versus: str = "") -> list[object]:
-        return [label, len(values), *(_p(values, p) for p in (50, 95, 100)), versus, ""]
+        return [label, len(values), *(percentile_ms(values, p) for p in (50, 95, 100)), versus, ""]
 
-    rows = [
+    rows: list[list[object]] = [
         row("app alone: spawn → first 200 (baseline)", base, "1.00x"),
         row("zero pods → first byte via the gateway", first, ratio),
         ["wakegate overhead: difference of the p50s", "", "-" if overhead is None else ms(overhead),
@@ -562,9 +304,25 @@ def report_cold(r: ColdResult) -> None:
         seen = [a for a in at if a is not None]
         steps = [a - b for a, b in zip(at, previous, strict=True) if a is not None]
         previous = [a if a is not None else b for a, b in zip(at, previous, strict=True)]
-        rows.append([label, _p(seen, 50), _p(seen, 95), _p(steps, 50), len(seen)])
+        rows.append(
+            [
+                label,
+                percentile_ms(seen, 50),
+                percentile_ms(seen, 95),
+                percentile_ms(steps, 50),
+                len(seen),
+            ]
+        )
     steps = [w.first_byte_s - b for w, b in zip(r.wakes, previous, strict=True)]
-    rows.append(["first byte at the client", _p(first, 50), _p(first, 95), _p(steps, 50), ""])
+    rows.append(
+        [
+            "first byte at the client",
+            percentile_ms(first, 50),
+            percentile_ms(first, 95),
+            percentile_ms(steps, 50),
+            "",
+        ]
+    )
     print()
     print(
         table(["where the time goes (ms after the request)", "p50", "p95", "step p50", "n"], rows)
@@ -575,11 +333,12 @@ def report_cold(r: ColdResult) -> None:
     lag = [w.loop_lag_s for w in r.wakes]
     cpu = {k: sum(w.cpu_s.get(k, 0.0) for w in r.wakes) / len(r.wakes) for k in r.wakes[0].cpu_s}
     print(
-        f"pod spawn → ready in the stack p50 {_p(pod_start, 50)} ms (app alone "
-        f"{_p(base, 50)} ms); activator hold p50 {_p(hold, 50)} ms; CPU per wake "
+        f"pod spawn → ready in the stack p50 {percentile_ms(pod_start, 50)} ms (app alone "
+        f"{percentile_ms(base, 50)} ms); activator hold p50 {percentile_ms(hold, 50)} ms; "
+        "CPU per wake "
         + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in cpu.items())
-        + f"; the stack's event loop late by up to {_p(lag, 50)} ms (p50 of each wake's "
-        f"worst; p95 {_p(lag, 95)}). {len(r.wakes)} wakes "
+        + f"; the stack's event loop late by up to {percentile_ms(lag, 50)} ms (p50 of each wake's "
+        f"worst; p95 {percentile_ms(lag, 95)}). {len(r.wakes)} wakes "
         f"({overlapped} overlapped by another Service's scale change) "
         f"taking turns over {r.services} Services, windows stable "
         f"{SHORT.stable_window_s:g} s, grace {SHORT.scale_to_zero_grace_period_s:g} s, tick "
@@ -592,7 +351,7 @@ def report_cold(r: ColdResult) -> None:
 # --- 2. activator in path vs straight to the pod --------------------------------------------
 
 
-PATHS = (
+PATHS: tuple[tuple[str, str, dict[str, str]], ...] = (
     ("via-activator", "activator (proxy mode)", {}),
     ("direct", "pod (serve mode)", {f"{ANNOTATION}target-burst-capacity": "0"}),
 )
@@ -619,7 +378,7 @@ async def activator_vs_direct(
     stack: LocalStack, api: Api, *, seconds: float, connections: int, warmup: float
 ) -> PathResult:
     pinned = {f"{ANNOTATION}min-scale": "1", f"{ANNOTATION}max-scale": "1"}
-    await api.apply(*(manifest(name, **pinned, **extra) for name, _, extra in PATHS))
+    await api.apply(*(manifest(name, {**pinned, **extra}) for name, _, extra in PATHS))
 
     async def settled() -> bool:
         return _backend(stack, "via-activator") == "activator" and _backend(
@@ -790,8 +549,10 @@ async def main_async(args: argparse.Namespace) -> None:
             timeline = Timeline()
             with pod_log(timeline):
                 async with (
-                    local_stack(Path(tmp) / "short", SHORT, timeline) as (stack, api),
-                    start_client() as timing,
+                    local_stack(
+                        Path(tmp) / "short", timeline, autoscaler=SHORT, instrument=instrument
+                    ) as (stack, api),
+                    start_client(APP_POLL_S) as timing,
                 ):
                     if "cold" in args.parts:
                         print(
@@ -827,10 +588,12 @@ async def main_async(args: argparse.Namespace) -> None:
             )
             timeline = Timeline()
             with pod_log(timeline):
-                async with local_stack(Path(tmp) / "default", AutoscalerConfig(), timeline) as (
-                    stack,
-                    api,
-                ):
+                async with local_stack(
+                    Path(tmp) / "default",
+                    timeline,
+                    autoscaler=AutoscalerConfig(),
+                    instrument=instrument,
+                ) as (stack, api):
                     result = await burst(
                         stack,
                         api,
@@ -846,11 +609,7 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.coldstart",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_line("coldstart", __doc__)
     p.add_argument("--wakes", type=int, default=20, help="cold starts (and baseline app starts)")
     p.add_argument("--services", type=int, default=4, help="Services the wakes take turns over")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per hey run in part 2")

@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bench import command_line
 from bench.stack import cpu_seconds, gateway, machine_cpu, single_route, start_hello, table
 
 HOST = "helloworld-go.default.example.com"
@@ -194,11 +195,7 @@ def report(runs: Sequence[Load]) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.dataplane",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_line("dataplane", __doc__)
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each run")
     p.add_argument("--connections", type=int, default=50, help="concurrent connections")

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import command_line
 from bench.synthetic import state
 from wakegate.controlplane import ControlPlane
 from wakegate.xds.translate import GatewayConfig
@@ -165,11 +166,7 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.memory",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_line("memory", __doc__)
     p.add_argument("--rules", type=int, nargs="+", default=[10_000], help="sizes besides 0")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per size")
     return p

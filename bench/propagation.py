@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import command_line
 from bench.stack import (
     Gateway,
     backend_key,
@@ -396,11 +397,7 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.propagation",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_line("propagation", __doc__)
     p.add_argument("--rules", type=int, default=1_000, help="rules loaded besides the probe")
     p.add_argument("--changes", type=int, default=200, help="same-cluster changes")
     p.add_argument("--new-cluster-changes", type=int, default=100, help="new-cluster changes")

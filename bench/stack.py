@@ -267,5 +267,10 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f}"
 
 
+def percentile_ms(values: Sequence[float], p: float) -> str:
+    """`percentile` in ms as `ms` writes it; "-" for no values."""
+    return ms(percentile(values, p)) if values else "-"
+
+
 def mb(n: int) -> str:
     return f"{n / 2**20:.1f}"
