@@ -19,6 +19,23 @@ appProtocol `kubernetes.io/h2c`, or the SKS's protocolType is `h2c`.
 
 An invalid KIngress is not applied: the previous valid generation keeps serving and
 the status says why. Status is written only while `may_write_status()` (the leader).
+
+A generation with a split naming a Service that does not exist, or a port that Service
+does not have, is held back whole until they exist, as net-kourier (its translator
+skips an ingress whose Service is not found) and net-contour (its reconciler returns
+the lookup error before programming anything) do. The generation served before, if
+any, keeps serving all its rules; none of the held-back one's rules are served, not
+even those whose Services exist: serving a generation in part would answer 503 for the
+missing split's share of its traffic, which is also what a Services informer lagging
+the KIngress one would otherwise cause. NetworkConfigured and Ready are False
+(BackendNotFound) with one line per such split, LoadBalancerReady is Unknown. It is
+level-triggered like the rest: the generation is applied as soon as the Services (or
+ports) appear, with no change to the KIngress. Once applied, a generation stays applied
+when a Service it names goes away (its rules stay in place), with the same False
+condition. A generation the stored status reports LoadBalancerReady (a held-back one
+never gets that) is applied whatever its Services, so that a restarted or added replica
+serves what the others do.
+
 A generation counts as served (LoadBalancerReady) once
 - with a `gateway_service`: every ready pod behind that Service answers its readiness
   probe (`gateway_probe`), so gateways connected to other replicas count too;
@@ -252,6 +269,16 @@ class ClusterObjects:
     def _slices(self, service: str) -> Iterable[Obj]:
         return self.slices.get(service, {}).values()
 
+    def missing(self, ref: BackendRef) -> str | None:
+        """Why `ref` names no Service port (no such Service, or no such port), if so."""
+        service = self.services.get(f"{ref.namespace}/{ref.name}")
+        if service is None:
+            return f"service {ref.namespace}/{ref.name} not found"
+        if find_port(service, ref.port) is None:
+            port = ref.port if isinstance(ref.port, int) else f"named {ref.port!r}"
+            return f"service {ref.namespace}/{ref.name} has no port {port}"
+        return None
+
     def resolve(self, ref: BackendRef) -> tuple[Backend | None, frozenset[str]]:
         """Where `ref`'s traffic goes now, and the object keys that decided it."""
         key = f"{ref.namespace}/{ref.name}"
@@ -302,6 +329,19 @@ def _secrets(ingress: Ingress | None) -> set[str]:
     return {f"{tls.secret_namespace}/{tls.secret_name}" for tls in ingress.tls}
 
 
+def missing_backends(ingress: Ingress, objects: ClusterObjects) -> tuple[str, ...]:
+    """One line per split of `ingress` whose Service or port does not exist, naming
+    the split by its place in the KIngress spec."""
+    found = []
+    for i, rule in enumerate(ingress.rules):
+        for j, path in enumerate(rule.paths):
+            for k, split in enumerate(path.splits):
+                problem = objects.missing(split.backend)
+                if problem is not None:
+                    found.append(f"spec.rules[{i}].http.paths[{j}].splits[{k}]: {problem}")
+    return tuple(found)
+
+
 def _nack_message(node: NodeStatus) -> str:
     nack = node.last_nack
     assert nack is not None
@@ -350,17 +390,27 @@ class ClusterReconciler:
         self._status_limit = asyncio.Semaphore(status_concurrency)
         self._kingresses: dict[str, Obj] = {}
         self._parsed: dict[str, tuple[Any, Any]] = {}
+        self._latest: dict[str, Ingress] = {}
+        """Key → the latest valid generation, applied once the Services it names exist."""
+        self._held_back: set[str] = set()
+        """Keys whose latest valid generation waits for the Services it names."""
         self._applied: dict[str, Ingress] = {}
         self._applied_at: dict[str, float] = {}
         self._invalid: dict[str, str] = {}
         self._served: dict[str, Ingress] = {}
         """Key → the applied Ingress every gateway accepted (compared by identity)."""
         self._ref_users: dict[str, set[str]] = {}
+        """Backend key → the ingress keys whose applied or latest generation names it."""
         self._refs: dict[str, BackendRef] = {}
+        self._ref_problems: dict[str, str] = {}
+        """Backend key → why it names no Service port, as last resolved."""
+        self._tracked: dict[str, tuple[frozenset[BackendRef], frozenset[str]]] = {}
+        """Ingress key → the backends and secrets registered for it."""
         self._deps: dict[str, frozenset[str]] = {}
         self._dependents: dict[str, set[str]] = {}
         self._cert_users: dict[str, set[str]] = {}
         self._dirty_ingresses: set[str] = set()
+        self._dirty_latest: set[str] = set()
         self._dirty_refs: set[str] = set()
         self._dirty_certs: set[str] = set()
         self._status_dirty: set[str] = set()
@@ -426,6 +476,7 @@ class ClusterReconciler:
 
     def _go_live(self) -> None:
         self._live = True
+        self._dirty_latest.update(self._latest)
         self._dirty_ingresses.update(self._applied)
         self._dirty_refs.update(self._refs)
         self._dirty_certs.update(self._cert_users)
@@ -474,18 +525,37 @@ class ClusterReconciler:
             self._count()
             return
         self._invalid.pop(key, None)
-        self._set_ingress(key, ingress)
+        self._latest[key] = ingress
+        self._dirty_latest.add(key)
+        self._track(key)
+        self._count()
+        self._push()
 
-    def _set_ingress(self, key: str, ingress: Ingress | None) -> None:
-        old = self._applied.get(key)
-        if ingress is not None and old == ingress:
-            self._count()
+    def _level(self, key: str) -> None:
+        """Hand the latest valid generation to the gateways once every Service port it
+        names exists, or at once if the stored status reports it served (it was applied
+        before, by this replica or another one)."""
+        latest = self._latest.get(key)
+        if latest is None or latest == self._applied.get(key):
+            self._held_back.discard(key)
             return
-        if ingress is None:
-            self._applied.pop(key, None)
-        else:
-            self._applied[key] = ingress
-        new_refs, old_refs = _refs(ingress), _refs(old)
+        if missing_backends(latest, self.objects) and not self._reported_served(key, latest):
+            self._held_back.add(key)
+            return
+        self._held_back.discard(key)
+        self._applied[key] = latest
+        self._dirty_ingresses.add(key)
+        self._track(key)
+
+    def _track(self, key: str) -> None:
+        """Register the backends of `key`'s applied and latest generations (so that
+        their Services are watched for) and the TLS secrets of its applied one."""
+        applied, latest = self._applied.get(key), self._latest.get(key)
+        new_refs = frozenset(_refs(applied) | _refs(latest))
+        new_secrets = frozenset(_secrets(applied))
+        old_refs, old_secrets = self._tracked.pop(key, (frozenset(), frozenset()))
+        if new_refs or new_secrets:
+            self._tracked[key] = (new_refs, new_secrets)
         for ref in new_refs - old_refs:
             users = self._ref_users.setdefault(ref.key, set())
             if not users:
@@ -499,7 +569,6 @@ class ClusterReconciler:
                 self._ref_users.pop(ref.key, None)
                 self._refs.pop(ref.key, None)
                 self._dirty_refs.add(ref.key)
-        new_secrets, old_secrets = _secrets(ingress), _secrets(old)
         for secret in new_secrets - old_secrets:
             self._cert_users.setdefault(secret, set()).add(key)
             self._dirty_certs.add(secret)
@@ -509,20 +578,24 @@ class ClusterReconciler:
             if not users:
                 self._cert_users.pop(secret, None)
                 self._dirty_certs.add(secret)
-        self._dirty_ingresses.add(key)
-        self._count()
-        self._push()
 
     def _forget(self, key: str) -> None:
-        for table in (self._kingresses, self._parsed, self._invalid, self._served):
+        for table in (self._kingresses, self._parsed, self._invalid, self._served, self._latest):
             table.pop(key, None)
         self._applied_at.pop(key, None)
         self._status_dirty.discard(key)
-        self._set_ingress(key, None)
+        self._dirty_latest.discard(key)
+        self._held_back.discard(key)
+        if self._applied.pop(key, None) is not None:
+            self._dirty_ingresses.add(key)
+        self._track(key)
+        self._count()
+        self._push()
 
     def _count(self) -> None:
         INGRESSES.labels(state="applied").set(len(self._applied))
         INGRESSES.labels(state="invalid").set(len(self._invalid))
+        INGRESSES.labels(state="held_back").set(len(self._held_back))
 
     # --- what the backends read ---------------------------------------------------------
 
@@ -592,9 +665,18 @@ class ClusterReconciler:
     def _push(self) -> None:
         if not self._live:
             return
+        changed = False
+        while self._dirty_refs or self._dirty_latest or self._dirty_ingresses or self._dirty_certs:
+            changed = self._push_once() or changed
+        if changed:
+            self._status_wake.set()
+
+    def _push_once(self) -> bool:
+        """Set what is dirty in the ControlPlane; True if an ingress, a certificate or
+        whether a backend exists changed (which the status may report)."""
         refs, self._dirty_refs = self._dirty_refs, set()
-        ingresses, self._dirty_ingresses = self._dirty_ingresses, set()
         certs, self._dirty_certs = self._dirty_certs, set()
+        recheck, self._dirty_latest = self._dirty_latest, set()
         for secret in certs:
             certificate = self.objects.certificates.get(secret)
             if secret in self._cert_users and certificate is not None:
@@ -603,13 +685,28 @@ class ClusterReconciler:
                 self.cp.delete_certificate(secret)
         for ref_key in refs:
             ref = self._refs.get(ref_key)
-            if ref is not None:
-                backend, deps = self.objects.resolve(ref)
-                self._depend(ref_key, deps)
-                if backend is None:
-                    self.cp.delete_backend(ref_key)
+            if ref is None:
+                continue
+            backend, deps = self.objects.resolve(ref)
+            self._depend(ref_key, deps)
+            if backend is None:
+                self.cp.delete_backend(ref_key)
+            else:
+                self.cp.set_backend(ref_key, backend)
+            problem = self.objects.missing(ref)
+            if problem != self._ref_problems.get(ref_key):
+                if problem is None:
+                    del self._ref_problems[ref_key]
                 else:
-                    self.cp.set_backend(ref_key, backend)
+                    self._ref_problems[ref_key] = problem
+                recheck.update(self._ref_users.get(ref_key, ()))
+        for key in recheck:
+            self._level(key)
+            if key in self._kingresses:
+                self._status_dirty.add(key)
+        if recheck:
+            self._count()
+        ingresses, self._dirty_ingresses = self._dirty_ingresses, set()
         now = time.time()
         for key in ingresses:
             ingress = self._applied.get(key)
@@ -621,9 +718,9 @@ class ClusterReconciler:
         for ref_key in refs:
             if ref_key not in self._refs:
                 self._depend(ref_key, frozenset())
+                self._ref_problems.pop(ref_key, None)
                 self.cp.delete_backend(ref_key)
-        if ingresses or certs:
-            self._status_wake.set()
+        return bool(ingresses or certs or recheck)
 
     def _depend(self, ref_key: str, deps: frozenset[str]) -> None:
         old = self._deps.get(ref_key, frozenset())
@@ -727,6 +824,8 @@ class ClusterReconciler:
                 waiting = self._probe_waiting(key)
             elif not self.cp.server.connected(self.cp.group):
                 waiting = "no gateway is connected"
+        latest = self._latest.get(key)
+        missing = missing_backends(latest, self.objects) if latest is not None else ()
         return Observation(
             generation=generation,
             invalid=self._invalid.get(key),
@@ -735,6 +834,8 @@ class ClusterReconciler:
             problems=self._errors.get(key, ()) if applied is not None else (),
             rejected=rejected,
             waiting=waiting,
+            missing=missing,
+            held_back=key in self._held_back,
         )
 
     def _rejection(self, key: str) -> str | None:

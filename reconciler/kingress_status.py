@@ -1,7 +1,8 @@
 """KIngress `status`: what one ingress's status should be, given what was observed.
 
 Pure functions, no I/O. The condition set is knative.dev/networking's IngressStatus:
-`NetworkConfigured` (the spec was translated into gateway config), `LoadBalancerReady`
+`NetworkConfigured` (the spec was translated into gateway config, every split naming
+an existing Service port), `LoadBalancerReady`
 (every gateway serves that config: each ready gateway pod answers its readiness probe,
 or without probes each gateway connected to this replica ACKed it) and `Ready`, their
 conjunction, which takes its reason and message from the first False condition, else
@@ -25,6 +26,7 @@ CONDITION_TYPES = (LOAD_BALANCER_READY, NETWORK_CONFIGURED, READY)
 
 INVALID = "InvalidIngress"
 TRANSLATION_FAILED = "TranslationFailed"
+BACKEND_NOT_FOUND = "BackendNotFound"
 GATEWAY_REJECTED = "GatewayRejected"
 UNINITIALIZED = "Uninitialized"
 WAITING = "Waiting for load balancer to be ready"
@@ -77,6 +79,13 @@ class Observation:
     """A gateway's rejection (NACK) since `applied_generation` was published."""
     waiting: str = ""
     """Why the applied generation is not served yet, when known."""
+    missing: tuple[str, ...] = ()
+    """Splits of the latest valid generation whose Service, or its port, does not exist:
+    one line each, naming the split (`spec.rules[0].http.paths[0].splits[1]: …`)."""
+    held_back: bool = False
+    """The latest valid generation is not handed to the gateways (because of `missing`);
+    `applied_generation`, if any, keeps serving. LoadBalancerReady is then Unknown, never
+    True: a stored True for a generation means the gateways have it."""
 
 
 def _condition(kind: str, status: str, reason: str = "", message: str = "") -> dict[str, str]:
@@ -96,12 +105,22 @@ def _network_configured(obs: Observation) -> dict[str, str]:
             keeps = "nothing is served"
         message = f"generation {obs.generation} is invalid ({keeps}): {obs.invalid}"
         return _condition(NETWORK_CONFIGURED, "False", INVALID, message)
+    if obs.missing:
+        message = "; ".join(obs.missing)
+        if obs.held_back and obs.applied_generation is not None:
+            message += f" (generation {obs.applied_generation} is still served)"
+        elif obs.held_back:
+            message += " (nothing is served yet)"
+        return _condition(NETWORK_CONFIGURED, "False", BACKEND_NOT_FOUND, message)
     if obs.problems:
         return _condition(NETWORK_CONFIGURED, "False", TRANSLATION_FAILED, "; ".join(obs.problems))
     return _condition(NETWORK_CONFIGURED, "True")
 
 
 def _load_balancer_ready(obs: Observation) -> dict[str, str]:
+    if obs.held_back and obs.invalid is None:
+        message = f"{WAITING}: generation {obs.generation} waits for the Services it names"
+        return _condition(LOAD_BALANCER_READY, "Unknown", UNINITIALIZED, message)
     if obs.applied_generation is None:
         return _condition(LOAD_BALANCER_READY, "Unknown", UNINITIALIZED, WAITING)
     if obs.served:

@@ -256,6 +256,7 @@ async def test_fake_kube_kingress_create_update_delete_reaches_control_plane() -
 
 async def test_fake_kube_other_ingress_class_is_ignored() -> None:
     async with fake_cluster() as c:
+        c.kube.apply(service("svc"))
         other = "kourier.ingress.networking.knative.dev"
         c.kube.apply(simple_kingress("theirs", "theirs.example.com", "svc", cls=other))
         c.kube.apply(simple_kingress("ours", "ours.example.com", "svc"))
@@ -271,6 +272,7 @@ async def test_fake_kube_other_ingress_class_is_ignored() -> None:
 
 async def test_fake_kube_invalid_kingress_keeps_previous_rules_and_reports_why() -> None:
     async with fake_cluster() as c:
+        c.kube.apply(service("shop-00001"))
         c.kube.apply(simple_kingress("shop", "shop.example.com", "shop-00001"))
         await eventually(lambda: c.ingress("shop"), what="valid generation applied")
         broken = kingress(
@@ -296,17 +298,19 @@ async def test_fake_kube_invalid_kingress_keeps_previous_rules_and_reports_why()
 
 async def test_fake_kube_host_conflict_reported_from_translator() -> None:
     async with fake_cluster() as c:
+        c.kube.apply(service("a"))
+        c.kube.apply(service("b"))
         c.kube.apply(simple_kingress("first", "same.example.com", "a"))
         await eventually(lambda: c.ingress("first"))
         c.kube.apply(simple_kingress("second", "same.example.com", "b"))
         network = await eventually(
             lambda: (
-                c.condition("second", "NetworkConfigured").get("status") == "False"
+                c.condition("second", "NetworkConfigured").get("reason") == "TranslationFailed"
                 and c.condition("second", "NetworkConfigured")
             ),
             what="conflict reported",
         )
-        assert network["reason"] == "TranslationFailed"
+        assert network["status"] == "False"
         assert "already served by ingress default/first" in network["message"]
         assert c.condition("second")["status"] == "False"
         c.kube.delete(KIN, "Ingress", "default", "first")
@@ -415,6 +419,7 @@ async def test_fake_kube_endpoint_slice_changes_update_endpoints() -> None:
 
 async def test_fake_kube_tls_secret_becomes_the_certificate() -> None:
     async with fake_cluster() as c:
+        c.kube.apply(service("svc"))
         host = "secure.example.com"
         c.kube.apply(
             kingress(
@@ -425,7 +430,7 @@ async def test_fake_kube_tls_secret_becomes_the_certificate() -> None:
         )
         network = await eventually(
             lambda: (
-                c.condition("secure", "NetworkConfigured").get("status") == "False"
+                c.condition("secure", "NetworkConfigured").get("reason") == "TranslationFailed"
                 and c.condition("secure", "NetworkConfigured")
             ),
             what="missing certificate reported",
@@ -447,6 +452,8 @@ async def test_fake_kube_tls_secret_becomes_the_certificate() -> None:
 async def test_fake_kube_410_gone_relists_and_converges(gone_as_http: bool) -> None:
     async with FakeKube(bookmark_interval_s=0.2, gone_as_http=gone_as_http) as kube:
         async with fake_cluster(kube) as c:
+            for name in ("a", "b", "c"):
+                kube.apply(service(name))
             for name in ("a", "b"):
                 kube.apply(simple_kingress(name, f"{name}.example.com", name))
             await eventually(lambda: c.ingress("a") and c.ingress("b"))
@@ -477,6 +484,7 @@ async def test_fake_kube_410_gone_relists_and_converges(gone_as_http: bool) -> N
 
 async def test_fake_kube_api_errors_are_retried_with_backoff() -> None:
     async with FakeKube(bookmark_interval_s=0.2) as kube:
+        kube.apply(service("svc"))
         kube.apply(simple_kingress("retry", "retry.example.com", "svc"))
         kube.fail(3, method="GET", path_contains="/ingresses", watch=False)
         async with fake_cluster(kube) as c:
@@ -645,6 +653,7 @@ def _port_open(port: int) -> bool:
 
 async def test_fake_kube_controller_serves_health_metrics_and_xds(tmp_path: Path) -> None:
     async with FakeKube(bookmark_interval_s=0.2) as kube:
+        kube.apply(service("svc"))
         kube.apply(simple_kingress("hello", "hello.example.com", "svc"))
         parser = argparse.ArgumentParser()
         add_controller_parser(parser.add_subparsers())
@@ -696,6 +705,7 @@ async def test_fake_kube_controller_with_gateway_service_waits_for_its_pods(
     tmp_path: Path,
 ) -> None:
     async with FakeKube(bookmark_interval_s=0.2) as kube:
+        kube.apply(service("svc"))
         kube.apply(simple_kingress("hello", "hello.example.com", "svc"))
         parser = argparse.ArgumentParser()
         add_controller_parser(parser.add_subparsers())
@@ -864,6 +874,154 @@ async def test_fake_kube_end_to_end_envoy_serves_kingress_and_ready_follows_ack(
             kube.delete(KIN, "Ingress", "default", "broken")
             await eventually(lambda: c.ingress("broken") is None)
             assert await cp.wait_served(10), "config without the rejected part is accepted"
+
+
+# --- splits naming a Service (or port) that does not exist ------------------------------
+
+
+async def test_fake_kube_unknown_backend_is_false_until_its_service_exists() -> None:
+    async with fake_cluster() as c:
+        k = c.kube
+        k.apply(service("known"))
+        k.apply(
+            kingress(
+                "late",
+                rule(["late.example.com"], http_path(split("known", 50), split("missing", 50))),
+            )
+        )
+        split_1 = "spec.rules[0].http.paths[0].splits[1]"
+        expected = f"{split_1}: service default/missing not found (nothing is served yet)"
+        ready = await eventually(
+            lambda: c.condition("late").get("message") == expected and c.condition("late"),
+            what="the unknown Service in the status",
+        )
+        assert (ready["status"], ready["reason"]) == ("False", "BackendNotFound")
+        network = c.condition("late", "NetworkConfigured")
+        assert (network["status"], network["reason"]) == ("False", "BackendNotFound")
+        assert network["message"] == ready["message"]
+        balancer = c.condition("late", "LoadBalancerReady")
+        assert balancer["status"] == "Unknown"
+        assert "generation 1 waits for the Services it names" in balancer["message"]
+        assert c.ingress("late") is None, "held back whole, the split to `known` too"
+
+        k.apply(service("missing", [{"name": "http", "port": 81, "targetPort": 8080}]))
+        ready = await eventually(
+            lambda: "has no port" in c.condition("late").get("message", "") and c.condition("late"),
+            what="the missing port in the status",
+        )
+        assert ready["message"] == (
+            f"{split_1}: service default/missing has no port 80 (nothing is served yet)"
+        )
+        assert c.ingress("late") is None
+
+        k.apply(service("missing"))
+        ingress = await eventually(lambda: c.ingress("late"), what="applied once the port exists")
+        assert ingress.generation == 1
+        network = await eventually(
+            lambda: (
+                c.condition("late", "NetworkConfigured").get("status") == "True"
+                and c.condition("late", "NetworkConfigured")
+            ),
+            what="NetworkConfigured once the Service has the port",
+        )
+        assert "reason" not in network and "message" not in network
+        ready = c.condition("late")
+        assert ready["status"] == "Unknown" and "no gateway is connected" in ready["message"]
+        stored = k.get(KIN, "Ingress", "default", "late")
+        assert stored is not None
+        assert stored["metadata"]["generation"] == 1, "the KIngress itself did not change"
+        assert stored["status"]["observedGeneration"] == 1
+
+
+@pytest.mark.envoy
+async def test_fake_kube_envoy_keeps_serving_until_a_missing_service_appears(
+    echo: dict[str, Backend],
+) -> None:
+    config = gateway_config()
+    first, second = "held.example.com", "held-new.example.com"
+    external = f"http://127.0.0.1:{config.external_port}/"
+
+    async def answer(host: str) -> tuple[int, str | None]:
+        code, body, _ = await get(external, host=host)
+        return code, body["name"] if code == 200 else None
+
+    def ready(generation: int) -> bool:
+        return (
+            c.status("held").get("observedGeneration") == generation
+            and c.condition("held").get("status") == "True"
+        )
+
+    async with fake_cluster(gateway=config) as c:
+        kube = c.kube
+        publish_backends(kube, {name: echo[name] for name in ("k0", "k2")})
+        kube.apply(kingress("held", rule([first], http_path(split("k0")))))
+        async with running_envoy(c.cp.server.port or 0, node_cluster=c.cp.group):
+            await eventually(lambda: ready(1), timeout=15, what="generation 1 Ready")
+            assert await answer(first) == (200, "k0")
+
+            kube.apply(
+                kingress(
+                    "held",
+                    rule([first], http_path(split("k2"))),
+                    rule([second], http_path(split("late"))),
+                )
+            )
+            held = await eventually(
+                lambda: (
+                    c.status("held").get("observedGeneration") == 2
+                    and c.condition("held").get("reason") == "BackendNotFound"
+                    and c.condition("held")
+                ),
+                what="generation 2 reported held back",
+            )
+            missing = "spec.rules[1].http.paths[0].splits[0]: service default/late not found"
+            assert held["status"] == "False"
+            assert held["message"] == f"{missing} (generation 1 is still served)"
+            assert c.condition("held", "NetworkConfigured")["status"] == "False"
+            assert c.condition("held", "LoadBalancerReady")["status"] == "Unknown"
+            assert await c.cp.wait_served(10)
+            assert c.ingress("held").generation == 1
+            assert await answer(first) == (200, "k0"), "generation 1 keeps serving, all of it"
+            assert (await answer(second))[0] == 404, "no rule of generation 2 is served"
+            async with fake_cluster(
+                kube, group="fake-kube-replica-meanwhile", may_write_status=lambda: False
+            ) as meanwhile:
+                assert meanwhile.ingress("held") is None, "nor by a replica started now"
+
+            kube.apply(service("late", [{"name": "http", "port": 80, "targetPort": "http"}]))
+            kube.apply(endpoint_slice("late", [echo["k1"].host], echo["k1"].port))
+            await eventually(lambda: ready(2), timeout=15, what="generation 2 Ready")
+            stored = kube.get(KIN, "Ingress", "default", "held")
+            assert stored is not None and stored["metadata"]["generation"] == 2
+            late = Endpoint(echo["k1"].host, echo["k1"].port)
+            await eventually(lambda: c.endpoints("default/late:80") == {late})
+            assert await c.cp.wait_served(10)
+            assert await answer(first) == (200, "k2")
+            assert await answer(second) == (200, "k1")
+
+            kube.delete("v1", "Service", "default", "late")
+            network = await eventually(
+                lambda: (
+                    c.condition("held", "NetworkConfigured").get("status") == "False"
+                    and c.condition("held", "NetworkConfigured")
+                ),
+                what="the deleted Service in the status",
+            )
+            assert (network["reason"], network["message"]) == ("BackendNotFound", missing)
+            assert c.condition("held")["status"] == "False"
+            assert c.condition("held", "LoadBalancerReady")["status"] == "True"
+            await eventually(lambda: c.endpoints("default/late:80") is None)
+            assert await c.cp.wait_served(10)
+            assert c.ingress("held").generation == 2, "an applied generation stays applied"
+            assert await answer(first) == (200, "k2"), "its other rules keep serving"
+            assert (await answer(second))[0] == 503
+
+            # A replica started now applies the generation the status reports served.
+            async with fake_cluster(
+                kube, group="fake-kube-later-replica", may_write_status=lambda: False
+            ) as later:
+                assert later.ingress("held") is not None
+                assert later.ingress("held").generation == 2
 
 
 def write_pki(directory: Path) -> tuple[Path, Path]:
@@ -1280,6 +1438,92 @@ async def test_fake_kube_probed_gateway_rejection_still_gives_false(
             kube.delete(KIN, "Ingress", "default", "broken")
             await eventually(lambda: c.ingress("broken") is None)
             assert await c.cp.wait_served(10), "config without the rejected part is accepted"
+
+
+@pytest.mark.envoy
+async def test_fake_kube_joining_gateway_pod_is_waited_for_by_later_generations_only(
+    echo: dict[str, Backend],
+) -> None:
+    host, key = "joined.example.com", "default/joined"
+    config = gateway_config(readiness_probes=True)
+    joining_config = gateway_config(readiness_probes=True)
+    joining = Endpoint("127.0.0.1", joining_config.internal_port)
+    async with (
+        fake_cluster(gateway=config, gateway_service=GATEWAY_SERVICE) as c,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        kube = c.kube
+        prober = c.reconciler.prober
+        assert prober is not None
+        publish_backends(kube, echo)
+        kube.apply(
+            service(GATEWAY_SVC, [{"name": "http", "port": 80, "targetPort": 8081}], ns=GATEWAY_NS)
+        )
+        kube.apply(gateway_slice("first", config.internal_port))
+        kube.apply(simple_kingress("joined", host, "k0"))
+        # The joining pod's gateway has a control plane of its own, which gets an
+        # ingress only when the test hands it one.
+        other = ControlPlane(joining_config, group="fake-kube-joining")
+        await other.start("127.0.0.1", 0)
+        stack.push_async_callback(other.stop)
+        for cp in (c.cp, other):
+            await stack.enter_async_context(
+                running_envoy(cp.server.port or 0, node_cluster=cp.group)
+            )
+        await eventually(lambda: c.condition("joined").get("status") == "True", timeout=15)
+        writes = len(kube.requests_to("PATCH", "/ingresses/joined/status"))
+
+        kube.apply(gateway_slice("joining", joining_config.internal_port))
+        await eventually(lambda: prober.pods is not None and joining in prober.pods)
+        kube.apply(simple_kingress("marker", "marker.example.com", "k0"))
+        only_joining = f"1 of 2 gateway pods do not serve it yet: {pod_name(joining)}"
+        marker = await eventually(
+            lambda: (
+                only_joining in c.condition("marker").get("message", "") and c.condition("marker")
+            ),
+            timeout=15,
+            what="an ingress new to every pod waits for the joining pod only",
+        )
+        assert marker["status"] == "Unknown"
+        assert key not in prober.wanted(), "a served generation is not probed again"
+        assert len(kube.requests_to("PATCH", "/ingresses/joined/status")) == writes
+        assert c.condition("joined")["status"] == "True"
+
+        kube.apply(simple_kingress("joined", host, "k1"))
+        waiting = await eventually(
+            lambda: (
+                c.status("joined").get("observedGeneration") == 2
+                and only_joining in c.condition("joined").get("message", "")
+                and c.condition("joined")
+            ),
+            timeout=15,
+            what="generation 2 waits for the joining pod only",
+        )
+        assert waiting["status"] == "Unknown"
+        assert "HTTP 404" in await eventually(lambda: prober.waiting(key, digest(c.cp, key)))
+
+        found = c.cp.translator.readiness(key)
+        assert found is not None and found[0].generation == 2
+        for name, backend in c.cp.state().backends.items():
+            other.set_backend(name, backend)
+        other.apply_ingress(found[0])
+        assert await other.wait_served(10)
+        assert digest(other, key) == found[1], "both gateways build the same hash"
+        await eventually(
+            lambda: (
+                c.status("joined").get("observedGeneration") == 2
+                and c.condition("joined").get("status") == "True"
+            ),
+            timeout=15,
+            what="generation 2 Ready once the joining pod serves it",
+        )
+        assert c.condition("marker")["status"] == "Unknown", "the marker still waits for it"
+
+
+def digest(cp: ControlPlane, key: str) -> str:
+    found = cp.translator.readiness(key)
+    assert found is not None
+    return found[1]
 
 
 # --- conformance cases, driven through the Kubernetes source -------------------------------
