@@ -232,6 +232,31 @@ async def fake_cluster(
 # --- sources → ControlPlane ------------------------------------------------------------
 
 
+async def expect_gateway_rejection(kube: FakeKube, c: Any) -> None:
+    """Apply KIngress `broken`, whose TLS Secret holds no usable certificate, and wait for
+    the gateway's NACK of it to show as LoadBalancerReady False (GatewayRejected)."""
+    kube.apply(tls_secret("garbage-tls", "not a certificate", "not a key"))
+    tls = {"hosts": ["broken.example.com"], "secretName": "garbage-tls"}
+    kube.apply(
+        kingress(
+            "broken",
+            rule(["broken.example.com"], http_path(split("k2"))),
+            tls=[{**tls, "secretNamespace": "default"}],
+        )
+    )
+    rejected = await eventually(
+        lambda: (
+            c.condition("broken", "LoadBalancerReady").get("status") == "False"
+            and c.condition("broken", "LoadBalancerReady")
+        ),
+        timeout=15,
+        what="the gateway's NACK in the status",
+    )
+    assert rejected["reason"] == "GatewayRejected"
+    assert "rejected lds" in rejected["message"], rejected["message"]
+    assert c.condition("broken")["status"] == "False"
+
+
 async def test_fake_kube_kingress_create_update_delete_reaches_control_plane() -> None:
     async with fake_cluster() as c:
         c.kube.apply(service("hello-00001"))
@@ -850,26 +875,7 @@ async def test_fake_kube_end_to_end_envoy_serves_kingress_and_ready_follows_ack(
             code, _, _ = await get(f"http://127.0.0.1:{config.external_port}/", host=host)
             assert code == 503, "no ready endpoint left"
 
-            kube.apply(tls_secret("garbage-tls", "not a certificate", "not a key"))
-            tls = {"hosts": ["broken.example.com"], "secretName": "garbage-tls"}
-            kube.apply(
-                kingress(
-                    "broken",
-                    rule(["broken.example.com"], http_path(split("k2"))),
-                    tls=[{**tls, "secretNamespace": "default"}],
-                )
-            )
-            rejected = await eventually(
-                lambda: (
-                    c.condition("broken", "LoadBalancerReady").get("status") == "False"
-                    and c.condition("broken", "LoadBalancerReady")
-                ),
-                timeout=15,
-                what="the gateway's NACK in the status",
-            )
-            assert rejected["reason"] == "GatewayRejected"
-            assert "rejected lds" in rejected["message"], rejected["message"]
-            assert c.condition("broken")["status"] == "False"
+            await expect_gateway_rejection(kube, c)
             assert c.condition("e2e")["status"] == "True", "what was served stays served"
             kube.delete(KIN, "Ingress", "default", "broken")
             await eventually(lambda: c.ingress("broken") is None)
@@ -1408,26 +1414,7 @@ async def test_fake_kube_probed_gateway_rejection_still_gives_false(
         async with running_envoy(c.cp.server.port or 0, node_cluster=c.cp.group):
             await eventually(lambda: c.condition("fine").get("status") == "True", timeout=15)
 
-            kube.apply(tls_secret("garbage-tls", "not a certificate", "not a key"))
-            tls = {"hosts": ["broken.example.com"], "secretName": "garbage-tls"}
-            kube.apply(
-                kingress(
-                    "broken",
-                    rule(["broken.example.com"], http_path(split("k2"))),
-                    tls=[{**tls, "secretNamespace": "default"}],
-                )
-            )
-            rejected = await eventually(
-                lambda: (
-                    c.condition("broken", "LoadBalancerReady").get("status") == "False"
-                    and c.condition("broken", "LoadBalancerReady")
-                ),
-                timeout=15,
-                what="the gateway's NACK in the status",
-            )
-            assert rejected["reason"] == "GatewayRejected"
-            assert "rejected lds" in rejected["message"], rejected["message"]
-            assert c.condition("broken")["status"] == "False"
+            await expect_gateway_rejection(kube, c)
             # Its routes were accepted (the probe answers); the rejection still decides.
             found = c.cp.translator.readiness("default/broken")
             assert found is not None
