@@ -117,6 +117,9 @@ class Backend:
 class Certificate:
     cert_chain_pem: str
     private_key_pem: str
+    problem: str | None = None
+    """Why the pair does not load (see `certificates.py`); such a pair is never sent
+    to a gateway, and the ingresses naming it report this instead."""
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from wakegate.controlplane import ControlPlane
+from wakegate.ingress.certificates import certificate_problem
 from wakegate.ingress.kingress import API_VERSION, KIND, IngressError, parse_ingress
 from wakegate.ingress.model import Backend, BackendRef, Certificate, Endpoint, Ingress
 from wakegate.reconciler.gateway_probe import GatewayProber, GatewayService
@@ -167,7 +168,7 @@ def decode_certificate(secret: Mapping[str, Any]) -> Certificate | None:
         key = base64.b64decode(data["tls.key"], validate=True).decode()
     except (KeyError, ValueError, binascii.Error, UnicodeDecodeError):
         return None
-    return Certificate(cert, key)
+    return Certificate(cert, key, certificate_problem(cert, key))
 
 
 def ingress_class(obj: Mapping[str, Any]) -> str:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from wakegate.ingress.certificates import certificate_problem
 from wakegate.ingress.kingress import IngressError, parse_ingress
 from wakegate.ingress.model import Backend, BackendRef, Certificate, Endpoint, Ingress
 
@@ -164,6 +165,9 @@ def _parse_tls_secret(doc: dict[str, Any]) -> tuple[str, Certificate]:
                 raise ManifestError(f"data.{field_name}: expected base64-encoded PEM") from exc
         else:
             raise ManifestError(f"data.{field_name}: required for a TLS secret")
+    problem = certificate_problem(pems["tls.crt"], pems["tls.key"])
+    if problem:
+        raise ManifestError(f"data: {problem}")
     return f"{namespace}/{name}", Certificate(pems["tls.crt"], pems["tls.key"])
 
 

@@ -233,9 +233,10 @@ async def fake_cluster(
 
 
 async def expect_gateway_rejection(kube: FakeKube, c: Any) -> None:
-    """Apply KIngress `broken`, whose TLS Secret holds no usable certificate, and wait for
-    the gateway's NACK of it to show as LoadBalancerReady False (GatewayRejected)."""
-    kube.apply(tls_secret("garbage-tls", "not a certificate", "not a key"))
+    """Apply KIngress `broken`, whose TLS Secret holds a pair only Envoy refuses (a
+    secp256k1 key), and wait for the gateway's NACK of it to show as LoadBalancerReady
+    False (GatewayRejected)."""
+    kube.apply(tls_secret("garbage-tls", *_self_signed("broken.example.com", "secp256k1")))
     tls = {"hosts": ["broken.example.com"], "secretName": "garbage-tls"}
     kube.apply(
         kingress(
@@ -816,14 +817,16 @@ async def test_fake_kube_end_to_end_envoy_serves_kingress_and_ready_follows_ack(
         version = await cp.flush()
         published = cp.cache.sequence(cp.group, version)
         assert published is not None
+        # (It may first wait for the Services informer to see the backends.)
         waiting = await eventually(
             lambda: (
-                c.condition("e2e", "LoadBalancerReady").get("status") == "Unknown"
+                "no gateway is connected"
+                in c.condition("e2e", "LoadBalancerReady").get("message", "")
                 and c.condition("e2e", "LoadBalancerReady")
             ),
             what="status says it waits for a gateway",
         )
-        assert "no gateway is connected" in waiting["message"]
+        assert waiting["status"] == "Unknown"
         assert c.condition("e2e")["status"] == "Unknown"
 
         acked_at_write: list[dict[str, int | None]] = []
@@ -1626,3 +1629,63 @@ async def test_fake_kube_conformance_visibility(kube_gateway: KubeGateway) -> No
     assert status == 200 and body["name"] == "k2"
     status, body, _ = await get(gw.external + "/", host="vis.example.com")
     assert status == 200 and body["name"] == "k2"
+
+
+@pytest.mark.envoy
+async def test_fake_kube_a_tls_secret_that_does_not_load_never_reaches_the_gateway(
+    echo: dict[str, Backend],
+) -> None:
+    """A Secret whose key is not the certificate's (a copy-paste slip) is reported on its
+    ingress and kept from the gateway, so other ingresses' TLS changes still go out."""
+    config = gateway_config()
+    good, bad = "tls-good.example.com", "tls-bad.example.com"
+    first, second = _self_signed(good), _self_signed(good)
+    mismatched = (_self_signed(bad)[0], _self_signed(bad)[1])
+
+    async def served_certificate() -> str:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        _, writer = await asyncio.open_connection(
+            "127.0.0.1", config.tls_port, ssl=context, server_hostname=good
+        )
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        return ssl.DER_cert_to_PEM_cert(der)
+
+    def same(pem_a: str, pem_b: str) -> bool:
+        return ssl.PEM_cert_to_DER_cert(pem_a) == ssl.PEM_cert_to_DER_cert(pem_b)
+
+    async with fake_cluster(gateway=config) as c:
+        publish_backends(c.kube, echo)
+        c.kube.apply(tls_secret("good-tls", *first))
+        tls = {"hosts": [good], "secretName": "good-tls", "secretNamespace": "default"}
+        c.kube.apply(kingress("good", rule([good], http_path(split("k0"))), tls=[tls]))
+        async with running_envoy(c.cp.server.port or 0, node_cluster=c.cp.group) as envoy:
+            await eventually(lambda: c.condition("good").get("status") == "True", timeout=15)
+            assert same(await served_certificate(), first[0])
+
+            c.kube.apply(tls_secret("bad-tls", *mismatched))
+            tls = {"hosts": [bad], "secretName": "bad-tls", "secretNamespace": "default"}
+            c.kube.apply(kingress("bad", rule([bad], http_path(split("k1"))), tls=[tls]))
+            network = await eventually(
+                lambda: (
+                    c.condition("bad", "NetworkConfigured").get("status") == "False"
+                    and c.condition("bad", "NetworkConfigured")
+                ),
+                what="the unusable Secret in the status",
+            )
+            assert network["message"].endswith(
+                "spec.tls[0]: secret default/bad-tls: tls.key does not match the certificate "
+                "in tls.crt"
+            ), network["message"]
+
+            c.kube.apply(tls_secret("good-tls", *second))
+            await eventually(
+                lambda: c.cp.state().certificates["default/good-tls"].cert_chain_pem == second[0],
+                what="the rotated certificate seen",
+            )
+            assert await c.cp.wait_served(10), "the gateway accepts the update"
+            assert same(await served_certificate(), second[0]), "the rotation is served"
+            [node] = [n for n in c.cp.server.nodes() if n.node_id == envoy.node_id]
+            assert node.last_nack is None

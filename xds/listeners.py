@@ -150,6 +150,11 @@ def sni_chains(
                     f"{where}: secret {secret} has no certificate"
                 )
                 continue
+            if certificate.problem:
+                errors.setdefault(ingress.key, []).append(
+                    f"{where}: secret {secret}: {certificate.problem}"
+                )
+                continue
             free = []
             for name in dict.fromkeys(host.lower() for host in tls.hosts) or ("",):
                 if name in claimed:

@@ -90,14 +90,18 @@ def backend_names(obj: Obj) -> list[str]:
     return sorted(names)
 
 
-def self_signed(host: str) -> tuple[str, str]:
-    """A PEM certificate for `host`, signed by its own key, and that key."""
+def self_signed(host: str, curve: str = "secp256r1") -> tuple[str, str]:
+    """A PEM certificate for `host`, signed by its own ECDSA key on `curve`, and that key.
+
+    Envoy serves P-256/P-384/P-521 keys only; secp256k1 gives a pair that loads anywhere
+    else but that a gateway rejects.
+    """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = ec.generate_private_key(ec.SECP256K1() if curve == "secp256k1" else ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
