@@ -230,3 +230,20 @@ def test_only_the_controller_subcommand_loads_the_kubernetes_client() -> None:
         ("up", "--help"): "False",
         ("-v", "controller", "--help"): "True",
     }
+
+
+@pytest.mark.parametrize(
+    ("words", "named"),
+    [
+        (["up", "--port", "abc"], "--port"),
+        (["get", "nodes"], "kind"),
+        (["bootstrap", "--xds-protocol", "grpc"], "--xds-protocol"),
+        (["controller", "--xds-port", "x"], "--xds-port"),
+        ([], "command"),
+    ],
+)
+def test_usage_mistakes_are_one_line_naming_the_argument(words: list[str], named: str) -> None:
+    result = subprocess.run([*WAKEGATE, *words], capture_output=True, text=True)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0] and "--help" in lines[0], result.stderr

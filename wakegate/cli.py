@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -75,11 +75,18 @@ def _command(argv: Sequence[str]) -> str | None:
     return next((word for word in argv if not word.startswith("-")), None)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line, like every other error, with where to look."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(command: str | None = "controller") -> argparse.ArgumentParser:
     """The CLI's parser; `controller`'s own options (and the Kubernetes client they
     need) are only loaded when `command` is `controller`, which keeps the other
     subcommands and `--help` quick."""
-    parser = argparse.ArgumentParser(prog="wakegate", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="wakegate", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
