@@ -182,6 +182,8 @@ CONTAINER = ["spec", "template", "spec", "containers", 0]
 BAD_INPUT: list[tuple[str, str | dict, str]] = [
     ("malformed yaml", "apiVersion: [unclosed", "malformed YAML"),
     ("wrong apiVersion", _with(["apiVersion"], "serving.knative.dev/v2"), "apiVersion"),
+    ("no apiVersion", {k: v for k, v in service().items() if k != "apiVersion"}, "apiVersion"),
+    ("core Service", _with(["apiVersion"], "v1"), 'expected "serving.knative.dev/v1"'),
     ("wrong kind", _with(["kind"], "Servic"), "kind"),
     ("invalid name", _with(["metadata", "name"], "Hello_World"), "metadata.name"),
     ("unknown field", _with(["spec", "replicas"], 3), "spec.replicas"),

@@ -57,7 +57,10 @@ def _is_serving(text: str) -> bool:
         documents = [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
     except yaml.YAMLError:
         return False
-    return any(str(d.get("apiVersion", "")).startswith(SERVING_API) for d in documents)
+    return any(
+        str(d.get("apiVersion", "")).startswith(SERVING_API) or d.get("kind") == "Service"
+        for d in documents
+    )
 
 
 def _condition(status: Mapping[str, Any], kind: str) -> dict[str, Any]:
