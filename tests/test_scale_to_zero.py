@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from tests.support.backends import get
+from tests.support.backends import get, probing
 from tests.test_local_serving import HOST, Client, service, stack_config
 from wakegate.autoscaler.config import AutoscalerConfig
 from wakegate.ingress.model import BackendRef
@@ -138,43 +138,23 @@ async def test_proxy_serve_switches_under_load_drop_nothing(client: Client) -> N
     assert status == 200 and reply["served"], reply
     serving = client.stack.serving
     assert serving is not None and serving.activation is not None
-    failures: list[str] = []
-    served = 0
-    stop = asyncio.Event()
-
-    async def prober(session: aiohttp.ClientSession) -> None:
-        nonlocal served
-        while not stop.is_set():
-            try:
-                code, body, _ = await get(client.gateway + "/", host=HOST, session=session)
-            except Exception as exc:  # a dropped connection is a failed request too
-                failures.append(repr(exc))
-                continue
-            served += 1
-            if (code, body) != (200, "Hello World!\n"):
-                failures.append(f"{code} {body!r}")
-
     switches = []
-    async with aiohttp.ClientSession() as session:
-        probers = [asyncio.create_task(prober(session)) for _ in range(4)]
-        try:
-            # Target burst capacity -1 keeps the activator in the path; 0 never does.
-            for burst, mode in [(0, "serve"), (-1, "proxy")] * 3:
-                serving.activation.config = dataclasses.replace(
-                    serving.activation.config, target_burst_capacity=burst
-                )
-                started = time.monotonic()
-                while await revision_mode(client) != mode:
-                    assert time.monotonic() - started < 15, f"no switch to {mode}"
-                    await asyncio.sleep(0.1)
-                switches.append(mode)
-                await asyncio.sleep(1.0)
-        finally:
-            stop.set()
-            await asyncio.gather(*probers)
+    expected = (200, "Hello World!\n")
+    async with probing(client.gateway + "/", HOST, lambda *answer: answer == expected) as probes:
+        # Target burst capacity -1 keeps the activator in the path; 0 never does.
+        for burst, mode in [(0, "serve"), (-1, "proxy")] * 3:
+            serving.activation.config = dataclasses.replace(
+                serving.activation.config, target_burst_capacity=burst
+            )
+            started = time.monotonic()
+            while await revision_mode(client) != mode:
+                assert time.monotonic() - started < 15, f"no switch to {mode}"
+                await asyncio.sleep(0.1)
+            switches.append(mode)
+            await asyncio.sleep(1.0)
     assert switches == ["serve", "proxy"] * 3
-    assert served > 200
-    assert failures == [], f"{len(failures)} of {served} requests failed: {failures[:5]}"
+    assert probes.served > 200
+    assert probes.failures == [], probes.summary()
 
 
 async def test_a_pod_killed_under_load_is_replaced(client: Client) -> None:

@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -377,3 +377,45 @@ async def grpc_ping_stream(
         if code != grpc.StatusCode.OK:
             raise ConnectionError(f"PingStream ended with {code}")
         return replies
+
+
+@dataclass
+class Probes:
+    """What background probers saw: answers as expected, and everything else."""
+
+    served: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        total = self.served + len(self.failures)
+        return f"{len(self.failures)} of {total} failed: {self.failures[:5]}"
+
+
+@contextlib.asynccontextmanager
+async def probing(
+    url: str, host: str, expected: Callable[[int, Any], bool], *, workers: int = 4
+) -> AsyncIterator[Probes]:
+    """`workers` clients requesting `url` (Host `host`) back to back until the block
+    ends; an answer `expected(status, body)` rejects, or a transport error, is a failure."""
+    probes = Probes()
+    stop = asyncio.Event()
+
+    async def prober(session: aiohttp.ClientSession) -> None:
+        while not stop.is_set():
+            try:
+                status, body, _ = await get(url, host=host, session=session)
+            except Exception as exc:  # a dropped connection is a failed request too
+                probes.failures.append(repr(exc))
+                continue
+            if expected(status, body):
+                probes.served += 1
+            else:
+                probes.failures.append(f"{status} {body!r}"[:200])
+
+    async with aiohttp.ClientSession() as session:
+        tasks = [asyncio.create_task(prober(session)) for _ in range(workers)]
+        try:
+            yield probes
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)

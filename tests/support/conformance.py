@@ -29,6 +29,7 @@ from tests.support.backends import (
     grpc_ping_stream,
     h2c_get,
     launch_backend,
+    probing,
     ws_roundtrip,
 )
 from wakegate.ingress.model import Certificate
@@ -468,40 +469,20 @@ async def retry(gw: Driver) -> None:
 async def update_without_dropped_traffic(gw: Driver) -> None:
     """20 rule changes under a prober: zero failures; each change served once applied."""
     host = "update.example.com"
-    failures: list[str] = []
-    served = 0
-    stop = asyncio.Event()
-
-    async def prober(session: aiohttp.ClientSession) -> None:
-        nonlocal served
-        while not stop.is_set():
-            try:
-                status, _, _ = await get(gw.external + "/", host=host, session=session)
-            except Exception as exc:  # a transport failure is a dropped request too
-                failures.append(repr(exc))
-                continue
-            served += 1
-            if status != 200:
-                failures.append(str(status))
-
     await gw.apply(kingress("update", rule([host], path(split("b0")))))
-    async with aiohttp.ClientSession() as session:
-        probers = [asyncio.create_task(prober(session)) for _ in range(4)]
-        try:
-            for i in range(10):  # header-only changes
-                await gw.apply(
-                    kingress(
-                        "update", rule([host], path(split("b0"), appendHeaders={"Gen": f"h{i}"}))
-                    )
-                )
-                status, body, _ = await get(gw.external + "/", host=host, session=session)
-                assert (status, body["headers"].get("gen")) == (200, f"h{i}")
-            for name in FRESH:  # each change to a backend never routed to before
-                await gw.apply(kingress("update", rule([host], path(split(name)))))
-                status, body, _ = await get(gw.external + "/", host=host, session=session)
-                assert (status, body["name"]) == (200, name)
-        finally:
-            stop.set()
-            await asyncio.gather(*probers)
-    assert served > 100
-    assert failures == [], f"{len(failures)} of {served} probes failed: {failures[:5]}"
+    async with (
+        probing(gw.external + "/", host, lambda status, _: status == 200) as probes,
+        aiohttp.ClientSession() as session,
+    ):
+        for i in range(10):  # header-only changes
+            await gw.apply(
+                kingress("update", rule([host], path(split("b0"), appendHeaders={"Gen": f"h{i}"})))
+            )
+            status, body, _ = await get(gw.external + "/", host=host, session=session)
+            assert (status, body["headers"].get("gen")) == (200, f"h{i}")
+        for name in FRESH:  # each change to a backend never routed to before
+            await gw.apply(kingress("update", rule([host], path(split(name)))))
+            status, body, _ = await get(gw.external + "/", host=host, session=session)
+            assert (status, body["name"]) == (200, name)
+    assert probes.served > 100
+    assert probes.failures == [], probes.summary()
