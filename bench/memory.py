@@ -14,14 +14,12 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from bench import command_line
+from bench import command_line, python_child
 from bench.synthetic import state
 from wakegate.controlplane import ControlPlane
 from wakegate.xds.translate import GatewayConfig
 
-REPO = Path(__file__).resolve().parents[1]
 GROUP = "bench-memory"
 TARGET_BYTES = 250 * 2**20
 
@@ -80,16 +78,9 @@ async def measure(rules: int, *, timeout: float) -> Sample:
     from tests.support.envoy import running_envoy
 
     ports = [free_port() for _ in range(3)]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        f"from bench.memory import serve; serve({rules}, {', '.join(map(str, ports))})",
-        cwd=REPO,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
+    code = f"from bench.memory import serve; serve({rules}, {', '.join(map(str, ports))})"
+    async with python_child(code, grace_s=15) as proc:
+        assert proc.stdout is not None
         async with asyncio.timeout(timeout):
             _, xds_port, build_s, size = (await proc.stdout.readline()).decode().split()
             async with running_envoy(
@@ -100,13 +91,6 @@ async def measure(rules: int, *, timeout: float) -> Sample:
                 assert envoy.gateway.pid is not None
                 envoy_rss = proc_status(envoy.gateway.pid)["VmRSS"]
                 await envoy.gateway.stop(timeout=60)
-    finally:
-        proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
     return Sample(
         rules=rules,
         rss=status["VmRSS"],

@@ -30,9 +30,8 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from bench import command_line
+from bench import command_line, python_child
 from bench.stack import (
     Gateway,
     backend_key,
@@ -50,7 +49,6 @@ from wakegate.ingress.model import Ingress
 from wakegate.xds.resources import ROUTE
 from wakegate.xds.translate import HTTP_ROUTES
 
-REPO = Path(__file__).resolve().parents[1]
 PROBE_HOST = "probe.default.example.com"
 PROBE = "probe"
 TARGET_P50_S = 0.050
@@ -150,29 +148,16 @@ class Poller:
 @contextlib.asynccontextmanager
 async def start_poller(port: int, host: str, interval_s: float = 0.0) -> AsyncIterator[Poller]:
     """`poll()` in a process of its own, so its work does not share the control plane's loop."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        f"from bench.propagation import poll; poll({port}, {host!r}, {interval_s!r})",
-        cwd=REPO,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    poller = Poller(proc)
-    reader = asyncio.create_task(poller._read())
-    try:
-        yield poller
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
+    code = f"from bench.propagation import poll; poll({port}, {host!r}, {interval_s!r})"
+    async with python_child(code) as proc:
+        poller = Poller(proc)
+        reader = asyncio.create_task(poller._read())
         try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+            yield poller
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
 
 
 # --- the changes -------------------------------------------------------------------------

@@ -23,13 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
 
+from bench import python_child
 from bench.local import EXAMPLE
 from bench.stack import HELLO_APP
 from tests.support.backends import LOOPBACK, free_port
 from wakegate.stack import LocalStack
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 # --- the client's side (its own process) -------------------------------------------------
 
@@ -225,21 +223,5 @@ class Client:
 @contextlib.asynccontextmanager
 async def start_client(poll_s: float) -> AsyncIterator[Client]:
     """A timing client process, stopped on leaving."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "from bench.timing import client; client()",
-        cwd=REPO,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
+    async with python_child("from bench.timing import client; client()") as proc:
         yield Client(proc, poll_s)
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
