@@ -13,6 +13,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY wakegate ./wakegate
 COPY ingress ./ingress
+COPY serving ./serving
 COPY xds ./xds
 COPY reconciler ./reconciler
 COPY runtime ./runtime

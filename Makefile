@@ -20,6 +20,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/python -m tests.support.import_contract
 	$(BIN)/pytest -q
 
 # Regenerate the Python code of the project's own protos (tests fail if it is stale).

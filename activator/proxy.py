@@ -30,7 +30,7 @@ from wakegate.activator.metrics import ActivatorMetrics
 from wakegate.activator.pods import PodSlot
 from wakegate.activator.queue import HoldTimeout, QueueFull, RevisionQueue
 from wakegate.activator.revisions import Revisions
-from wakegate.reconciler.routes import NAMESPACE_HEADER, REVISION_HEADER
+from wakegate.serving.headers import NAMESPACE_HEADER, REVISION_HEADER
 
 log = logging.getLogger("wakegate.activator")
 

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 
 from wakegate.activator.pods import PodSet, PodSlot
-from wakegate.autoscaler.metrics import ConcurrencySnapshot, ConcurrencyTracker
+from wakegate.activator.stats import ConcurrencySnapshot, ConcurrencyTracker
 
 
 class QueueFull(Exception):

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from wakegate.activator.queue import RevisionQueue
-from wakegate.autoscaler.metrics import ConcurrencySnapshot
+from wakegate.activator.stats import ConcurrencySnapshot
 from wakegate.proto.v1 import autoscaler_pb2 as pb
 
 RevisionKey = tuple[str, str]

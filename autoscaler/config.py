@@ -4,7 +4,7 @@
 snake case, durations in seconds). `RevisionScaling` is what one revision's decider
 works with: the global values overridden by the revision's `autoscaling.knative.dev/*`
 annotations and `containerConcurrency`, as resolved by
-`wakegate.reconciler.revisions.autoscaling_spec`.
+`wakegate.serving.autoscaling.autoscaling_spec`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, NoReturn
 
-from wakegate.reconciler.revisions import AutoscalingSpec, Revision, autoscaling_spec
-from wakegate.reconciler.serving import RevisionTemplate
+from wakegate.serving.autoscaling import AutoscalingSpec, autoscaling_spec
+from wakegate.serving.model import RevisionTemplate
+from wakegate.serving.revision import Revision
 
 TARGET_MIN = 0.01
 """Knative's smallest per-pod target (`autoscaling.TargetMin`)."""

@@ -47,7 +47,7 @@ from bench.timing import Client, start_client
 from wakegate.autoscaler.config import AutoscalerConfig
 from wakegate.autoscaler.decider import Decision
 from wakegate.ingress.model import BackendRef
-from wakegate.reconciler.routes import SERVICE_PORT
+from wakegate.serving.model import SERVICE_PORT
 from wakegate.stack import LocalStack
 
 SHORT = AutoscalerConfig(stable_window_s=6.0, scale_to_zero_grace_period_s=1.0, tick_interval_s=1.0)

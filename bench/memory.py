@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from bench import command_line, python_child
 from bench.synthetic import state
-from wakegate.controlplane import ControlPlane
+from wakegate.xds.controlplane import ControlPlane
 from wakegate.xds.translate import GatewayConfig
 
 GROUP = "bench-memory"

@@ -44,8 +44,8 @@ from bench.stack import (
     table,
 )
 from bench.synthetic import state
-from wakegate.controlplane import ControlPlane
 from wakegate.ingress.model import Ingress
+from wakegate.xds.controlplane import ControlPlane
 from wakegate.xds.resources import ROUTE
 from wakegate.xds.translate import HTTP_ROUTES
 

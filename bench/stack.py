@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from tests.support.backends import Backend as EchoBackend
 from tests.support.backends import free_port, start_backend
 from tests.support.envoy import LOOPBACK, RunningEnvoy, running_envoy
-from wakegate.controlplane import ControlPlane
 from wakegate.ingress.model import (
     Backend,
     BackendRef,
@@ -32,6 +31,7 @@ from wakegate.ingress.model import (
     Rule,
     Split,
 )
+from wakegate.xds.controlplane import ControlPlane
 from wakegate.xds.translate import GatewayConfig
 
 HELLO_APP = pathlib.Path(__file__).resolve().parents[1] / "examples" / "helloworld" / "app.py"

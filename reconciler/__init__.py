@@ -1,1 +1,2 @@
-"""Desired state (KIngress objects, Knative Services) → the ingress rule model."""
+"""Reconcilers: desired state → the ingress rule model, locally (`local`) or on a cluster
+(`cluster`)."""

@@ -36,9 +36,9 @@ from typing import Any, NamedTuple
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
-from wakegate.reconciler.revisions import Revision
-from wakegate.reconciler.serving import DEFAULT_PROBE, EnvVar, Probe
 from wakegate.runtime.probes import ProbeTiming, ReadinessProber
+from wakegate.serving.model import DEFAULT_PROBE, EnvVar, Probe
+from wakegate.serving.revision import Revision
 
 log = logging.getLogger("wakegate.runtime")
 

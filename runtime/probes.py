@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from wakegate.reconciler.serving import Probe
+from wakegate.serving.model import Probe
 
 log = logging.getLogger("wakegate.runtime")
 

@@ -16,8 +16,8 @@ import yaml
 from tests.support.backends import Backend, free_port, get, launch_backend
 from tests.support.envoy import running_envoy
 from wakegate.api import Api
-from wakegate.controlplane import ControlPlane
-from wakegate.reconciler.manifests import ManifestReconciler
+from wakegate.reconciler.local.manifests import ManifestReconciler
+from wakegate.xds.controlplane import ControlPlane
 from wakegate.xds.translate import GatewayConfig
 
 pytestmark = pytest.mark.envoy

@@ -9,15 +9,17 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
+from wakegate.activator.stats import ConcurrencyTracker
 from wakegate.autoscaler.config import (
     AutoscalerConfig,
     AutoscalerConfigError,
     RevisionScaling,
 )
 from wakegate.autoscaler.decider import Activity, DeciderState, Decision, Mode, decide
-from wakegate.autoscaler.metrics import ConcurrencyTracker, Observation, RevisionMetrics
-from wakegate.reconciler.revisions import AutoscalingSpec
-from wakegate.reconciler.serving import RevisionTemplate, parse_service
+from wakegate.autoscaler.metrics import Observation, RevisionMetrics
+from wakegate.serving.autoscaling import AutoscalingSpec
+from wakegate.serving.model import RevisionTemplate
+from wakegate.serving.validation import parse_service
 
 REV = "default/hello-00001"
 SEED = RevisionScaling(target=10.0)

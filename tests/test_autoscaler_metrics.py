@@ -7,12 +7,8 @@ import math
 
 import pytest
 
-from wakegate.autoscaler.metrics import (
-    ConcurrencySnapshot,
-    ConcurrencyTracker,
-    ConcurrencyWindow,
-    RevisionMetrics,
-)
+from wakegate.activator.stats import ConcurrencySnapshot, ConcurrencyTracker
+from wakegate.autoscaler.metrics import ConcurrencyWindow, RevisionMetrics
 
 
 def closed_loop(

@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from tests.support.conformance import self_signed
 from wakegate.ingress.certificates import certificate_problem
-from wakegate.reconciler.manifests import ManifestError, load_manifests
+from wakegate.ingress.manifests import ManifestError, load_manifests
 
 
 def encrypted(key_pem: str) -> str:

@@ -34,14 +34,14 @@ from tests.test_conformance import _distribution, _self_signed, rule, split
 from tests.test_conformance import kingress as conformance_kingress
 from tests.test_conformance import path as http_path
 from wakegate.controller import add_controller_parser, run_controller, xds_credentials
-from wakegate.controlplane import ControlPlane
 from wakegate.ingress.model import Endpoint
-from wakegate.leader import LeaderElector
-from wakegate.reconciler.cluster import DEFAULT_INGRESS_CLASS, ClusterReconciler
-from wakegate.reconciler.gateway_probe import GatewayProber, GatewayService, pod_name
-from wakegate.reconciler.kingress_status import LoadBalancers, condition_of
-from wakegate.reconciler.kubernetes import KINGRESSES, Backoff, KubeApi
+from wakegate.reconciler.cluster.gateway_probe import GatewayProber, GatewayService, pod_name
+from wakegate.reconciler.cluster.kingress_status import LoadBalancers, condition_of
+from wakegate.reconciler.cluster.kubernetes import KINGRESSES, Backoff, KubeApi
+from wakegate.reconciler.cluster.leader import LeaderElector
+from wakegate.reconciler.cluster.reconciler import DEFAULT_INGRESS_CLASS, ClusterReconciler
 from wakegate.xds.bootstrap import XdsTls
+from wakegate.xds.controlplane import ControlPlane
 from wakegate.xds.readiness import STATUS_DOMAIN, ready_path
 from wakegate.xds.resources import CLUSTER, LISTENER, ROUTE
 from wakegate.xds.translate import EXTERNAL_TLS, GatewayConfig
@@ -682,7 +682,7 @@ async def test_fake_kube_controller_serves_health_metrics_and_xds(tmp_path: Path
         kube.apply(service("svc"))
         kube.apply(simple_kingress("hello", "hello.example.com", "svc"))
         parser = argparse.ArgumentParser()
-        add_controller_parser(parser.add_subparsers())
+        add_controller_parser(parser.add_subparsers(), "controller")
         health, metrics, xds = free_port(), free_port(), free_port()
         args = parser.parse_args(
             ["controller", "--kubeconfig", str(kube.kubeconfig(tmp_path / "kubeconfig")),
@@ -734,7 +734,7 @@ async def test_fake_kube_controller_with_gateway_service_waits_for_its_pods(
         kube.apply(service("svc"))
         kube.apply(simple_kingress("hello", "hello.example.com", "svc"))
         parser = argparse.ArgumentParser()
-        add_controller_parser(parser.add_subparsers())
+        add_controller_parser(parser.add_subparsers(), "controller")
         args = parser.parse_args(
             ["controller", "--kubeconfig", str(kube.kubeconfig(tmp_path / "kubeconfig")),
              "--xds-host", "127.0.0.1", "--xds-port", str(free_port()),

@@ -32,10 +32,10 @@ from tests.support.conformance import (
     split,
 )
 from tests.support.envoy import running_envoy
-from wakegate.controlplane import ControlPlane
 from wakegate.ingress.kingress import parse_ingress
 from wakegate.ingress.model import Backend as RoutedBackend
 from wakegate.ingress.model import Certificate, Endpoint
+from wakegate.xds.controlplane import ControlPlane
 from wakegate.xds.translate import GatewayConfig
 
 __all__ = ["_distribution", "_self_signed", "kingress", "path", "rule", "split"]

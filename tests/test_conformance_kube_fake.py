@@ -36,11 +36,9 @@ from tests.support.conformance import (
 )
 from tests.support.envoy import running_envoy
 from wakegate.controller import start_control_plane
-from wakegate.controlplane import ControlPlane
 from wakegate.ingress.model import Certificate
-from wakegate.reconciler.cluster import TLS_SECRET_TYPE, ClusterReconciler
-from wakegate.reconciler.kingress_status import LoadBalancers, condition_of
-from wakegate.reconciler.kubernetes import (
+from wakegate.reconciler.cluster.kingress_status import LoadBalancers, condition_of
+from wakegate.reconciler.cluster.kubernetes import (
     ENDPOINT_SLICES,
     KINGRESSES,
     SECRETS,
@@ -49,6 +47,8 @@ from wakegate.reconciler.kubernetes import (
     KubeApi,
     key_of,
 )
+from wakegate.reconciler.cluster.reconciler import TLS_SECRET_TYPE, ClusterReconciler
+from wakegate.xds.controlplane import ControlPlane
 from wakegate.xds.translate import GatewayConfig
 
 pytestmark = [pytest.mark.envoy, pytest.mark.asyncio(loop_scope="module")]

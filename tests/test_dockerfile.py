@@ -26,12 +26,23 @@ def copied_sources() -> list[str]:
     return sources
 
 
+def package_folder(package: str, package_dir: dict[str, str]) -> Path:
+    """Where setuptools finds `package`: its own mapping, or its nearest mapped parent's."""
+    parts = package.split(".")
+    for i in range(len(parts), 0, -1):
+        mapped = package_dir.get(".".join(parts[:i]))
+        if mapped is not None:
+            return Path(mapped, *parts[i:])
+    return Path(*parts)
+
+
 def test_every_package_folder_is_copied_into_the_image() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     copied = {Path(source).parts[0] for source in copied_sources()}
     for package in config["packages"]:
-        folder = config["package-dir"][package]
-        assert Path(folder).parts[0] in copied, f"{package} lives in {folder}/, not copied"
+        folder = package_folder(package, config["package-dir"])
+        assert (ROOT / folder / "__init__.py").exists(), f"{package}: no {folder}/__init__.py"
+        assert folder.parts[0] in copied, f"{package} lives in {folder}/, not copied"
     assert {"pyproject.toml", "README.md"} <= copied
 
 

@@ -21,15 +21,15 @@ import pytest_asyncio
 
 from tests.support.backends import free_port
 from tests.support.envoy import RunningEnvoy, running_envoy
-from wakegate.controlplane import ControlPlane
 from wakegate.ingress.model import BackendRef, Endpoint, Ingress, Path, Rule, Split
-from wakegate.reconciler.gateway_probe import (
+from wakegate.reconciler.cluster.gateway_probe import (
     GatewayProber,
     parse_gateway_service,
     parse_probe_port,
     pod_name,
 )
-from wakegate.reconciler.kubernetes import Backoff
+from wakegate.reconciler.cluster.kubernetes import Backoff
+from wakegate.xds.controlplane import ControlPlane
 from wakegate.xds.translate import GatewayConfig
 
 module_loop = pytest.mark.asyncio(loop_scope="module")

@@ -11,17 +11,13 @@ import pytest
 
 from wakegate.autoscaler.config import AutoscalerConfig, RevisionScaling
 from wakegate.autoscaler.decider import Activity, DeciderState
-from wakegate.reconciler import revisions
-from wakegate.reconciler.revisions import (
-    AUTOSCALING_DEFAULTS,
-    AutoscalingSpec,
-    Revision,
-    autoscaling_spec,
-    latest_created,
-    latest_ready,
-    next_revision,
-)
-from wakegate.reconciler.serving import ServiceError, ServingConfig, load_services, parse_service
+from wakegate.serving import autoscaling
+from wakegate.serving.autoscaling import AUTOSCALING_DEFAULTS, AutoscalingSpec, autoscaling_spec
+from wakegate.serving.config import ServingConfig
+from wakegate.serving.fields import ServiceError
+from wakegate.serving.manifests import load_services
+from wakegate.serving.revision import Revision, latest_created, latest_ready, next_revision
+from wakegate.serving.validation import parse_service
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "helloworld" / "helloworld-go.yaml"
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -245,7 +241,7 @@ def test_defaults_are_overridable(monkeypatch: pytest.MonkeyPatch) -> None:
     fast = replace(AUTOSCALING_DEFAULTS, window_s=6.0, target=1.0, utilization=70.0)
     spec = autoscaling_spec(template, fast)
     assert (spec.window_s, spec.target, spec.utilization) == (30.0, 1.0, 70.0)
-    monkeypatch.setattr(revisions, "AUTOSCALING_DEFAULTS", fast)
+    monkeypatch.setattr(autoscaling, "AUTOSCALING_DEFAULTS", fast)
     assert autoscaling_spec(template).target == 1.0
     assert autoscaling_spec(template).window_s == 30.0
 

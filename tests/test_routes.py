@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from wakegate.ingress.model import BackendRef, Ingress, Rule, Visibility
-from wakegate.reconciler.revisions import Revision, next_revision
-from wakegate.reconciler.routes import route_ingress
-from wakegate.reconciler.serving import Service, load_services, parse_service
-from wakegate.reconciler.status import ConditionStatus, service_status
+from wakegate.reconciler.local.routes import route_ingress
+from wakegate.serving.conditions import ConditionStatus
+from wakegate.serving.manifests import load_services
+from wakegate.serving.model import Service
+from wakegate.serving.revision import Revision, next_revision
+from wakegate.serving.status import service_status
+from wakegate.serving.validation import parse_service
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "helloworld" / "helloworld-go.yaml"
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

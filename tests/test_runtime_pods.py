@@ -17,8 +17,6 @@ from typing import Any
 import pytest
 
 from tests.support.backends import get
-from wakegate.reconciler.revisions import Revision
-from wakegate.reconciler.serving import parse_template
 from wakegate.runtime.pods import (
     Backoff,
     Pod,
@@ -32,6 +30,8 @@ from wakegate.runtime.pods import (
     resolve_command,
 )
 from wakegate.runtime.probes import ProbeTiming
+from wakegate.serving.revision import Revision
+from wakegate.serving.validation import parse_template
 
 HELLO_DIR = Path(__file__).resolve().parents[1] / "examples" / "helloworld"
 FAST_PROBES = ProbeTiming(period_s=0.05, failure_threshold=2)
@@ -405,8 +405,8 @@ async def test_sigterm_ignored_is_killed_after_grace(
 
 RUNTIME_THAT_DIES = """
 import asyncio, os, sys
-from wakegate.reconciler.revisions import Revision
-from wakegate.reconciler.serving import parse_template
+from wakegate.serving.revision import Revision
+from wakegate.serving.validation import parse_template
 from wakegate.runtime.pods import RevisionPods
 
 async def main():

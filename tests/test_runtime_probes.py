@@ -7,8 +7,8 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
-from wakegate.reconciler.serving import HTTPGetProbe, Probe, TCPSocketProbe
 from wakegate.runtime.probes import ProbeTiming, ReadinessProber, http_probe, tcp_probe
+from wakegate.serving.model import HTTPGetProbe, Probe, TCPSocketProbe
 
 LOOPBACK = "127.0.0.1"
 FAST = ProbeTiming(period_s=0.05, timeout_s=0.5, failure_threshold=2)

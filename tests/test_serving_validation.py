@@ -10,19 +10,13 @@ from typing import Any
 import pytest
 import yaml
 
-from wakegate.reconciler.serving import (
-    DEFAULT_PROBE,
-    ServiceError,
-    ServingConfig,
-    TrafficTarget,
-    admitted,
-    autoscaling_settings,
-    load_services,
-    parse_go_duration,
-    parse_service,
-    require_local_command,
-    service_to_dict,
-)
+from wakegate.ingress.kube_values import parse_go_duration
+from wakegate.serving.autoscaling import autoscaling_settings
+from wakegate.serving.config import ServingConfig, admitted
+from wakegate.serving.fields import ServiceError
+from wakegate.serving.manifests import load_services, service_to_dict
+from wakegate.serving.model import DEFAULT_PROBE, TrafficTarget
+from wakegate.serving.validation import parse_service, require_local_command
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "helloworld" / "helloworld-go.yaml"
 ANN = "spec.template.metadata.annotations"

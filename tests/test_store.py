@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 import yaml
 
-from wakegate.reconciler.revisions import Revision, next_revision
-from wakegate.reconciler.serving import Service, parse_service, service_to_dict
-from wakegate.store import DB_FILENAME, SCHEMA_VERSION, Store, StoreError
+from wakegate.reconciler.local.store import DB_FILENAME, SCHEMA_VERSION, Store, StoreError
+from wakegate.serving.manifests import service_to_dict
+from wakegate.serving.model import Service
+from wakegate.serving.revision import Revision, next_revision
+from wakegate.serving.validation import parse_service
 
 HELLO = Path(__file__).resolve().parents[1] / "examples" / "helloworld" / "helloworld-go.yaml"
 

@@ -17,7 +17,6 @@ import pytest_asyncio
 
 from tests.support.backends import Backend, free_port, get, start_backends
 from tests.support.envoy import RunningEnvoy, running_envoy
-from wakegate.controlplane import ControlPlane
 from wakegate.ingress.model import Backend as RoutedBackend
 from wakegate.ingress.model import (
     BackendRef,
@@ -30,6 +29,7 @@ from wakegate.ingress.model import (
     Visibility,
 )
 from wakegate.xds.common import INTERNAL_HEADER
+from wakegate.xds.controlplane import ControlPlane
 from wakegate.xds.translate import GatewayConfig
 
 pytestmark = [pytest.mark.envoy, pytest.mark.asyncio(loop_scope="module")]

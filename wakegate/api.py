@@ -26,10 +26,11 @@ import prometheus_client
 import yaml
 from aiohttp import web
 
-from wakegate.controlplane import ControlPlane
-from wakegate.reconciler.manifests import ManifestError, ManifestReconciler, load_manifests
-from wakegate.reconciler.services import LocalServing
-from wakegate.reconciler.serving import ServiceError
+from wakegate.ingress.manifests import ManifestError, load_manifests
+from wakegate.reconciler.local.manifests import ManifestReconciler
+from wakegate.reconciler.local.services import LocalServing
+from wakegate.serving.fields import ServiceError
+from wakegate.xds.controlplane import ControlPlane
 
 MAX_BODY = 16 * 1024 * 1024
 SERVING_API = "serving.knative.dev/"

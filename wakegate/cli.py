@@ -184,7 +184,7 @@ def build_parser(command: str | None = "controller") -> argparse.ArgumentParser:
     if command == "controller":
         from wakegate.controller import add_controller_parser
 
-        add_controller_parser(sub)
+        add_controller_parser(sub, CONTROLLER_HELP)
     else:
         sub.add_parser("controller", help=CONTROLLER_HELP)
     return parser  # fmt: skip
@@ -520,9 +520,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     from wakegate.envoy_process import GatewayError
     from wakegate.ingress.kingress import IngressError
-    from wakegate.reconciler.manifests import ManifestError
-    from wakegate.reconciler.serving import ServiceError
-    from wakegate.store import StoreError
+    from wakegate.ingress.manifests import ManifestError
+    from wakegate.reconciler.local.store import StoreError
+    from wakegate.serving.fields import ServiceError
 
     try:
         return int(args.handler(args) or 0)

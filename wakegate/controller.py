@@ -26,18 +26,22 @@ from aiohttp import web
 from kubernetes.aio.config import ConfigException
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from wakegate.controlplane import DEFAULT_GROUP, ControlPlane
-from wakegate.leader import LeaderElector
-from wakegate.reconciler.cluster import ACTIVATOR_SERVICE, DEFAULT_INGRESS_CLASS, ClusterReconciler
-from wakegate.reconciler.gateway_probe import (
+from wakegate.reconciler.cluster.gateway_probe import (
     DEFAULT_PROBE_PORT,
     GatewayProber,
     GatewayService,
     parse_gateway_service,
     parse_probe_port,
 )
-from wakegate.reconciler.kingress_status import LoadBalancers, service_domain
-from wakegate.reconciler.kubernetes import KubeApi, load_configuration
+from wakegate.reconciler.cluster.kingress_status import LoadBalancers, service_domain
+from wakegate.reconciler.cluster.kubernetes import KubeApi, load_configuration
+from wakegate.reconciler.cluster.leader import LeaderElector
+from wakegate.reconciler.cluster.reconciler import (
+    ACTIVATOR_SERVICE,
+    DEFAULT_INGRESS_CLASS,
+    ClusterReconciler,
+)
+from wakegate.xds.controlplane import DEFAULT_GROUP, ControlPlane
 from wakegate.xds.translate import GatewayConfig
 
 log = logging.getLogger(__name__)
@@ -56,11 +60,10 @@ class ArgumentError(ValueError):
 
 def add_controller_parser(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    help_text: str,
 ) -> argparse.ArgumentParser:
     """Add `controller` to a CLI's subcommands; its handler runs the controller."""
-    from wakegate.cli import CONTROLLER_HELP
-
-    p = subparsers.add_parser("controller", help=CONTROLLER_HELP)
+    p = subparsers.add_parser("controller", help=help_text)
     p.add_argument(
         "--kubeconfig",
         type=Path,

@@ -14,14 +14,14 @@ from wakegate.autoscaler.config import AutoscalerConfig
 from wakegate.autoscaler.gateway_stats import GatewayStats
 from wakegate.autoscaler.scaler import Autoscaler
 from wakegate.autoscaler.service import AutoscalerService
-from wakegate.controlplane import ControlPlane
 from wakegate.envoy_process import EnvoyGateway, GatewayError, check_port_free
 from wakegate.ingress.model import Endpoint
-from wakegate.reconciler.manifests import ManifestReconciler
-from wakegate.reconciler.services import Activation, LocalServing
-from wakegate.reconciler.serving import ServingConfig
-from wakegate.store import Store
+from wakegate.reconciler.local.manifests import ManifestReconciler
+from wakegate.reconciler.local.services import Activation, LocalServing
+from wakegate.reconciler.local.store import Store
+from wakegate.serving.config import ServingConfig
 from wakegate.xds.bootstrap import build_bootstrap
+from wakegate.xds.controlplane import ControlPlane
 from wakegate.xds.translate import GatewayConfig
 
 log = logging.getLogger(__name__)

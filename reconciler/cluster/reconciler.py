@@ -62,12 +62,12 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from wakegate.controlplane import ControlPlane
 from wakegate.ingress.certificates import certificate_problem
 from wakegate.ingress.kingress import API_VERSION, KIND, IngressError, parse_ingress
+from wakegate.ingress.manifests import H2C_APP_PROTOCOLS, H2C_PORT_NAMES
 from wakegate.ingress.model import Backend, BackendRef, Certificate, Endpoint, Ingress
-from wakegate.reconciler.gateway_probe import GatewayProber, GatewayService
-from wakegate.reconciler.kingress_status import (
+from wakegate.reconciler.cluster.gateway_probe import GatewayProber, GatewayService
+from wakegate.reconciler.cluster.kingress_status import (
     LOAD_BALANCER_READY,
     LoadBalancers,
     Observation,
@@ -75,7 +75,7 @@ from wakegate.reconciler.kingress_status import (
     desired_status,
     same_status,
 )
-from wakegate.reconciler.kubernetes import (
+from wakegate.reconciler.cluster.kubernetes import (
     ENDPOINT_SLICES,
     KINGRESSES,
     SECRETS,
@@ -90,7 +90,7 @@ from wakegate.reconciler.kubernetes import (
     Resource,
     key_of,
 )
-from wakegate.reconciler.manifests import H2C_APP_PROTOCOLS, H2C_PORT_NAMES
+from wakegate.xds.controlplane import ControlPlane
 from wakegate.xds.resources import SHORT_NAMES
 from wakegate.xds.status import NodeStatus
 

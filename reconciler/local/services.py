@@ -23,27 +23,16 @@ from wakegate.autoscaler.decider import Decision, Mode
 from wakegate.autoscaler.scaler import Autoscaler
 from wakegate.autoscaler.service import AutoscalerService
 from wakegate.ingress.model import Backend, BackendRef, Endpoint, Ingress
-from wakegate.reconciler.revisions import (
-    Revision,
-    latest_created,
-    next_revision,
-    service_revisions,
-)
-from wakegate.reconciler.routes import SERVICE_PORT, RouteStatus, route_ingress
-from wakegate.reconciler.serving import (
-    SERVING_CONFIG,
-    Service,
-    ServiceError,
-    ServingConfig,
-    admitted,
-    load_services,
-    parse_service,
-    require_local_command,
-    service_to_dict,
-)
-from wakegate.reconciler.status import service_status
+from wakegate.reconciler.local.routes import route_ingress
+from wakegate.reconciler.local.store import Store
 from wakegate.runtime.pods import PodEndpoint, PodError, PodSpec, RevisionPods, resolve_command
-from wakegate.store import Store
+from wakegate.serving.config import SERVING_CONFIG, ServingConfig, admitted
+from wakegate.serving.fields import ServiceError
+from wakegate.serving.manifests import load_services, service_to_dict
+from wakegate.serving.model import SERVICE_PORT, Service
+from wakegate.serving.revision import Revision, latest_created, next_revision, service_revisions
+from wakegate.serving.status import RouteStatus, service_status
+from wakegate.serving.validation import parse_service, require_local_command
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Revisions: immutable snapshots of a Service's template, and their autoscaling settings.
+"""Revisions: immutable snapshots of a Service's template.
 
 Every change to `spec.template` creates a new Revision named `<service>-00001`,
 `-00002`, … (Knative's Configuration reconciler), unless the template names itself with
@@ -9,21 +9,16 @@ manifest twice creates nothing.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from wakegate.reconciler.serving import (
-    RevisionTemplate,
-    Service,
-    ServiceError,
-    ServingConfig,
-    admitted,
-    autoscaling_settings,
-    child_name,
-    parse_template,
-    template_to_dict,
-)
+from wakegate.serving.autoscaling import AutoscalingSpec, autoscaling_spec
+from wakegate.serving.config import ServingConfig, admitted
+from wakegate.serving.fields import ServiceError
+from wakegate.serving.manifests import template_to_dict
+from wakegate.serving.model import RevisionTemplate, Service, child_name
+from wakegate.serving.validation import parse_template
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,77 +129,3 @@ def next_revision(
         template=template,
         created_at=created_at,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class AutoscalingSpec:
-    """A revision's KPA settings; the field defaults are the process-wide defaults.
-
-    `target` is the per-pod concurrency the autoscaler aims for before utilisation is
-    applied; `per_pod_target` is what it divides observed concurrency by.
-    """
-
-    target: float = 100.0
-    utilization: float = 100.0
-    """Percent of `target` to aim for."""
-    window_s: float = 60.0
-    panic_window_pct: float = 10.0
-    panic_threshold_pct: float = 200.0
-    min_scale: int = 0
-    max_scale: int = 0
-    """0 is unlimited."""
-    initial_scale: int = 1
-    target_burst_capacity: float = 200.0
-    """-1 is unlimited: the activator stays in the path."""
-    container_concurrency: int = 0
-    """Hard per-pod limit from `containerConcurrency`; 0 is unlimited."""
-
-    @property
-    def per_pod_target(self) -> float:
-        return max(0.01, self.target * self.utilization / 100.0)
-
-    @property
-    def panic_window_s(self) -> float:
-        return self.window_s * self.panic_window_pct / 100.0
-
-
-AUTOSCALING_DEFAULTS = AutoscalingSpec()
-"""Defaults for settings a revision does not annotate; replace it (e.g. with
-`dataclasses.replace(AUTOSCALING_DEFAULTS, window_s=6.0)`) or pass `defaults=`."""
-
-_FIELDS = {
-    "target-utilization-percentage": "utilization",
-    "window": "window_s",
-    "panic-window-percentage": "panic_window_pct",
-    "panic-threshold-percentage": "panic_threshold_pct",
-    "min-scale": "min_scale",
-    "max-scale": "max_scale",
-    "initial-scale": "initial_scale",
-    "target-burst-capacity": "target_burst_capacity",
-}
-
-
-def autoscaling_spec(
-    template: RevisionTemplate, defaults: AutoscalingSpec | None = None
-) -> AutoscalingSpec:
-    """The template's autoscaling annotations over `defaults` (default `AUTOSCALING_DEFAULTS`).
-
-    The template was validated when it was applied, so an initial scale of 0 is read as
-    it is; whether it is honoured is the autoscaler config's `allow_zero_initial_scale`.
-
-    As in Knative's KPA, a template with `containerConcurrency` > 0 and no `target`
-    annotation targets that limit, and an annotated target above the limit is capped.
-    """
-    base = AUTOSCALING_DEFAULTS if defaults is None else defaults
-    settings = autoscaling_settings(template.annotations, config=admitted())
-    limit = template.container_concurrency
-    changes: dict[str, Any] = {
-        attr: settings[key] for key, attr in _FIELDS.items() if key in settings
-    }
-    if "target" in settings:
-        target = float(settings["target"])
-        changes["target"] = min(target, limit) if limit > 0 else target
-    elif limit > 0:
-        changes["target"] = float(limit)
-    changes["container_concurrency"] = limit
-    return replace(base, **changes)

@@ -24,7 +24,7 @@ from typing import Any
 
 from prometheus_client import Gauge
 
-from wakegate.reconciler.kubernetes import LEASES, ApiError, KubeApi
+from wakegate.reconciler.cluster.kubernetes import LEASES, ApiError, KubeApi
 
 log = logging.getLogger(__name__)
 

@@ -16,58 +16,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from wakegate.ingress.model import BackendRef, Ingress, Path, Rule, Split, Visibility
-from wakegate.reconciler.revisions import Revision, latest_created, latest_ready, service_revisions
-from wakegate.reconciler.serving import Service
-from wakegate.reconciler.status import ROUTES_READY, Condition, ConditionStatus
-
-NAMESPACE_HEADER = "Knative-Serving-Namespace"
-REVISION_HEADER = "Knative-Serving-Revision"
-TAG_HEADER = "Knative-Serving-Tag"
-DEFAULT_ROUTE_HEADER = "Knative-Serving-Default-Route"
-SERVICE_PORT = 80
-"""The port of a revision's (Kubernetes) service, which the activator also listens on."""
-DEFAULT_DOMAIN = "example.com"
-CLUSTER_DOMAIN = "cluster.local"
-
-
-@dataclass(frozen=True, slots=True)
-class TrafficStatus:
-    """One entry of `status.traffic`: a spec target resolved to its revision."""
-
-    revision_name: str
-    percent: int
-    latest_revision: bool
-    tag: str = ""
-    url: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "revisionName": self.revision_name,
-            "percent": self.percent,
-            "latestRevision": self.latest_revision,
-        }
-        if self.tag:
-            out["tag"] = self.tag
-        if self.url:
-            out["url"] = self.url
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class RouteStatus:
-    url: str
-    """The main URL: external unless the service is cluster-local."""
-    address_url: str
-    """The cluster-local URL (`http://{name}.{namespace}.svc.{cluster domain}`)."""
-    traffic: tuple[TrafficStatus, ...]
-    """Empty when the targets cannot all be resolved."""
-    condition: Condition
-    """RoutesReady as far as traffic assignment goes (the gateways' ACK is the caller's)."""
-
-    @property
-    def traffic_assigned(self) -> bool:
-        """False means: keep the ingress applied before, the returned one has no rules."""
-        return self.condition.is_true
+from wakegate.serving.conditions import ROUTES_READY, Condition, ConditionStatus
+from wakegate.serving.config import CLUSTER_DOMAIN, DEFAULT_DOMAIN
+from wakegate.serving.headers import (
+    DEFAULT_ROUTE_HEADER,
+    NAMESPACE_HEADER,
+    REVISION_HEADER,
+    TAG_HEADER,
+)
+from wakegate.serving.model import SERVICE_PORT, Service
+from wakegate.serving.revision import Revision, latest_created, latest_ready, service_revisions
+from wakegate.serving.status import RouteStatus, TrafficStatus
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ import tenacity
 from prometheus_client import Counter
 
 from wakegate.ingress.model import Endpoint
-from wakegate.reconciler.kubernetes import Backoff
+from wakegate.reconciler.cluster.kubernetes import Backoff
 from wakegate.xds.readiness import STATUS_DOMAIN, ready_path
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""A Knative Service's `status`, computed from its revisions and its route.
+"""A Knative Service's `status` and its Route's, computed from revisions and route.
 
 The shape follows `serving.knative.dev/v1` ServiceStatus: `url`, `address.url`,
 `latestCreatedRevisionName`, `latestReadyRevisionName`, `traffic[]` and the living
@@ -11,53 +11,59 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any
 
-from wakegate.reconciler.revisions import Revision, latest_created, latest_ready, service_revisions
-from wakegate.reconciler.serving import Service
-
-if TYPE_CHECKING:
-    from wakegate.reconciler.routes import RouteStatus
-
-CONFIGURATIONS_READY = "ConfigurationsReady"
-ROUTES_READY = "RoutesReady"
-READY = "Ready"
-
-
-class ConditionStatus(StrEnum):
-    TRUE = "True"
-    FALSE = "False"
-    UNKNOWN = "Unknown"
+from wakegate.serving.conditions import (
+    CONFIGURATIONS_READY,
+    ROUTES_READY,
+    Condition,
+    ConditionStatus,
+    ready_condition,
+    rfc3339,
+)
+from wakegate.serving.model import Service
+from wakegate.serving.revision import Revision, latest_created, latest_ready, service_revisions
 
 
 @dataclass(frozen=True, slots=True)
-class Condition:
-    type: str
-    status: ConditionStatus
-    reason: str = ""
-    message: str = ""
+class TrafficStatus:
+    """One entry of `status.traffic`: a spec target resolved to its revision."""
 
-    @property
-    def is_true(self) -> bool:
-        return self.status is ConditionStatus.TRUE
+    revision_name: str
+    percent: int
+    latest_revision: bool
+    tag: str = ""
+    url: str = ""
 
-    def to_dict(self, last_transition_time: str) -> dict[str, str]:
-        out = {"type": self.type, "status": self.status.value}
-        if self.reason:
-            out["reason"] = self.reason
-        if self.message:
-            out["message"] = self.message
-        out["lastTransitionTime"] = last_transition_time
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "revisionName": self.revision_name,
+            "percent": self.percent,
+            "latestRevision": self.latest_revision,
+        }
+        if self.tag:
+            out["tag"] = self.tag
+        if self.url:
+            out["url"] = self.url
         return out
 
 
-def rfc3339(moment: datetime) -> str:
-    """Kubernetes' timestamp form, whole seconds in UTC: 2024-05-01T12:00:00Z."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+@dataclass(frozen=True, slots=True)
+class RouteStatus:
+    url: str
+    """The main URL: external unless the service is cluster-local."""
+    address_url: str
+    """The cluster-local URL (`http://{name}.{namespace}.svc.{cluster domain}`)."""
+    traffic: tuple[TrafficStatus, ...]
+    """Empty when the targets cannot all be resolved."""
+    condition: Condition
+    """RoutesReady as far as traffic assignment goes (the gateways' ACK is the caller's)."""
+
+    @property
+    def traffic_assigned(self) -> bool:
+        """False means: keep the ingress applied before, the returned one has no rules."""
+        return self.condition.is_true
 
 
 def configurations_ready(
@@ -115,15 +121,6 @@ def routes_ready(
             "Traffic is not yet migrated to the latest revision.",
         )
     return Condition(ROUTES_READY, ConditionStatus.TRUE)
-
-
-def ready_condition(dependents: Sequence[Condition]) -> Condition:
-    """Knative's living condition set: the first False dependent, else the first Unknown."""
-    for wanted in (ConditionStatus.FALSE, ConditionStatus.UNKNOWN):
-        for condition in dependents:
-            if condition.status is wanted:
-                return Condition(READY, wanted, condition.reason, condition.message)
-    return Condition(READY, ConditionStatus.TRUE)
 
 
 def _transition_times(previous: Mapping[str, Any] | None) -> dict[str, tuple[tuple[str, ...], str]]:

@@ -1,0 +1,1 @@
+"""The local serving reconciler: Knative Services kept in SQLite → pods, routes, status."""
