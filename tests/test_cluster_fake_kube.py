@@ -39,7 +39,8 @@ from wakegate.reconciler.cluster.gateway_probe import GatewayProber, GatewayServ
 from wakegate.reconciler.cluster.kingress_status import LoadBalancers, condition_of
 from wakegate.reconciler.cluster.kubernetes import KINGRESSES, Backoff, KubeApi
 from wakegate.reconciler.cluster.leader import LeaderElector
-from wakegate.reconciler.cluster.reconciler import DEFAULT_INGRESS_CLASS, ClusterReconciler
+from wakegate.reconciler.cluster.objects import DEFAULT_INGRESS_CLASS
+from wakegate.reconciler.cluster.reconciler import ClusterReconciler
 from wakegate.xds.bootstrap import XdsTls
 from wakegate.xds.controlplane import ControlPlane
 from wakegate.xds.readiness import STATUS_DOMAIN, ready_path

@@ -47,7 +47,8 @@ from wakegate.reconciler.cluster.kubernetes import (
     KubeApi,
     key_of,
 )
-from wakegate.reconciler.cluster.reconciler import TLS_SECRET_TYPE, ClusterReconciler
+from wakegate.reconciler.cluster.objects import TLS_SECRET_TYPE
+from wakegate.reconciler.cluster.reconciler import ClusterReconciler
 from wakegate.xds.controlplane import ControlPlane
 from wakegate.xds.translate import GatewayConfig
 

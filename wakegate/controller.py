@@ -36,11 +36,8 @@ from wakegate.reconciler.cluster.gateway_probe import (
 from wakegate.reconciler.cluster.kingress_status import LoadBalancers, service_domain
 from wakegate.reconciler.cluster.kubernetes import KubeApi, load_configuration
 from wakegate.reconciler.cluster.leader import LeaderElector
-from wakegate.reconciler.cluster.reconciler import (
-    ACTIVATOR_SERVICE,
-    DEFAULT_INGRESS_CLASS,
-    ClusterReconciler,
-)
+from wakegate.reconciler.cluster.objects import ACTIVATOR_SERVICE, DEFAULT_INGRESS_CLASS
+from wakegate.reconciler.cluster.reconciler import ClusterReconciler
 from wakegate.xds.controlplane import DEFAULT_GROUP, ControlPlane
 from wakegate.xds.translate import GatewayConfig
 

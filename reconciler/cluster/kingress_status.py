@@ -211,3 +211,10 @@ def condition_of(status: Mapping[str, Any] | None, kind: str) -> Mapping[str, An
         if isinstance(condition, Mapping) and condition.get("type") == kind:
             return condition
     return None
+
+
+def reported_served(stored: Mapping[str, Any] | None, generation: int) -> bool:
+    """The stored KIngress status already says `generation` is served (LoadBalancerReady)."""
+    status = (stored or {}).get("status") or {}
+    balancer = condition_of(status, LOAD_BALANCER_READY) or {}
+    return status.get("observedGeneration") == generation and balancer.get("status") == "True"

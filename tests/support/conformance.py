@@ -33,7 +33,7 @@ from tests.support.backends import (
     ws_roundtrip,
 )
 from wakegate.ingress.model import Certificate
-from wakegate.reconciler.cluster.reconciler import DEFAULT_INGRESS_CLASS, INGRESS_CLASS_ANNOTATION
+from wakegate.reconciler.cluster.objects import DEFAULT_INGRESS_CLASS, INGRESS_CLASS_ANNOTATION
 from wakegate.xds.translate import GatewayConfig
 
 Obj = dict[str, Any]
