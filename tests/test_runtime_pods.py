@@ -17,19 +17,11 @@ from typing import Any
 import pytest
 
 from tests.support.backends import get
-from wakegate.runtime.pods import (
-    Backoff,
-    Pod,
-    PodEndpoint,
-    PodError,
-    PodPhase,
-    PodSpec,
-    PortAllocator,
-    RevisionPods,
-    pod_name,
-    resolve_command,
-)
+from wakegate.runtime.pods import Backoff, Pod, PodEndpoint, PodPhase
+from wakegate.runtime.ports import PortAllocator
 from wakegate.runtime.probes import ProbeTiming
+from wakegate.runtime.revision_pods import RevisionPods
+from wakegate.runtime.spec import PodError, PodSpec, pod_name, resolve_command
 from wakegate.serving.revision import Revision
 from wakegate.serving.validation import parse_template
 
@@ -407,7 +399,7 @@ RUNTIME_THAT_DIES = """
 import asyncio, os, sys
 from wakegate.serving.revision import Revision
 from wakegate.serving.validation import parse_template
-from wakegate.runtime.pods import RevisionPods
+from wakegate.runtime.revision_pods import RevisionPods
 
 async def main():
     template = parse_template({"spec": {"containers": [{"command": ["python3", "app.py"],

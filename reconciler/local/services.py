@@ -25,7 +25,9 @@ from wakegate.autoscaler.service import AutoscalerService
 from wakegate.ingress.model import Backend, BackendRef, Endpoint, Ingress
 from wakegate.reconciler.local.routes import route_ingress
 from wakegate.reconciler.local.store import Store
-from wakegate.runtime.pods import PodEndpoint, PodError, PodSpec, RevisionPods, resolve_command
+from wakegate.runtime.pods import PodEndpoint
+from wakegate.runtime.revision_pods import RevisionPods
+from wakegate.runtime.spec import PodError, PodSpec, resolve_command
 from wakegate.serving.config import SERVING_CONFIG, ServingConfig, admitted
 from wakegate.serving.fields import ServiceError
 from wakegate.serving.manifests import load_services, service_to_dict
