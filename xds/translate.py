@@ -29,7 +29,6 @@ it takes part in, its TLS chains), kept up to date as incrementally as the rest.
 from __future__ import annotations
 
 import bisect
-import functools
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,6 @@ from itertools import compress
 from operator import is_not
 
 from wakegate.ingress.model import (
-    Backend,
     Certificate,
     HTTPOption,
     Ingress,
@@ -45,8 +43,8 @@ from wakegate.ingress.model import (
     Visibility,
 )
 from wakegate.xds import resources
+from wakegate.xds.cluster_table import ClusterTable
 from wakegate.xds.clusters import ClusterEncoder
-from wakegate.xds.endpoints import encode_endpoints, load_assignment_bytes
 from wakegate.xds.listeners import SNIChain, http_listener, https_listener, sni_chains
 from wakegate.xds.readiness import ingress_hash, status_route_entry, status_virtual_host_entry
 from wakegate.xds.routes import (
@@ -159,11 +157,12 @@ class Translator:
 
     def __init__(self, config: GatewayConfig | None = None) -> None:
         self.config = config or GatewayConfig()
-        self._clusters_encoder = ClusterEncoder(
-            connect_timeout_s=self.config.connect_timeout_s,
-            max_requests=self.config.max_upstream_requests,
+        self._cluster_table = ClusterTable(
+            ClusterEncoder(
+                connect_timeout_s=self.config.connect_timeout_s,
+                max_requests=self.config.max_upstream_requests,
+            )
         )
-        self._endpoint_bytes = functools.lru_cache(maxsize=4096)(encode_endpoints)
         self._last_ingresses: Sequence[Ingress] | None = None
         self._built: dict[str, _Built] = {}
         self._keys: list[str] = []
@@ -177,16 +176,6 @@ class Translator:
         self._duplicates: dict[str, int] = {}
         self._rc_bytes: list[bytes] = [b"", b""]
         self._rc_dirty = {_HTTP, _TLS_RC}
-        self._refs: dict[str, int] = {}
-        self._new_clusters: set[str] = set()
-        self._last_backends: Mapping[str, Backend] | None = None
-        self._seen_backend: dict[str, Backend | None] = {}
-        self._cluster_http2: dict[str, bool] = {}
-        self._clusters: dict[str, bytes] = {}
-        self._endpoints: dict[str, bytes] = {}
-        self._clusters_out: dict[str, bytes] = {}
-        self._endpoints_out: dict[str, bytes] = {}
-        self._clusters_dirty = self._endpoints_dirty = True
         self._tls_keys: set[str] = set()
         self._tls_dirty = True
         self._last_certificates: Mapping[str, Certificate] | None = None
@@ -210,7 +199,7 @@ class Translator:
         """Resources for the whole state. Mappings and bytes that did not change are the
         objects returned before, so treat them as read-only."""
         self._sync_ingresses(state.ingresses)
-        self._sync_backends(state.backends)
+        self._cluster_table.sync(state.backends)
         if self._tls_dirty or state.certificates is not self._last_certificates:
             self._sync_tls(state.certificates)
         return self._assemble()
@@ -274,15 +263,15 @@ class Translator:
                 self._noted.discard(key)
             if ingress is None:
                 if old is not None:
-                    self._release_clusters(old.clusters)
+                    self._cluster_table.release(old.clusters)
                     self._remove_key(key)
                 continue
             built = self._build(ingress)
-            self._acquire_clusters(built.clusters)
+            self._cluster_table.acquire(built.clusters)
             if old is None:
                 self._insert_key(key)
             else:
-                self._release_clusters(old.clusters)
+                self._cluster_table.release(old.clusters)
             self._built[key] = built
             self._claim(built, recheck, split_names)
             if built.notes:
@@ -572,55 +561,6 @@ class Translator:
         host = inner_rule.hosts[inner_rule.names.index(name)]
         return virtual_host_entry(virtual_host(name, [host], routes).SerializeToString())
 
-    # ---- clusters and endpoints -----------------------------------------------------
-
-    def _acquire_clusters(self, keys: frozenset[str]) -> None:
-        refs = self._refs
-        for key in keys:
-            count = refs.get(key, 0)
-            refs[key] = count + 1
-            if not count:
-                self._new_clusters.add(key)
-
-    def _release_clusters(self, keys: frozenset[str]) -> None:
-        refs = self._refs
-        for key in keys:
-            count = refs[key] - 1
-            if count:
-                refs[key] = count
-                continue
-            del refs[key]
-            self._new_clusters.discard(key)
-            self._seen_backend.pop(key, None)
-            self._cluster_http2.pop(key, None)
-            self._clusters.pop(key, None)
-            self._endpoints.pop(key, None)
-            self._clusters_dirty = self._endpoints_dirty = True
-
-    def _sync_backends(self, backends: Mapping[str, Backend]) -> None:
-        if backends is not self._last_backends:
-            keys: Iterable[str] = self._refs
-            self._last_backends = backends
-        else:
-            keys = self._new_clusters
-        seen = self._seen_backend
-        missing = object()
-        for key in keys:
-            backend = backends.get(key)
-            if seen.get(key, missing) is backend:
-                continue
-            seen[key] = backend
-            http2 = backend is not None and backend.http2
-            if self._cluster_http2.get(key) is not http2:
-                self._cluster_http2[key] = http2
-                self._clusters[key] = self._clusters_encoder.encode(key, http2)
-                self._clusters_dirty = True
-            assignment = load_assignment_bytes(key, self._endpoint_bytes(backend))
-            if self._endpoints.get(key) != assignment:
-                self._endpoints[key] = assignment
-                self._endpoints_dirty = True
-        self._new_clusters.clear()
-
     # ---- listeners ----------------------------------------------------------------
 
     def _build_plain_listeners(self) -> dict[str, bytes]:
@@ -718,20 +658,14 @@ class Translator:
                 entries = [*entries, *(split[name] for name in sorted(split)), self._status_entry]
             self._rc_bytes[rc] = route_configuration_bytes(ROUTE_CONFIGS[rc], entries)
         self._rc_dirty.clear()
-        if self._clusters_dirty:
-            self._clusters_out = dict(self._clusters)
-            self._clusters_dirty = False
-        if self._endpoints_dirty:
-            self._endpoints_out = dict(self._endpoints)
-            self._endpoints_dirty = False
         listeners = dict(self._plain_listeners)
         routes = {HTTP_ROUTES: self._rc_bytes[_HTTP]}
         if self._tls_listener is not None:
             listeners[EXTERNAL_TLS] = self._tls_listener
             routes[EXTERNAL_TLS] = self._rc_bytes[_TLS_RC]
         return {
-            resources.CLUSTER: self._clusters_out,
-            resources.ENDPOINT: self._endpoints_out,
+            resources.CLUSTER: self._cluster_table.clusters(),
+            resources.ENDPOINT: self._cluster_table.endpoints(),
             resources.LISTENER: listeners,
             resources.ROUTE: routes,
         }
