@@ -281,7 +281,10 @@ def parse_template(
         config.container_concurrency
         if cc is None
         else expect_integer(
-            cc, f"{spec_path}.containerConcurrency", 0, config.container_concurrency_max
+            cc,
+            f"{spec_path}.containerConcurrency",
+            0 if config.allow_container_concurrency_zero else 1,
+            config.container_concurrency_max,
         )
     )
     ts = spec.get("timeoutSeconds")
