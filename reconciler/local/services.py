@@ -493,8 +493,10 @@ class LocalServing:
                 revision.template.container_concurrency,
                 hold_timeout_s=float(revision.template.timeout_seconds),
             )
+            # Until the autoscaler has decided (mode None), the scale is unknown and
+            # the activator stays in the path, as in Knative.
             mode = self.activation.autoscaler.mode(revision.key)
-            proxy = not endpoints or mode == Mode.PROXY
+            proxy = not endpoints or mode is not Mode.SERVE
             if proxy:
                 endpoints = [self.activation.activator]
                 http2 = False
