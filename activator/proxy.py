@@ -208,7 +208,7 @@ class Activator:
             try:
                 if body is None:
                     body = await self._body(request)
-                return await self._forward(request, slot, body)
+                return await self._forward(request, slot, body, queue.gate)
             except _PodUnreachable as exc:
                 queue.unreachable(slot)
                 if attempt == MAX_ATTEMPTS:
@@ -226,9 +226,11 @@ class Activator:
         return _RequestBody(request, None)
 
     async def _forward(
-        self, request: web.Request, slot: PodSlot, body: _RequestBody
+        self, request: web.Request, slot: PodSlot, body: _RequestBody, gate: str | None = None
     ) -> web.StreamResponse:
-        url = URL(f"http://{slot.authority}{request.raw_path}", encoded=True)
+        """Send the request to the slot's pod, or through the revision's gate, which then
+        picks the pod and holds it to `containerConcurrency`."""
+        url = URL(f"http://{gate or slot.authority}{request.raw_path}", encoded=True)
         headers = _end_to_end(CIMultiDict(request.headers), drop=frozenset({"expect"}))
         forwarded = request.headers.getall("X-Forwarded-For", [])
         if request.remote:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from wakegate.ingress.model import Backend, Certificate, Ingress, RoutingState
+from wakegate.ingress.model import Backend, Certificate, Gate, Ingress, RoutingState
 from wakegate.xds.cache import Snapshot, SnapshotCache
 from wakegate.xds.resources import CLUSTER, ENDPOINT, Resources
 from wakegate.xds.server import XdsServer
@@ -63,6 +63,7 @@ class ControlPlane:
         self._ingresses: dict[str, Ingress] = {}
         self._backends: dict[str, Backend] = {}
         self._certificates: dict[str, Certificate] = {}
+        self._gates: dict[str, Gate] = {}
         self._dirty = asyncio.Event()
         self._published = asyncio.Condition()
         self._counter = itertools.count(1)
@@ -121,6 +122,15 @@ class ControlPlane:
         if self._backends.pop(key, None) is not None:
             self._mark()
 
+    def set_gate(self, gate: Gate) -> None:
+        if self._gates.get(gate.key) != gate:
+            self._gates[gate.key] = gate
+            self._mark()
+
+    def delete_gate(self, key: str) -> None:
+        if self._gates.pop(key, None) is not None:
+            self._mark()
+
     def set_certificate(self, key: str, certificate: Certificate) -> None:
         if self._certificates.get(key) != certificate:
             self._certificates[key] = certificate
@@ -144,6 +154,7 @@ class ControlPlane:
             ingresses=tuple(self.ingresses()),
             backends=dict(self._backends),
             certificates=dict(self._certificates),
+            gates=dict(self._gates),
         )
 
     # --- publishing ----------------------------------------------------------------
