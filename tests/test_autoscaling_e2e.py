@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -149,3 +150,94 @@ async def test_container_concurrency_one_is_a_hard_limit(
     if annotations:
         assert Mode.SERVE in seen
     assert await ready(client, revision) == 0
+
+
+async def hey(client: Client, name: str, *args: str, path: str = "/") -> dict[str, str]:
+    """Run `hey` against the Service; its status-code counts."""
+    binary = shutil.which("hey")
+    assert binary, "the load generator `hey` is required (Debian package hey)"
+    proc = await asyncio.create_subprocess_exec(
+        binary, *args, "-host", host(name), client.gateway + path,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    return dict(re.findall(r"\[(\d{3})\]\s+(\d+) responses", out.decode()))
+
+
+async def test_rps_target_50_under_about_200_requests_a_second_runs_4_pods(
+    client: Client,
+) -> None:
+    status, reply = await client.apply(
+        echo_service("rps", {"metric": "rps", "target": "50", "window": "12s"})
+    )
+    assert status == 200 and reply["served"], reply
+    # hey paces each worker at most at its rate: 4 x 49 = 196 requests a second,
+    # ceil(196 / 50) = 4 (200 exactly would put every rounding of the count on a knife edge).
+    codes = await hey(client, "rps", "-z", "20s", "-c", "4", "-q", "49")
+    pods_at_end = await ready(client, "rps-00001")
+    assert set(codes) == {"200"}, codes
+    rate = int(codes["200"]) / 20
+    print(f"{rate:.0f} requests a second → {pods_at_end} pods")
+    assert 150 <= rate <= 200
+    assert pods_at_end == 4
+
+
+async def test_scale_down_delay_keeps_the_pods_after_the_load_stops(client: Client) -> None:
+    status, reply = await client.apply(
+        echo_service("delay", {"target": "10", "scale-down-delay": "20s"})
+    )
+    assert status == 200 and reply["served"], reply
+    codes = await hey(client, "delay", "-z", "8s", "-c", "20")
+    stopped = time.monotonic()
+    assert set(codes) == {"200"}, codes
+    loaded = await ready(client, "delay-00001")
+    assert loaded >= 2
+    # Without the delay the pods would go a stable window (6 s) after the load.
+    while await ready(client, "delay-00001") >= loaded:
+        assert time.monotonic() - stopped < 20 + WINDOW_S + 10, "no scale-down at all"
+        await asyncio.sleep(0.2)
+    held = time.monotonic() - stopped
+    print(f"{loaded} pods kept {held:.1f} s after the load stopped")
+    assert held >= 20
+
+
+async def test_activation_scale_wakes_to_three_pods(client: Client) -> None:
+    status, reply = await client.apply(echo_service("wake", {"activation-scale": "3"}))
+    assert status == 200 and reply["served"], reply
+    await wait_pods(client, 0, WINDOW_S + GRACE_S + 10)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(client.gateway + "/", headers={"Host": host("wake")}) as resp:
+            assert resp.status == 200
+    await wait_pods(client, 3, 10)
+
+
+async def test_a_metric_source_that_stops_does_not_scale_a_loaded_revision_down(
+    client: Client,
+) -> None:
+    status, reply = await client.apply(echo_service("steady", {"target": "10"}))
+    assert status == 200 and reply["served"], reply
+    autoscaler = client.stack.autoscaler
+    assert autoscaler is not None
+    load = asyncio.create_task(hey(client, "steady", "-z", "10s", "-c", "30", path="/?sleep=100"))
+    await asyncio.sleep(8)
+    loaded = await ready(client, "steady-00001")
+    assert loaded >= 3
+
+    async def gone() -> Any:
+        raise ConnectionRefusedError("the gateway's admin endpoint does not answer")
+
+    source, autoscaler.sample = autoscaler.sample, gone  # type: ignore[method-assign]
+    codes = await load
+    assert set(codes) == {"200"}, codes
+    # No data for longer than the stable window and the grace period: no decision, so
+    # the revision keeps its pods although nobody sends anything.
+    await asyncio.sleep(WINDOW_S + GRACE_S + 4)
+    decision = autoscaler.decision(f"{NAMESPACE}/steady-00001")
+    assert decision is not None and not decision.has_data, decision
+    assert await ready(client, "steady-00001") == loaded
+    # Reports of zero load are data: the revision scales down.
+    autoscaler.sample = source  # type: ignore[method-assign]
+    started = time.monotonic()
+    while await ready(client, "steady-00001") >= loaded:
+        assert time.monotonic() - started < WINDOW_S + 10, "no scale-down on zero load"
+        await asyncio.sleep(0.2)
