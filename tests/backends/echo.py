@@ -14,7 +14,8 @@ HTTP (default; with ``--h2c`` also HTTP/2 with prior knowledge on the same port)
 - ``/stream?chunks=N&interval=MS``: chunked body of N lines, one every MS milliseconds;
 - ``/ws``: websocket; every text message comes back as ``NAME:message``.
 
-``--grpc``: the ``wakegate.testing.PingService`` of ping.proto, answering ``NAME:msg``.
+``--grpc``: the ``wakegate.testing.PingService`` of ping.proto, answering ``NAME:msg``
+(with ``x-backend-name`` trailing metadata, chosen status codes and server streaming).
 
 Every request (HTTP or gRPC) counts as in flight while it is handled; each time that
 count reaches a new peak the process prints ``PEAK <n>`` (a pod's log keeps it after the
@@ -473,7 +474,22 @@ async def start_grpc(echo: Echo, host: str, port: int) -> tuple[Any, int]:
     class Ping(ping_pb2_grpc.PingServiceServicer):
         async def Ping(self, request: Any, context: Any) -> Any:
             with echo.counted():
+                context.set_trailing_metadata(((NAME_HEADER.lower(), echo.name),))
+                kind, _, rest = request.msg.partition(":")
+                if kind == "status":
+                    code, _, details = rest.partition(":")
+                    await context.abort(grpc.StatusCode[code], details)
+                if kind == "sleep":
+                    await asyncio.sleep(_int(rest, 0) / 1000)
                 return ping_pb2.PingResponse(msg=f"{echo.name}:{request.msg}")
+
+        async def Count(self, request: Any, context: Any) -> AsyncIterator[Any]:
+            with echo.counted():
+                context.set_trailing_metadata(((NAME_HEADER.lower(), echo.name),))
+                for i in range(request.count):
+                    if i:
+                        await asyncio.sleep(request.interval_ms / 1000)
+                    yield ping_pb2.PingResponse(msg=f"{echo.name}:{request.msg}:{i}")
 
         async def PingStream(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
             with echo.counted():
