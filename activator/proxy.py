@@ -2,7 +2,10 @@
 
 The gateway names the target revision in `Knative-Serving-Namespace` and
 `Knative-Serving-Revision`. A request is held until a pod of that revision has room
-(see `queue`), then forwarded to the least-loaded ready pod with both bodies streamed.
+(see `queue`), then forwarded to the least-loaded ready pod with both bodies streamed;
+for a revision with a `containerConcurrency` it goes through the revision's gate in the
+gateway instead, which holds every pod to that limit whoever sends to it (see
+`wakegate.xds.gate`). HTTP/2 (h2c, gRPC) revisions are served by `h2c`.
 `Host` is kept, hop-by-hop headers are dropped and `X-Forwarded-For` gains the peer.
 
 A pod that refuses the connection (it has just stopped) is passed over and the request
