@@ -533,8 +533,10 @@ class LocalServing:
         mode = activation.autoscaler.mode(revision.key)
         proxy = not announced or mode is not Mode.SERVE
         if proxy:
-            activator = activation.activator_h2c if http2 else activation.activator
-            backend = [activator or activation.activator]
+            if http2 and activation.activator_h2c is not None:
+                backend = [activation.activator_h2c]
+            else:
+                backend, http2 = [activation.activator], False
         elif gate is not None:
             backend = [gate]
         else:
