@@ -339,6 +339,11 @@ def test_revision_that_never_gets_ready_gives_up_after_activation_timeout() -> N
 
 
 def test_idle_revision_reaches_zero_after_window_plus_grace_via_the_activator() -> None:
+    """The deliberate difference from Knative next to the 100 % utilisation: the grace
+    period runs in full after the revision turned idle, even when the activator was
+    already in the path (Knative's fast path would drop the last pod at once), so an
+    idle revision reaches zero a stable window plus the grace period after its last
+    request, as the seed walkthrough observes (~90 s)."""
     scaling = replace(SEED, target_burst_capacity=0.0)
     cluster = Cluster.running(scaling, pods=2)
     cluster.run(100, lambda t: 15.0)  # last request ends at t=100
