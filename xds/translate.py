@@ -47,7 +47,6 @@ from wakegate.ingress.model import (
 from wakegate.xds import resources
 from wakegate.xds.clusters import ClusterEncoder
 from wakegate.xds.endpoints import encode_endpoints, load_assignment_bytes
-from wakegate.xds.gate import GateResources
 from wakegate.xds.listeners import SNIChain, http_listener, https_listener, sni_chains
 from wakegate.xds.readiness import ingress_hash, status_route_entry, status_virtual_host_entry
 from wakegate.xds.routes import (
@@ -207,17 +206,6 @@ class Translator:
         """Split host name → the keys of the ingresses whose rules share its virtual host."""
         self._splits_of: dict[str, set[str]] = {}
         self._tls_digests: dict[str, bytes] = {}
-        self._gate = (
-            GateResources(
-                self.config.gate_port,
-                connect_timeout_s=self.config.connect_timeout_s,
-                max_requests=self.config.max_upstream_requests,
-                idle_timeout_s=self.config.stream_idle_timeout_s,
-            )
-            if self.config.gate_port
-            else None
-        )
-
     # ---- public -------------------------------------------------------------------
 
     def translate(self, state: RoutingState) -> resources.Resources:
@@ -227,10 +215,7 @@ class Translator:
         self._sync_backends(state.backends)
         if self._tls_dirty or state.certificates is not self._last_certificates:
             self._sync_tls(state.certificates)
-        if self._gate is None:
-            return self._assemble()
-        self._gate.sync(state.gates)
-        return self._gate.merge(self._assemble())
+        return self._assemble()
 
     def readiness(self, key: str) -> tuple[Ingress, str] | None:
         """The ingress last translated under `key` and the hash in its status route:
