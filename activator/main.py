@@ -3,11 +3,12 @@
     python -m wakegate.activator.main --listen 127.0.0.1:8081 --control-plane 127.0.0.1:18000
 
 It serves HTTP/1.1 on `--listen` (the port the gateway's activator cluster points at;
-`/healthz` and `/metrics` on the same port answer requests without the Knative headers)
-and keeps its streams to the control plane's `wakegate.proto.v1.Autoscaler` service at
-`--control-plane`. Once listening it prints `READY <port>` on stdout (`:0` picks a free
-port). SIGTERM or SIGINT stops accepting connections and lets requests in progress
-finish for up to `--drain-timeout` seconds.
+`/healthz` and `/metrics` on the same port answer requests without the Knative headers),
+HTTP/2 with prior knowledge (h2c, gRPC) on `--listen-h2c` when given, and keeps its
+streams to the control plane's `wakegate.proto.v1.Autoscaler` service at
+`--control-plane`. Once listening it prints `READY <port>` on stdout, followed by the
+h2c port when there is one (`:0` picks a free port). SIGTERM or SIGINT stops accepting
+connections and lets requests in progress finish for up to `--drain-timeout` seconds.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from wakegate.activator.client import ControlPlaneClient
+from wakegate.activator.h2c import H2Proxy
 from wakegate.activator.metrics import ActivatorMetrics
 from wakegate.activator.proxy import DEFAULT_BUFFER_LIMIT, DEFAULT_CONNECT_TIMEOUT_S, Activator
 from wakegate.activator.revisions import DEFAULT_HOLD_TIMEOUT_S, DEFAULT_MAX_QUEUED, Revisions
@@ -59,6 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--listen", type=_host_port, required=True, metavar="HOST:PORT", help="HTTP address"
+    )
+    parser.add_argument(
+        "--listen-h2c",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="h2c (HTTP/2 prior knowledge, gRPC) address, for revisions whose port speaks h2c",
     )
     parser.add_argument(
         "--control-plane",
@@ -155,14 +163,22 @@ async def serve(args: argparse.Namespace) -> None:
     site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()
     bound = int(runner.addresses[0][1])
+    h2c: H2Proxy | None = None
+    ports = [str(bound)]
+    if args.listen_h2c is not None:
+        h2c = H2Proxy(revisions, metrics, connect_timeout_s=args.connect_timeout)
+        ports.append(str(await h2c.start(*args.listen_h2c)))
     await client.start()
-    log.info("activator %s listening on %s:%d", args.id, host, bound)
-    print(f"READY {bound}", flush=True)
+    log.info("activator %s listening on %s:%s", args.id, host, " and ".join(ports))
+    print(f"READY {' '.join(ports)}", flush=True)
     try:
         await stop.wait()
         log.info("stopping; draining requests for up to %gs", args.drain_timeout)
     finally:
-        await runner.cleanup()
+        if h2c is not None:
+            await asyncio.gather(runner.cleanup(), h2c.stop(args.drain_timeout))
+        else:
+            await runner.cleanup()
         await client.close()
 
 

@@ -2,7 +2,10 @@
 
 The gateway names the target revision in `Knative-Serving-Namespace` and
 `Knative-Serving-Revision`. A request is held until a pod of that revision has room
-(see `queue`), then forwarded to the least-loaded ready pod with both bodies streamed.
+(see `queue`), then forwarded to the least-loaded ready pod with both bodies streamed;
+for a revision with a `containerConcurrency` it goes through the revision's gate in the
+gateway instead, which holds every pod to that limit whoever sends to it (see
+`wakegate.xds.gate`). HTTP/2 (h2c, gRPC) revisions are served by `h2c`.
 `Host` is kept, hop-by-hop headers are dropped and `X-Forwarded-For` gains the peer.
 
 A pod that refuses the connection (it has just stopped) is passed over and the request
@@ -208,7 +211,7 @@ class Activator:
             try:
                 if body is None:
                     body = await self._body(request)
-                return await self._forward(request, slot, body)
+                return await self._forward(request, slot, body, queue.gate)
             except _PodUnreachable as exc:
                 queue.unreachable(slot)
                 if attempt == MAX_ATTEMPTS:
@@ -226,9 +229,11 @@ class Activator:
         return _RequestBody(request, None)
 
     async def _forward(
-        self, request: web.Request, slot: PodSlot, body: _RequestBody
+        self, request: web.Request, slot: PodSlot, body: _RequestBody, gate: str | None = None
     ) -> web.StreamResponse:
-        url = URL(f"http://{slot.authority}{request.raw_path}", encoded=True)
+        """Send the request to the slot's pod, or through the revision's gate, which then
+        picks the pod and holds it to `containerConcurrency`."""
+        url = URL(f"http://{gate or slot.authority}{request.raw_path}", encoded=True)
         headers = _end_to_end(CIMultiDict(request.headers), drop=frozenset({"expect"}))
         forwarded = request.headers.getall("X-Forwarded-For", [])
         if request.remote:

@@ -53,6 +53,10 @@ class RevisionQueue:
         self.known = False
         """Whether the control plane has told us about this revision."""
         self.hold_timeout_s_from_control_plane = 0.0
+        self.gate: str | None = None
+        """host:port of the gateway's gate for this revision, where requests go instead of
+        straight to a pod: the gate holds each pod to `containerConcurrency` whoever
+        sends the request (see `wakegate.xds.gate`). None: straight to the pods."""
         self._waiters: deque[asyncio.Future[PodSlot]] = deque()
         self._queued = 0
         self._poked = False
@@ -96,12 +100,14 @@ class RevisionQueue:
         addresses: Iterable[tuple[str, int]],
         container_concurrency: int,
         hold_timeout_s: float,
+        gate: tuple[str, int] | None = None,
     ) -> None:
         """Apply the control plane's view of the revision (its whole pod set)."""
         self.known = True
         self.pods.replace(addresses)
         self.pods.container_concurrency = container_concurrency
         self.hold_timeout_s_from_control_plane = hold_timeout_s
+        self.gate = None if gate is None else PodSlot(*gate).authority
         if self.pods:
             self._poked = False
             self._dispatch()
@@ -113,6 +119,7 @@ class RevisionQueue:
         self.known = False
         self.pods.replace(())
         self.hold_timeout_s_from_control_plane = 0.0
+        self.gate = None
 
     def _poke_if_waiting(self) -> None:
         """Ask once per wait for a pod when requests are held and no pod is ready."""

@@ -75,6 +75,7 @@ class Revisions:
                 [(a.ip, a.port) for a in rev.addresses],
                 rev.container_concurrency,
                 rev.hold_timeout_seconds,
+                (rev.gate.ip, rev.gate.port) if rev.HasField("gate") else None,
             )
         if update.full_state:
             for key, queue in self._queues.items():

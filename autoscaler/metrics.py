@@ -1,4 +1,4 @@
-"""Time-averaged request concurrency per revision, in Knative's bucketed windows.
+"""Request concurrency and request rate per revision, in Knative's bucketed windows.
 
 How the metric is derived
 -------------------------
@@ -21,26 +21,49 @@ sum of the bucket values in the window divided by the number of buckets from the
 first write to the last one. Buckets with no report between two writes count as 0.
 Before data spans the window (just after start, or after a full window without data)
 the average is over the data present; buckets after the last write (the bucket still
-being filled, or a source that went quiet) are left out rather than counted as 0. A
-window with no data averages 0. Averages are floored to 6 decimal places, as Knative
-does, so float noise cannot push `ceil(average / target)` up by a pod.
+being filled, or a source that went quiet) are left out rather than counted as 0, and
+a window asked for before the last write ends at the last write. A window with no data
+averages 0 and says so (`has_data`): the decider takes no decision on it. Averages are
+floored to 6 decimal places, as Knative does, so float noise cannot push
+`ceil(average / target)` up by a pod.
+
+The `weighted-exponential` aggregation (Knative's `WeightedFloat64Buckets`) weighs the
+newest bucket by a smoothing coefficient m and each older one by (1 - m) more, with m
+chosen so the weights of the window's buckets sum to 0.9999 (at least 0.2); buckets
+since the last write count as 0.
+
+Requests per second are the requests filed in the same buckets, aggregated the same
+way: the `rps` metric reads them where the `concurrency` metric reads concurrency.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from wakegate.serving.autoscaling import CONCURRENCY, LINEAR, RPS, WEIGHTED_EXPONENTIAL
 
 BUCKET_S = 1.0
 """Width of one aggregation bucket (Knative's `BucketSize`)."""
 
 _DIGITS = 1e6
+_MIN_EXPONENT = 0.2
+"""Smallest smoothing coefficient of the weighted-exponential average (Knative's)."""
+_WEIGHT_PRECISION = 0.9999
+"""The window's weights sum to at least this much (Knative's)."""
 _DEFAULT_KEEP_S = 120.0
 """History kept before a wider window is asked for: twice the default stable window."""
 
 
 def _floor6(value: float) -> float:
     return math.floor(value * _DIGITS) / _DIGITS
+
+
+def smoothing_coefficient(buckets: float) -> float:
+    """The weighted-exponential decay for a window of `buckets` buckets (Knative's
+    `computeSmoothingCoeff`)."""
+    return max(1 - math.pow(1 - _WEIGHT_PRECISION, 1 / buckets), _MIN_EXPONENT)
 
 
 class _Bucket:
@@ -143,6 +166,8 @@ class ConcurrencyWindow:
         n = self._span(window_s)
         self._keep = max(self._keep, 2 * n)
         current = self._index(now)
+        if self._newest is not None and self._newest > current:
+            current = self._newest
         start = current - n + 1
         total = requests = 0.0
         first = last = None
@@ -167,6 +192,32 @@ class ConcurrencyWindow:
             has_data=True,
         )
 
+    def weighted(self, now: float, window_s: float) -> WindowStats:
+        """Weighted-exponential averages of concurrency and request rate over the
+        `window_s` ending at `now` (Knative's `WeightedFloat64Buckets.WindowAverage`)."""
+        n = self._span(window_s)
+        self._keep = max(self._keep, 2 * n)
+        newest = self._newest
+        quiet = 0 if newest is None else max(0, self._index(now) - newest)
+        if newest is None or quiet >= n:
+            return WindowStats(0.0, 0.0, has_data=False)
+        m = smoothing_coefficient(n)
+        weight = m * math.pow(1 - m, quiet)
+        average = rate = 0.0
+        for b in range(newest, newest - (n - quiet), -1):
+            bucket = self._buckets.get(b)
+            if bucket is not None:
+                average += bucket.value() * weight
+                rate += bucket.requests / self.bucket_s * weight
+            weight *= 1 - m
+        return WindowStats(average, rate, has_data=True)
+
+    def aggregate(self, now: float, window_s: float, algorithm: str = LINEAR) -> WindowStats:
+        """`stats` or `weighted`, by `metric-aggregation-algorithm`."""
+        if algorithm == WEIGHTED_EXPONENTIAL:
+            return self.weighted(now, window_s)
+        return self.stats(now, window_s)
+
     def average(self, now: float, window_s: float) -> float:
         return self.stats(now, window_s).average
 
@@ -176,12 +227,20 @@ class ConcurrencyWindow:
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """What the decider reads: average concurrency over the stable and panic windows."""
+    """What the decider reads: the metric's average over the stable and panic windows
+    (concurrency, or requests per second for the `rps` metric)."""
 
     stable: float
     panic: float
     has_data: bool = True
-    """False when the stable window holds no report; the averages are then 0."""
+    """False when the stable window holds no report: Knative's ErrNoData, on which the
+    autoscaler takes no decision. A report of 0 is data (no traffic)."""
+
+
+_VALUE: dict[str, Callable[[WindowStats], float]] = {
+    CONCURRENCY: lambda stats: stats.average,
+    RPS: lambda stats: stats.request_rate,
+}
 
 
 class RevisionMetrics:
@@ -214,17 +273,22 @@ class RevisionMetrics:
         return window.average(now, window_s) if window else 0.0
 
     def observe(
-        self, now: float, revision: str, stable_window_s: float, panic_window_s: float
+        self,
+        now: float,
+        revision: str,
+        stable_window_s: float,
+        panic_window_s: float,
+        *,
+        metric: str = CONCURRENCY,
+        algorithm: str = LINEAR,
     ) -> Observation:
         window = self._windows.get(revision)
         if window is None:
             return Observation(0.0, 0.0, has_data=False)
-        stable = window.stats(now, stable_window_s)
-        return Observation(
-            stable=stable.average,
-            panic=window.average(now, panic_window_s),
-            has_data=stable.has_data,
-        )
+        value = _VALUE[metric]
+        stable = window.aggregate(now, stable_window_s, algorithm)
+        panic = window.aggregate(now, panic_window_s, algorithm)
+        return Observation(stable=value(stable), panic=value(panic), has_data=stable.has_data)
 
     def revisions(self) -> list[str]:
         return sorted(self._windows)

@@ -1,12 +1,17 @@
-"""The autoscaler loop: gateway concurrency samples → KPA decisions, per revision.
+"""The autoscaler loop: gateway load samples → KPA decisions, per revision.
 
-The metric is each revision's in-flight request count at the gateway: Envoy's
-`upstream_rq_active` gauge of the revision's cluster, sampled every
-`sample_interval_s` and filed as the average over that interval. Every request to a
-revision crosses that cluster whether it goes to the pods (serve mode) or to the
-activator (proxy mode), so one source counts each request exactly once. The
-activator's poke (a request is waiting at a revision with no pod) files its held
-count and ticks that revision at once, so scale-from-zero starts on the first request.
+The metrics are each revision's load at the gateway (`gateway_stats`): the in-flight
+requests of the revision's cluster, sampled every `sample_interval_s` and filed as the
+average over that interval (the `concurrency` metric), and the requests it sent in that
+interval (the `rps` metric). Every request to a revision crosses that cluster once,
+whether it goes to the pods (serve mode) or to the activator (proxy mode), so one
+source counts each request exactly once.
+
+A sample that fails (the gateway is restarting, its admin endpoint does not answer) is
+no data, not zero load: nothing is filed, and a revision whose stable window holds no
+data keeps its last decision. The activator's poke (a request is waiting at a revision
+with no pod) takes a sample at once and ticks that revision, so scale-from-zero starts
+on the first request; only if that sample fails is the poke itself filed as the load.
 """
 
 from __future__ import annotations
@@ -19,13 +24,16 @@ from dataclasses import dataclass
 
 from wakegate.autoscaler.config import AutoscalerConfig, RevisionScaling
 from wakegate.autoscaler.decider import DeciderState, Decision, Mode, decide
+from wakegate.autoscaler.gateway_stats import RevisionLoad
 from wakegate.autoscaler.metrics import RevisionMetrics
 
 log = logging.getLogger(__name__)
 
-Sampler = Callable[[], Awaitable[Mapping[str, float]]]
-"""Revision key → in-flight requests right now."""
+Sampler = Callable[[], Awaitable[Mapping[str, RevisionLoad]]]
+"""Revision key → its load at the gateway right now."""
 DecisionCallback = Callable[[str, Decision], None]
+GATEWAY = "gateway"
+POKE = "activator-poke"
 
 
 @dataclass
@@ -55,7 +63,12 @@ class Autoscaler:
         self.clock = clock
         self.metrics = RevisionMetrics()
         self._revisions: dict[str, Tracked] = {}
+        self._totals: dict[str, float] = {}
+        """Revision key → its cluster's request counter at the last sample."""
+        self._last_sample: float | None = None
+        self._sample_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._pokes: set[asyncio.Task[None]] = set()
 
     # --- what the reconciler tells it ----------------------------------------------------
 
@@ -69,6 +82,7 @@ class Autoscaler:
 
     def forget(self, key: str) -> None:
         self._revisions.pop(key, None)
+        self._totals.pop(key, None)
         self.metrics.forget(key)
 
     def set_ready(self, key: str, ready_pods: int) -> None:
@@ -80,9 +94,17 @@ class Autoscaler:
             tracked.activator_in_path = in_path
 
     def poke(self, key: str, waiting: float) -> None:
-        """Requests wait at the activator for a revision: count them and decide now."""
+        """Requests wait at the activator for a revision: sample, and decide now."""
+        if key not in self._revisions:
+            return
+        task = asyncio.create_task(self._poked(key, waiting))
+        self._pokes.add(task)
+        task.add_done_callback(self._pokes.discard)
+
+    async def _poked(self, key: str, waiting: float) -> None:
+        if not await self.sample_once():
+            self.metrics.record(self.clock(), key, waiting, waiting, source=POKE)
         if key in self._revisions:
-            self.metrics.record(self.clock(), key, waiting, source="activator-poke")
             self._tick(key)
 
     # --- what it tells the reconciler ----------------------------------------------------
@@ -92,6 +114,7 @@ class Autoscaler:
         return tracked.state.scale if tracked is not None else None
 
     def mode(self, key: str) -> Mode | None:
+        """The revision's mode; None before the first decision (keep the activator in)."""
         tracked = self._revisions.get(key)
         if tracked is None or tracked.decision is None:
             return None
@@ -110,27 +133,50 @@ class Autoscaler:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._pokes]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._pokes, return_exceptions=True)
 
     async def _sampling(self) -> None:
         while True:
             await asyncio.sleep(self.sample_interval_s)
+            await self.sample_once()
+
+    async def sample_once(self) -> bool:
+        """Take one sample from the gateway and file it; False when it failed."""
+        async with self._sample_lock:
             try:
-                in_flight = await self.sample()
-            except Exception as exc:  # the gateway restarting is not fatal
-                log.debug("concurrency sample failed: %s", exc)
-                continue
+                load = await self.sample()
+            except Exception as exc:  # the gateway restarting is not fatal: no data
+                log.debug("load sample failed: %s", exc)
+                # What the counters gained meanwhile is spread over no interval.
+                self._last_sample = None
+                self._totals.clear()
+                return False
             now = self.clock()
+            interval = self.sample_interval_s
+            if self._last_sample is not None:
+                interval = max(1e-3, now - self._last_sample)
+            self._last_sample = now
             for key in self._revisions:
+                current = load.get(key, RevisionLoad(0.0, 0.0))
+                previous = self._totals.get(key)
+                self._totals[key] = current.requests
+                if previous is None:
+                    requests = 0.0
+                elif current.requests >= previous:
+                    requests = current.requests - previous
+                else:  # the cluster was re-created and its counter started over
+                    requests = current.requests
                 self.metrics.record(
                     now,
                     key,
-                    float(in_flight.get(key, 0.0)),
-                    interval_s=self.sample_interval_s,
-                    source="gateway",
+                    float(current.in_flight),
+                    requests,
+                    interval_s=interval,
+                    source=GATEWAY,
                 )
+            return True
 
     async def _ticking(self) -> None:
         while True:
@@ -142,7 +188,14 @@ class Autoscaler:
         tracked = self._revisions[key]
         now = self.clock()
         scaling = tracked.scaling
-        observed = self.metrics.observe(now, key, scaling.stable_window_s, scaling.panic_window_s)
+        observed = self.metrics.observe(
+            now,
+            key,
+            scaling.stable_window_s,
+            scaling.panic_window_s,
+            metric=scaling.metric,
+            algorithm=scaling.aggregation,
+        )
         decision = decide(
             observed,
             scaling,
@@ -151,6 +204,7 @@ class Autoscaler:
             tracked.ready_pods,
             reachable=tracked.routed,
             activator_in_path=tracked.activator_in_path,
+            tick_s=self.config.tick_interval_s,
         )
         previous, tracked.decision, tracked.state = tracked.decision, decision, decision.state
         if (

@@ -116,11 +116,13 @@ class AutoscalerService(pb_grpc.AutoscalerServicer):
         container_concurrency: int = 0,
         *,
         hold_timeout_s: float = 0.0,
+        gate: EndpointLike | None = None,
     ) -> None:
         """Publish the revision's ready pods (all of them; empty while it has none).
 
         `hold_timeout_s` bounds how long activators hold a request for this revision;
-        0 leaves it to the activator's default.
+        0 leaves it to the activator's default. With a `gate`, activators send the
+        revision's requests there instead of to a pod.
         """
         key = (namespace, revision)
         state = pb.RevisionEndpoints(
@@ -129,6 +131,7 @@ class AutoscalerService(pb_grpc.AutoscalerServicer):
             addresses=[_address(e) for e in endpoints],
             container_concurrency=max(0, int(container_concurrency)),
             hold_timeout_seconds=max(0.0, float(hold_timeout_s)),
+            gate=_address(gate) if gate is not None else None,
         )
         if self._revisions.get(key) == state:
             return

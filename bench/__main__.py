@@ -19,7 +19,7 @@ BENCHMARKS: dict[str, str] = {
     "propagation": "(b) rule change → Envoy serving it, SotW and delta",
     "dataplane": "(c) hello-world app direct vs through Envoy (hey, wrk)",
     "memory": "(d) control-plane RSS with 10,000 rules",
-    "coldstart": "(e) scale from zero, activator in path, burst to 5 pods",
+    "coldstart": "(e) scale from zero, activator in path, burst to 5 pods, cc 1 vs 0",
     "apply": "(f) apply → first answer, empty and with 1,000 Services at zero",
 }
 

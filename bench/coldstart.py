@@ -18,6 +18,11 @@ process, pods as processes, loopback API), with the seed's hello-world Service.
    (target burst capacity 0: straight to the pod). Both pinned to one pod.
 3. Burst: `hey -c 50` at target 10 per pod from one ready pod, default windows (stable
    60 s, panic 6 s, tick 2 s): time until 5 pods are ready. Target ≤ 10 s.
+4. Activator throughput with `containerConcurrency: 1` against 0, in the same run: `hey`
+   through the gateway to two Services held behind the activator (target burst capacity
+   -1) on the same number of pods; the limit sends every request through the gate,
+   which holds each pod to one request (see `wakegate.xds.gate`). Baseline: the
+   Service without a limit.
 """
 
 from __future__ import annotations
@@ -451,6 +456,94 @@ def report_paths(r: PathResult) -> None:
     )
 
 
+# --- 4. the activator with containerConcurrency 1 vs 0 ---------------------------------------
+
+
+LIMITS: tuple[tuple[str, str, int], ...] = (
+    ("unlimited", "containerConcurrency 0", 0),
+    ("limited", "containerConcurrency 1", 1),
+)
+
+
+async def activator_limits(
+    stack: LocalStack, api: Api, *, seconds: float, connections: int, pods: int, warmup: float
+) -> PathResult:
+    held = {
+        f"{ANNOTATION}min-scale": str(pods),
+        f"{ANNOTATION}max-scale": str(pods),
+        f"{ANNOTATION}target-burst-capacity": "-1",
+    }
+    docs = []
+    for name, _, limit in LIMITS:
+        doc = manifest(name, held)
+        doc["spec"]["template"]["spec"]["containerConcurrency"] = limit
+        docs.append(doc)
+    await api.apply(*docs)
+
+    async def settled() -> bool:
+        counts = [len(await api.ready(revision(name))) for name, _, _ in LIMITS]
+        routed = [_backend(stack, name) for name, _, _ in LIMITS]
+        return counts == [pods] * len(LIMITS) and routed == ["activator"] * len(LIMITS)
+
+    await wait_until(settled, 30, f"{pods} pods behind the activator for each Service")
+    assert stack.gateway is not None and stack.gateway.pid is not None
+    activator = _child_pid("wakegate.activator.main")
+    url = f"http://127.0.0.1:{stack.config.port}/"
+    runs = []
+    routed: dict[str, set[str]] = {}
+    for name, label, _ in LIMITS:
+        pids = {"envoy": stack.gateway.pid, "wakegate": os.getpid()}
+        if activator is not None:
+            pids["activator"] = activator
+        routed.setdefault(name, set()).add(_backend(stack, name))
+        runs.append(
+            await load(
+                "hey",
+                label,
+                url,
+                host(name),
+                duration=seconds,
+                connections=connections,
+                warmup=warmup,
+                pids=pids,
+            )
+        )
+        routed[name].add(_backend(stack, name))
+    for name, _, _ in LIMITS:
+        await api.delete(name)
+    return PathResult(runs, {n: " and ".join(sorted(v)) for n, v in routed.items()})
+
+
+def report_limits(r: PathResult, pods: int) -> None:
+    base = next(run for run in r.runs if run.path == LIMITS[0][1])
+    rows = []
+    for run in r.runs:
+        versus = "baseline" if run is base else f"{run.rps / base.rps:.2f}x req/s"
+        rows.append(
+            [
+                run.path,
+                f"{run.rps:,.0f}",
+                f"{run.p50_s * 1000:.2f}",
+                f"{run.p99_s * 1000:.2f}",
+                f"{run.ok:,}",
+                f"{run.failed:,}",
+                versus,
+                " ".join(f"{name} {share * 100:.0f}%" for name, share in run.cpu.items()),
+            ]
+        )
+    header = ["through the activator", "req/s", "p50 ms", "p99 ms", "ok", "failed", "vs cc 0"]
+    print(table([*header, "CPU (100% = one core)"], rows, left=1))
+    routed = ", ".join(f"{name}: {where}" for name, where in r.routed.items())
+    print(
+        f"hey -c {r.runs[0].connections} to the hello-world app on {pods} pods per Service "
+        "(min-scale = max-scale), both held behind the activator (target burst capacity "
+        f"-1): the gateway's cluster pointed at {routed} before and after each run. With "
+        f"the limit at most {pods} requests reach the pods at once, each through the gate; "
+        f"the others wait in the activator. {os.cpu_count()} cores shared by hey, Envoy, the "
+        "activator, the apps and this process."
+    )
+
+
 # --- 3. burst to scale ----------------------------------------------------------------------
 
 
@@ -540,12 +633,12 @@ def report_burst(r: BurstResult, connections: int) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    if not shutil.which("hey") and {"path", "burst"} & set(args.parts):
-        print("hey is not installed (apt-get install hey): skipping parts path and burst")
+    if not shutil.which("hey") and {"path", "burst", "cc"} & set(args.parts):
+        print("hey is not installed (apt-get install hey): skipping parts path, burst and cc")
         args.parts = [p for p in args.parts if p == "cold"]
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="wakegate-bench-") as tmp:
-        if {"cold", "path"} & set(args.parts):
+        if {"cold", "path", "cc"} & set(args.parts):
             timeline = Timeline()
             with pod_log(timeline):
                 async with (
@@ -581,6 +674,20 @@ async def main_async(args: argparse.Namespace) -> None:
                             warmup=1.0,
                         )
                         report_paths(paths)
+                    if "cc" in args.parts:
+                        print(
+                            f"\n== (e.4) the activator with containerConcurrency 1 vs 0 "
+                            f"(hey -c {args.connections}, {args.seconds:g} s per run) =="
+                        )
+                        limits = await activator_limits(
+                            stack,
+                            api,
+                            seconds=args.seconds,
+                            connections=args.connections,
+                            pods=args.cc_pods,
+                            warmup=1.0,
+                        )
+                        report_limits(limits, args.cc_pods)
         if "burst" in args.parts:
             print(
                 f"\n== (e.3) burst: hey -c {args.burst_connections} from one pod until "
@@ -616,11 +723,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", type=int, default=10, help="hey -c in part 2 (and -c 1)")
     p.add_argument("--burst-seconds", type=float, default=20.0, help="hey -z in part 3")
     p.add_argument("--burst-connections", type=int, default=50, help="hey -c in part 3")
+    p.add_argument("--cc-pods", type=int, default=4, help="pods per Service in part 4")
     p.add_argument(
         "--parts",
         nargs="+",
-        choices=("cold", "path", "burst"),
-        default=["cold", "path", "burst"],
+        choices=("cold", "path", "burst", "cc"),
+        default=["cold", "path", "burst", "cc"],
         help="which parts to run",
     )
     return p

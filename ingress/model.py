@@ -114,6 +114,27 @@ class Backend:
 
 
 @dataclass(frozen=True, slots=True)
+class Gate:
+    """A revision whose pods take at most `container_concurrency` requests each.
+
+    The gateway gives such a revision a cluster of its own behind a loopback-only
+    listener (see `wakegate.xds.gate`), through which every request to its pods
+    passes, from the gateway in serve mode and from the activator in proxy mode.
+    """
+
+    namespace: str
+    revision: str
+    endpoints: tuple[Endpoint, ...]
+    """The revision's ready pods."""
+    container_concurrency: int
+    http2: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.revision}"
+
+
+@dataclass(frozen=True, slots=True)
 class Certificate:
     cert_chain_pem: str
     private_key_pem: str
@@ -131,3 +152,5 @@ class RoutingState:
     """BackendRef.key → Backend."""
     certificates: dict[str, Certificate] = field(default_factory=dict)
     """"namespace/name" of a secret → Certificate."""
+    gates: dict[str, Gate] = field(default_factory=dict)
+    """Gate.key → Gate: the revisions with a per-pod concurrency limit (local mode)."""

@@ -15,7 +15,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from wakegate.ingress.kube_values import HEADER_NAME
-from wakegate.serving.autoscaling import AUTOSCALING_PREFIX, autoscaling_settings
+from wakegate.serving.autoscaling import (
+    AUTOSCALING_PREFIX,
+    autoscaling_settings,
+    progress_deadline,
+)
 from wakegate.serving.config import SERVING_CONFIG, ServingConfig
 from wakegate.serving.fields import (
     DNS1123_LABEL,
@@ -257,6 +261,7 @@ def parse_template(
         meta.get("annotations"), f"{path}.metadata.annotations", label_values=False
     )
     autoscaling_settings(annotations, f"{path}.metadata.annotations", config)
+    progress_deadline(annotations, f"{path}.metadata.annotations")
 
     spec_path = f"{path}.spec"
     if obj.get("spec") is None:

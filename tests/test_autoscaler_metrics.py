@@ -8,7 +8,10 @@ import math
 import pytest
 
 from wakegate.activator.stats import ConcurrencySnapshot, ConcurrencyTracker
+from wakegate.autoscaler.config import AutoscalerConfig, RevisionScaling
+from wakegate.autoscaler.gateway_stats import RevisionLoad, parse_revision_load
 from wakegate.autoscaler.metrics import ConcurrencyWindow, RevisionMetrics
+from wakegate.autoscaler.scaler import Autoscaler
 
 
 def closed_loop(
@@ -193,9 +196,12 @@ def test_buckets_after_the_last_report_are_left_out() -> None:
 def test_full_window_spans_and_old_data_leaves() -> None:
     window = ConcurrencyWindow()
     fill(window, range(100), 10.0)
-    fill(window, range(100, 120), 0.0)
     assert window.average(99.5, 60.0) == 10.0
+    fill(window, range(100, 120), 0.0)
     assert window.average(119.5, 60.0) == pytest.approx(400 / 60, abs=1e-6)
+    # Asked for a time before the last write, the window ends at the last write
+    # (bucketing_test.go: TestTimedFloat64BucketsWindowAverage, "now lags behind").
+    assert window.average(99.5, 60.0) == pytest.approx(400 / 60, abs=1e-6)
 
 
 def test_series_restarts_after_a_full_window_without_data() -> None:
@@ -295,3 +301,60 @@ def test_revision_metrics_observe_stable_and_panic() -> None:
     metrics.forget("default/hello-00001")
     assert metrics.window("default/hello-00001") is None
     assert metrics.average(60.0, "default/hello-00001", 60.0) == 0.0
+
+
+# --- The gateway as the metric source ------------------------------------------------
+
+
+def test_gateway_stats_give_each_revisions_concurrency_and_request_count() -> None:
+    text = "\n".join(
+        [
+            "cluster.default/hello-00001_80.upstream_rq_active: 3",
+            "cluster.default/hello-00001_80.upstream_rq_total: 120",
+            # The gate's cluster carries requests the revision's cluster already counted.
+            "cluster.default/hello-00001_gate.upstream_rq_active: 3",
+            "cluster.default/hello-00001_gate.upstream_rq_total: 118",
+            "cluster.default/other-00002_80.upstream_rq_total: 7",
+            "cluster.xds_cluster.upstream_rq_active: 1",
+        ]
+    )
+    assert parse_revision_load(text) == {
+        "default/hello-00001": RevisionLoad(3.0, 120.0),
+        "default/other-00002": RevisionLoad(0.0, 7.0),
+    }
+
+
+async def test_autoscaler_files_request_deltas_and_no_data_on_a_failed_sample() -> None:
+    now = [100.0]
+    samples: list[dict[str, RevisionLoad] | Exception] = [
+        {"default/a-00001": RevisionLoad(2.0, 1000.0)},
+        {"default/a-00001": RevisionLoad(2.0, 1050.0)},
+        {"default/a-00001": RevisionLoad(1.0, 20.0)},  # the cluster was re-created
+        ConnectionRefusedError("admin down"),
+        {"default/a-00001": RevisionLoad(1.0, 90.0)},
+    ]
+
+    async def sample() -> dict[str, RevisionLoad]:
+        item = samples.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    autoscaler = Autoscaler(
+        AutoscalerConfig(), sample, lambda key, decision: None, clock=lambda: now[0]
+    )
+    autoscaler.track("default/a-00001", RevisionScaling(), routed=True, ready_pods=1)
+    window = autoscaler.metrics
+    requests: list[float] = []
+    for step in range(5):
+        filed = await autoscaler.sample_once()
+        assert filed is (step != 3)
+        stats = window.window("default/a-00001")
+        assert stats is not None
+        bucket = stats._buckets.get(math.floor(now[0] - 0.5))
+        requests.append(bucket.requests if bucket is not None else -1)
+        now[0] += 1.0
+    # The first sample is the counter's baseline; then 50 requests; a re-created cluster
+    # counts from 0; a failed sample files nothing (no data), and the next one is a
+    # baseline again rather than a burst of everything counted meanwhile.
+    assert requests == [0.0, 50.0, 20.0, -1, 0.0]

@@ -210,7 +210,49 @@ BAD_INPUT: list[tuple[str, str | dict, str]] = [
         "initial-scale 0",
         _with([*ANNOTATIONS, "autoscaling.knative.dev/initial-scale"], "0"),
         "spec.template.metadata.annotations[autoscaling.knative.dev/initial-scale]: "
-        'got "0", expected at least 1',
+        "invalid value: 0, initial-scale=0 not allowed by cluster",
+    ),
+    *(
+        (
+            f"{key} {value}",
+            _with([*ANNOTATIONS, key], value),
+            f"spec.template.metadata.annotations[{key}]: {message}",
+        )
+        for key, value, message in (
+            ("autoscaling.knative.dev/metric", "cpu", "invalid value: cpu"),
+            ("autoscaling.knative.dev/scale-down-delay", "2h", "expected 0s <= 2h <= 1h0m0s"),
+            (
+                "autoscaling.knative.dev/activation-scale",
+                "1",
+                "activation-scale=1 must be greater than 1",
+            ),
+            (
+                "autoscaling.knative.dev/scale-to-zero-pod-retention-period",
+                "-1s",
+                "expected 0s <= -1s <= 1h0m0s",
+            ),
+            (
+                "autoscaling.knative.dev/metric-aggregation-algorithm",
+                "median",
+                "invalid value: median",
+            ),
+            ("autoscaling.knative.dev/panic-window-percentage", "0", "expected 1 <= 0 <= 100"),
+            (
+                "autoscaling.knative.dev/panic-threshold-percentage",
+                "100",
+                "expected 110 <= 100 <= 1000",
+            ),
+            (
+                "autoscaling.knative.dev/target-utilization-percentage",
+                "0",
+                "expected 1 <= 0 <= 100",
+            ),
+            (
+                "serving.knative.dev/progress-deadline",
+                "1.5s",
+                "progress-deadline=1.5s is not at second precision",
+            ),
+        )
     ),
     ("command not found", _with([*CONTAINER, "command"], ["no-such-cmd-x"]), "not found"),
     ("image only", _with([*CONTAINER, "command"], []), "runs commands, not images"),

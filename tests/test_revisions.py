@@ -173,15 +173,21 @@ def test_autoscaling_defaults() -> None:
     assert revision is not None
     spec = revision.autoscaling
     assert spec == AutoscalingSpec(
+        metric="concurrency",
         target=100.0,
         utilization=100.0,
         window_s=60.0,
         panic_window_pct=10.0,
         panic_threshold_pct=200.0,
+        aggregation="linear",
         min_scale=0,
         max_scale=0,
         initial_scale=1,
-        target_burst_capacity=200.0,
+        activation_scale=1,
+        target_burst_capacity=211.0,
+        scale_down_delay_s=0.0,
+        pod_retention_s=0.0,
+        progress_deadline_s=600.0,
         container_concurrency=0,
     )
     assert spec.panic_window_s == pytest.approx(6.0)
@@ -260,7 +266,7 @@ def test_a_stored_zero_initial_scale_reads_back_once_no_longer_allowed() -> None
     revision = zero_revision()
     assert autoscaling_spec(revision.template).initial_scale == 0
     assert Revision.from_dict(revision.to_dict()) == revision
-    with pytest.raises(ServiceError, match=r"initial-scale\]: got \"0\""):
+    with pytest.raises(ServiceError, match=r"initial-scale\]: invalid value: 0"):
         parse_service(manifest(annotations={"autoscaling.knative.dev/initial-scale": "0"}))
 
 

@@ -146,13 +146,13 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
         'target "abc"',
         annotate("autoscaling.knative.dev/target", "abc"),
         f"{ANN}[autoscaling.knative.dev/target]",
-        'got "abc", expected a number >= 0.01',
+        "invalid value: abc, expected a number >= 0.01",
     ),
     (
         "target below minimum",
         annotate("autoscaling.knative.dev/target", "0.001"),
         f"{ANN}[autoscaling.knative.dev/target]",
-        ">= 0.01",
+        "target 0.001 should be at least 0.01",
     ),
     (
         "target nan",
@@ -170,67 +170,67 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
         'window "1s"',
         annotate("autoscaling.knative.dev/window", "1s"),
         f"{ANN}[autoscaling.knative.dev/window]",
-        "6s..1h",
+        "expected 6s <= 1s <= 1h0m0s",
     ),
     (
         "window over an hour",
         annotate("autoscaling.knative.dev/window", "61m"),
         f"{ANN}[autoscaling.knative.dev/window]",
-        "6s..1h",
+        "expected 6s <= 61m <= 1h0m0s",
     ),
     (
         "window not whole seconds",
         annotate("autoscaling.knative.dev/window", "6500ms"),
         f"{ANN}[autoscaling.knative.dev/window]",
-        "whole seconds",
+        "must be specified with at most second precision",
     ),
     (
         "window not a duration",
         annotate("autoscaling.knative.dev/window", "60"),
         f"{ANN}[autoscaling.knative.dev/window]",
-        'got "60"',
+        "invalid value: 60, expected a duration",
     ),
     (
         "utilization 0",
         annotate("autoscaling.knative.dev/target-utilization-percentage", "0"),
         f"{ANN}[autoscaling.knative.dev/target-utilization-percentage]",
-        "1..100",
+        "expected 1 <= 0 <= 100",
     ),
     (
         "utilization over 100",
         annotate("autoscaling.knative.dev/target-utilization-percentage", "101"),
         f"{ANN}[autoscaling.knative.dev/target-utilization-percentage]",
-        "1..100",
+        "expected 1 <= 101 <= 100",
     ),
     (
         "panic window below 1",
         annotate("autoscaling.knative.dev/panic-window-percentage", "0.5"),
         f"{ANN}[autoscaling.knative.dev/panic-window-percentage]",
-        "1..100",
+        "expected 1 <= 0.5 <= 100",
     ),
     (
         "panic threshold below 110",
         annotate("autoscaling.knative.dev/panic-threshold-percentage", "100"),
         f"{ANN}[autoscaling.knative.dev/panic-threshold-percentage]",
-        "110..1000",
+        "expected 110 <= 100 <= 1000",
     ),
     (
         "panic threshold over 1000",
         annotate("autoscaling.knative.dev/panic-threshold-percentage", "1001"),
         f"{ANN}[autoscaling.knative.dev/panic-threshold-percentage]",
-        "110..1000",
+        "expected 110 <= 1001 <= 1000",
     ),
     (
         "negative min-scale",
         annotate("autoscaling.knative.dev/min-scale", "-1"),
         f"{ANN}[autoscaling.knative.dev/min-scale]",
-        "non-negative integer",
+        "expected 0 <= -1 <= 2147483647",
     ),
     (
         "fractional max-scale",
         annotate("autoscaling.knative.dev/max-scale", "2.5"),
         f"{ANN}[autoscaling.knative.dev/max-scale]",
-        "non-negative integer",
+        "invalid value: 2.5",
     ),
     (
         "min-scale > max-scale",
@@ -239,13 +239,13 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
             annotate("autoscaling.knative.dev/max-scale", "2"),
         ),
         f"{ANN}[autoscaling.knative.dev/max-scale]",
-        "max-scale=2 with min-scale=3",
+        "max-scale=2 is less than min-scale=3",
     ),
     (
         "initial-scale 0",
         annotate("autoscaling.knative.dev/initial-scale", "0"),
         f"{ANN}[autoscaling.knative.dev/initial-scale]",
-        "zero initial scale is not allowed",
+        "initial-scale=0 not allowed by cluster",
     ),
     (
         "initial-scale 00 is zero too",
@@ -257,7 +257,7 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
         "initialScale 0 (old spelling)",
         annotate("autoscaling.knative.dev/initialScale", "0"),
         f"{ANN}[autoscaling.knative.dev/initialScale]",
-        'got "0", expected at least 1',
+        "invalid value: 0, initial-scale=0 not allowed by cluster",
     ),
     (
         "burst capacity -2",
@@ -272,15 +272,15 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
         "kpa.autoscaling.knative.dev",
     ),
     (
-        "rps metric",
-        annotate("autoscaling.knative.dev/metric", "rps"),
+        "cpu metric",
+        annotate("autoscaling.knative.dev/metric", "cpu"),
         f"{ANN}[autoscaling.knative.dev/metric]",
-        '"concurrency"',
+        "invalid value: cpu, expected concurrency or rps",
     ),
     (
         "unknown autoscaling annotation",
-        annotate("autoscaling.knative.dev/scale-down-delay", "10s"),
-        f"{ANN}[autoscaling.knative.dev/scale-down-delay]",
+        annotate("autoscaling.knative.dev/scale-up-delay", "10s"),
+        f"{ANN}[autoscaling.knative.dev/scale-up-delay]",
         "unknown autoscaling annotation",
     ),
     (
@@ -642,7 +642,8 @@ def test_allowing_zero_initial_scale_allows_nothing_else(value: str) -> None:
         parse_service(doc, ServingConfig(allow_zero_initial_scale=True))
     message = str(caught.value)
     assert message.startswith(f"{ANN}[autoscaling.knative.dev/initial-scale]: "), message
-    assert "non-negative integer" in message and "\n" not in message
+    assert ("invalid value" in message or "must be greater than 0" in message), message
+    assert "\n" not in message
 
 
 def test_a_zero_initial_scale_in_a_list_names_the_document_and_nothing_loads() -> None:
@@ -720,3 +721,144 @@ def test_parsing_does_not_modify_the_input() -> None:
     before = copy.deepcopy(doc)
     parse_service(doc)
     assert doc == before
+
+
+A = "autoscaling.knative.dev/"
+KNATIVE_ANNOTATION_CASES: list[tuple[str, dict[str, str], str, str]] = [
+    # (case name, annotations, the key named, Knative's message or "" when valid)
+    ("minScale is -1", {"min-scale": "-1"}, "min-scale", "expected 0 <= -1 <= 2147483647"),
+    ("maxScale is huuuuuuuge", {"max-scale": "2147483648"}, "max-scale",
+     "expected 0 <= 2147483648 <= 2147483647"),
+    ("minScale is foo", {"min-scale": "foo"}, "min-scale", "invalid value: foo"),
+    ("minScale is 5, maxScale is 2", {"min-scale": "5", "max-scale": "2"}, "max-scale",
+     "max-scale=2 is less than min-scale=5"),
+    ("min-scale, activation-scale, max-scale all set appropriately",
+     {"min-scale": "1", "activation-scale": "2", "max-scale": "3"}, "", ""),
+    ("min-scale is greater than activation-scale",
+     {"min-scale": "3", "activation-scale": "2"}, "activation-scale",
+     "min-scale=3 is greater than activation-scale=2"),
+    ("max-scale is less than activation-scale",
+     {"max-scale": "1", "activation-scale": "2"}, "activation-scale",
+     "max-scale=1 is less than activation-scale=2"),
+    ("valid algorithm on KPA", {"metric-aggregation-algorithm": "linear"}, "", ""),
+    ("empty algorithm", {"metric-aggregation-algorithm": ""}, "", ""),
+    ("random algorithm on KPA", {"metric-aggregation-algorithm": "random-selection"},
+     "metric-aggregation-algorithm", "invalid value: random-selection"),
+    ("panic window percentage bad", {"panic-window-percentage": "-1"},
+     "panic-window-percentage", "expected 1 <= -1 <= 100"),
+    ("panic window percentage bad2", {"panic-window-percentage": "202"},
+     "panic-window-percentage", "expected 1 <= 202 <= 100"),
+    ("panic window percentage bad3", {"panic-window-percentage": "fifty"},
+     "panic-window-percentage", "invalid value: fifty"),
+    ("panic threshold percentage bad2", {"panic-threshold-percentage": "109"},
+     "panic-threshold-percentage", "expected 110 <= 109 <= 1000"),
+    ("panic threshold percentage bad2.5", {"panic-threshold-percentage": "10009"},
+     "panic-threshold-percentage", "expected 110 <= 10009 <= 1000"),
+    ("target negative", {"target": "-11"}, "target", "target -11 should be at least 0.01"),
+    ("target 0", {"target": "0"}, "target", "target 0 should be at least 0.01"),
+    ("invalid target", {"target": "100}"}, "target", "invalid value: 100}"),
+    ("TBC negative", {"target-burst-capacity": "-11"}, "target-burst-capacity",
+     "invalid value: -11"),
+    ("TBC 0", {"target-burst-capacity": "0"}, "", ""),
+    ("TBC 19880709", {"target-burst-capacity": "19880709"}, "", ""),
+    ("TBC -1", {"target-burst-capacity": "-1"}, "", ""),
+    ("TU too small", {"target-utilization-percentage": "0"},
+     "target-utilization-percentage", "expected 1 <= 0 <= 100"),
+    ("TU invalid", {"target-utilization-percentage": "dghyak"},
+     "target-utilization-percentage", "invalid value: dghyak"),
+    ("window invalid", {"window": "jerry-was-a-racecar-driver"}, "window",
+     "invalid value: jerry-was-a-racecar-driver"),
+    ("window too short", {"window": "1s"}, "window", "expected 6s <= 1s <= 1h0m0s"),
+    ("window too long", {"window": "365h"}, "window", "expected 6s <= 365h <= 1h0m0s"),
+    ("window too precise", {"window": "1m9s82ms"}, "window",
+     "must be specified with at most second precision"),
+    ("valid 0 last pod scaledown timeout", {"scale-to-zero-pod-retention-period": "0"}, "", ""),
+    ("valid positive last pod scaledown timeout",
+     {"scale-to-zero-pod-retention-period": "21m31s"}, "", ""),
+    ("invalid positive last pod scaledown timeout",
+     {"scale-to-zero-pod-retention-period": "311m"}, "scale-to-zero-pod-retention-period",
+     "expected 0s <= 311m <= 1h0m0s"),
+    ("invalid negative last pod scaledown timeout",
+     {"scale-to-zero-pod-retention-period": "-42s"}, "scale-to-zero-pod-retention-period",
+     "expected 0s <= -42s <= 1h0m0s"),
+    ("invalid last pod scaledown timeout",
+     {"scale-to-zero-pod-retention-period": "twenty-two-minutes-and-five-seconds"},
+     "scale-to-zero-pod-retention-period",
+     "invalid value: twenty-two-minutes-and-five-seconds"),
+    ("valid 0 scale down delay", {"scale-down-delay": "0"}, "", ""),
+    ("valid positive scale down delay", {"scale-down-delay": "21m31s"}, "", ""),
+    ("invalid positive scale down delay", {"scale-down-delay": "311m"}, "scale-down-delay",
+     "expected 0s <= 311m <= 1h0m0s"),
+    ("invalid positive scale down delay - too precise", {"scale-down-delay": "42.5s"},
+     "scale-down-delay", "must be specified with at most second precision"),
+    ("invalid negative scale down delay", {"scale-down-delay": "-42s"}, "scale-down-delay",
+     "expected 0s <= -42s <= 1h0m0s"),
+    ("invalid scale down delay", {"scale-down-delay": "twenty-two-minutes-and-five-seconds"},
+     "scale-down-delay", "invalid value: twenty-two-minutes-and-five-seconds"),
+    ("invalid metric for default class(KPA)", {"metric": "cpu"}, "metric",
+     "invalid value: cpu"),
+    ("valid class KPA with metric RPS", {"metric": "rps"}, "", ""),
+    ("valid class KPA with metric Concurrency", {"metric": "concurrency"}, "", ""),
+    ("initial scale is zero but cluster doesn't allow", {"initial-scale": "0"},
+     "initial-scale", "invalid value: 0, initial-scale=0 not allowed by cluster"),
+    ("initial scale is greater than 0", {"initial-scale": "2"}, "", ""),
+    ("initial scale is less than 0", {"initial-scale": "-1"}, "initial-scale",
+     "invalid value: -1, initial-scale must be greater than 0"),
+    ("initial scale non-parseable", {"initial-scale": "invalid"}, "initial-scale",
+     "invalid value: invalid"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("annotations", "key", "message"),
+    [case[1:] for case in KNATIVE_ANNOTATION_CASES],
+    ids=[
+        f"annotation_validation_test.go: TestValidateAnnotations/{case[0]}"
+        for case in KNATIVE_ANNOTATION_CASES
+    ],
+)
+def test_knative_annotation_validation(annotations: dict[str, str], key: str, message: str) -> None:
+    """annotation_validation_test.go: TestValidateAnnotations: Knative's message after the
+    field path, one line."""
+    given = {A + k: v for k, v in annotations.items()}
+    if not message:
+        autoscaling_settings(given)
+        return
+    with pytest.raises(ServiceError) as caught:
+        autoscaling_settings(given)
+    text = str(caught.value)
+    assert text.startswith(f"{ANN}[{A}{key}]: {message}"), text
+    assert "\n" not in text
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("1m3s", ""),
+        ("1m3s34ms", "progress-deadline=1m3s34ms is not at second precision"),
+        ("not-a-duration", "invalid value: not-a-duration"),
+        ("-1m3s", "progress-deadline=-1m3s must be positive"),
+    ],
+    ids=[
+        "revision_validation_test.go: TestRevisionTemplateSpecValidation/"
+        + name
+        for name in (
+            "Valid progress-deadline",
+            "progress-deadline too precise",
+            "invalid progress-deadline duration",
+            "negative progress-deadline",
+        )
+    ],
+)
+def test_progress_deadline_annotation(value: str, message: str) -> None:
+    """revision_validation_test.go: the serving.knative.dev/progress-deadline cases."""
+    doc = manifest()
+    annotate("serving.knative.dev/progress-deadline", value)(doc)
+    if not message:
+        assert parse_service(doc).template.annotations
+        return
+    with pytest.raises(ServiceError) as caught:
+        parse_service(doc)
+    text = str(caught.value)
+    assert text.startswith(f"{ANN}[serving.knative.dev/progress-deadline]: {message}"), text
+    assert "\n" not in text

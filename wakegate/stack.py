@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +28,12 @@ from wakegate.xds.translate import GatewayConfig
 log = logging.getLogger(__name__)
 
 
+def _free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @dataclass
 class StackConfig:
     data_dir: Path = Path(".wakegate")
@@ -39,6 +46,9 @@ class StackConfig:
     xds_port: int = 18000
     api_port: int = 18001
     admin_port: int = 9901
+    gate_port: int = 0
+    """Loopback port of the gateway's gate listener (per-pod `containerConcurrency`);
+    0 picks a free one."""
     node_id: str = "wakegate-gateway-0"
     node_cluster: str = "wakegate-gateway"
     delta: bool = True
@@ -67,12 +77,14 @@ class ActivatorProcess:
         self.control_plane = control_plane
         self.hold_timeout_s = hold_timeout_s
         self.port = 0
+        self.h2c_port = 0
         self._proc: asyncio.subprocess.Process | None = None
 
     async def start(self, timeout_s: float = 20.0) -> int:
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "wakegate.activator.main",
-            "--listen", "127.0.0.1:0", "--control-plane", self.control_plane,
+            "--listen", "127.0.0.1:0", "--listen-h2c", "127.0.0.1:0",
+            "--control-plane", self.control_plane,
             "--hold-timeout", str(self.hold_timeout_s), "--stop-on-stdin-eof",
             "--log-level", "WARNING",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -81,7 +93,7 @@ class ActivatorProcess:
         async with asyncio.timeout(timeout_s):
             while line := await self._proc.stdout.readline():
                 if line.startswith(b"READY "):
-                    self.port = int(line.split()[1])
+                    self.port, self.h2c_port = (int(p) for p in line.split()[1:3])
                     return self.port
         raise GatewayError(
             f"activator exited with code {await self._proc.wait()} before it was ready"
@@ -103,6 +115,7 @@ class LocalStack:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         self.store: Store | None = None
+        self.gate_port = config.gate_port or _free_loopback_port()
         self.cp = ControlPlane(
             GatewayConfig(
                 external_port=config.port,
@@ -110,6 +123,7 @@ class LocalStack:
                 tls_port=config.tls_port,
                 bind_address=config.bind,
                 https_redirect_port=config.tls_port,
+                gate_port=self.gate_port,
             ),
             group=config.node_cluster,
         )
@@ -132,6 +146,7 @@ class LocalStack:
             check_port_free(c.port, c.bind, purpose="gateway listener (--port)")
             check_port_free(c.internal_port, c.bind, purpose="gateway listener (--internal-port)")
             check_port_free(c.admin_port, "127.0.0.1", purpose="Envoy admin (--admin-port)")
+            check_port_free(self.gate_port, "127.0.0.1", purpose="gate listener")
 
     async def start(self) -> None:
         c = self.config
@@ -153,6 +168,9 @@ class LocalStack:
                 ),
                 c.data_dir / "gateway",
                 supervise=True,
+                # One worker: Envoy's per-pod connection limits, which enforce
+                # containerConcurrency at the gate, are exact only within a worker.
+                concurrency=1,
             )
             await self.gateway.start()
         activation = None
@@ -169,7 +187,12 @@ class LocalStack:
                 self.autoscaler and self.autoscaler.poke(f"{ns}/{rev}", 1.0)
             )
             activation = Activation(
-                self.autoscaler, autoscaling, Endpoint("127.0.0.1", port), pods_feed
+                self.autoscaler,
+                autoscaling,
+                Endpoint("127.0.0.1", port),
+                pods_feed,
+                activator_h2c=Endpoint("127.0.0.1", self.activator.h2c_port),
+                gate=Endpoint("127.0.0.1", self.gate_port),
             )
         self.serving = LocalServing(
             self.store,

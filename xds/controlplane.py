@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from wakegate.ingress.model import Backend, Certificate, Ingress, RoutingState
+from wakegate.ingress.model import Backend, Certificate, Gate, Ingress, RoutingState
 from wakegate.xds.cache import Snapshot, SnapshotCache
+from wakegate.xds.gate import GateResources
 from wakegate.xds.resources import CLUSTER, ENDPOINT, Resources
 from wakegate.xds.server import XdsServer
 from wakegate.xds.translate import GatewayConfig, Translator
@@ -60,9 +61,20 @@ class ControlPlane:
         self.cache = SnapshotCache()
         self.server = XdsServer(self.cache, group_of=lambda node: self.group)
         self.translator = Translator(self.gateway)
+        self._gate = (
+            GateResources(
+                self.gateway.gate_port,
+                connect_timeout_s=self.gateway.connect_timeout_s,
+                max_requests=self.gateway.max_upstream_requests,
+                idle_timeout_s=self.gateway.stream_idle_timeout_s,
+            )
+            if self.gateway.gate_port
+            else None
+        )
         self._ingresses: dict[str, Ingress] = {}
         self._backends: dict[str, Backend] = {}
         self._certificates: dict[str, Certificate] = {}
+        self._gates: dict[str, Gate] = {}
         self._dirty = asyncio.Event()
         self._published = asyncio.Condition()
         self._counter = itertools.count(1)
@@ -121,6 +133,15 @@ class ControlPlane:
         if self._backends.pop(key, None) is not None:
             self._mark()
 
+    def set_gate(self, gate: Gate) -> None:
+        if self._gates.get(gate.key) != gate:
+            self._gates[gate.key] = gate
+            self._mark()
+
+    def delete_gate(self, key: str) -> None:
+        if self._gates.pop(key, None) is not None:
+            self._mark()
+
     def set_certificate(self, key: str, certificate: Certificate) -> None:
         if self._certificates.get(key) != certificate:
             self._certificates[key] = certificate
@@ -144,6 +165,7 @@ class ControlPlane:
             ingresses=tuple(self.ingresses()),
             backends=dict(self._backends),
             certificates=dict(self._certificates),
+            gates=dict(self._gates),
         )
 
     # --- publishing ----------------------------------------------------------------
@@ -151,6 +173,15 @@ class ControlPlane:
     def _mark(self) -> None:
         self._changes += 1
         self._dirty.set()
+
+    def _translate(self) -> Resources:
+        """The whole state's resources, with the gate's when the gateway has one."""
+        state = self.state()
+        out = self.translator.translate(state)
+        if self._gate is None:
+            return out
+        self._gate.sync(state.gates)
+        return self._gate.merge(out)
 
     def _set(self, resources: Resources) -> str:
         version = f"{self._boot}-{next(self._counter)}"
@@ -162,7 +193,7 @@ class ControlPlane:
         """Translate the whole state and set it as the group's snapshot, now."""
         self._dirty.clear()
         changes = self._changes
-        version = self._set(self.translator.translate(self.state()))
+        version = self._set(self._translate())
         self._done(version, changes)
         return version
 
@@ -181,7 +212,7 @@ class ControlPlane:
         """Publish the whole state, make-before-break for clusters that come and go."""
         self._dirty.clear()
         changes = self._changes
-        target = self.translator.translate(self.state())
+        target = self._translate()
         current = self.cache.get_snapshot(self.group)
         if current is not None and self.server.connected(self.group):
             old = current.resources

@@ -93,6 +93,9 @@ class GatewayConfig:
     readiness_probes: bool = False
     """Serve the status virtual host (`readiness`) on the cluster-local listener, so a
     prober can tell which version of each ingress a gateway serves."""
+    gate_port: int | None = None
+    """Loopback port of the gate listener (see `gate`), where revisions with a
+    `containerConcurrency` get their per-pod limit; None without gates (cluster mode)."""
 
 
 @dataclass(slots=True)
@@ -192,7 +195,6 @@ class Translator:
         """Split host name → the keys of the ingresses whose rules share its virtual host."""
         self._splits_of: dict[str, set[str]] = {}
         self._tls_digests: dict[str, bytes] = {}
-
     # ---- public -------------------------------------------------------------------
 
     def translate(self, state: RoutingState) -> resources.Resources:

@@ -22,7 +22,7 @@ from wakegate.autoscaler.config import AutoscalerConfig, RevisionScaling
 from wakegate.autoscaler.decider import Decision, Mode
 from wakegate.autoscaler.scaler import Autoscaler
 from wakegate.autoscaler.service import AutoscalerService
-from wakegate.ingress.model import Backend, BackendRef, Endpoint, Ingress
+from wakegate.ingress.model import Backend, BackendRef, Endpoint, Gate, Ingress
 from wakegate.reconciler.local.routes import route_ingress
 from wakegate.reconciler.local.store import Store
 from wakegate.runtime.pods import PodEndpoint
@@ -52,6 +52,8 @@ class Routing(Protocol):
     def ingresses(self) -> list[Ingress]: ...
     def set_backend(self, key: str, backend: Backend) -> None: ...
     def delete_backend(self, key: str) -> None: ...
+    def set_gate(self, gate: Gate) -> None: ...
+    def delete_gate(self, key: str) -> None: ...
     async def wait_served(self, timeout: float = 10.0) -> bool: ...
 
 
@@ -86,6 +88,10 @@ class Activation:
     """Where the gateway sends a revision's traffic in proxy mode."""
     pods_feed: AutoscalerService
     """Tells the activator each revision's ready pods."""
+    activator_h2c: Endpoint | None = None
+    """The activator's h2c listener, for revisions whose port speaks HTTP/2."""
+    gate: Endpoint | None = None
+    """The gateway's gate listener (see `wakegate.xds.gate`); None: no per-pod limits."""
 
 
 @dataclass
@@ -122,6 +128,9 @@ class LocalServing:
         self.activation = activation
         self._service_of: dict[str, str] = {}
         """Revision key → its Service's key."""
+        self._gate_served: dict[str, set[Endpoint]] = {}
+        """Revision key → the pods every gateway serves at the revision's gate."""
+        self._gate_confirming: set[str] = set()
         self.log_dir = Path(data_dir) / "logs"
         self.pod_options = pod_options or {}
         self._live: dict[str, _Live] = {}
@@ -269,6 +278,8 @@ class LocalServing:
                 await asyncio.gather(*(pods.close() for pods in live.pods.values()))
             for revision in revisions:
                 self.routing.delete_backend(_backend_key(revision))
+                self.routing.delete_gate(revision.key)
+                self._gate_served.pop(revision.key, None)
                 self._ready.discard(revision.key)
                 self._service_of.pop(revision.key, None)
                 if self.activation is not None:
@@ -483,27 +494,76 @@ class LocalServing:
 
     def _publish(self, revision: Revision, pods: RevisionPods | None) -> bool:
         """Point the revision's backend at its pods, or at the activator in proxy mode
-        and while it has no ready pod; True when that is the activator."""
+        and while it has no ready pod; True when that is the activator.
+
+        A revision with a `containerConcurrency` (and a gate, see `wakegate.xds.gate`)
+        has its pods behind the gate: in serve mode its backend is the gate listener,
+        and the activator forwards to the gate too, so one per-pod limit counts every
+        request whichever way it came. The activator hears of a pod only once every
+        gateway serves it at the gate, so nothing is sent to a gate with no pod.
+        """
         endpoints = [Endpoint(e.address, e.port) for e in pods.ready_pods()] if pods else []
         http2 = revision.template.container.port.http2
-        proxy = False
-        if self.activation is not None:
-            self.activation.pods_feed.set_endpoints(
-                revision.namespace,
-                revision.name,
-                endpoints,
-                revision.template.container_concurrency,
-                hold_timeout_s=float(revision.template.timeout_seconds),
+        if self.activation is None:
+            self.routing.set_backend(
+                _backend_key(revision), Backend(endpoints=tuple(endpoints), http2=http2)
             )
-            mode = self.activation.autoscaler.mode(revision.key)
-            proxy = not endpoints or mode == Mode.PROXY
-            if proxy:
-                endpoints = [self.activation.activator]
-                http2 = False
+            return False
+        activation = self.activation
+        limit = revision.template.container_concurrency
+        gate = activation.gate if limit > 0 else None
+        announced = endpoints
+        if gate is not None:
+            self.routing.set_gate(
+                Gate(revision.namespace, revision.name, tuple(endpoints), limit, http2)
+            )
+            served = self._gate_served.setdefault(revision.key, set())
+            served &= set(endpoints)
+            announced = [e for e in endpoints if e in served]
+            if len(announced) < len(endpoints):
+                self._confirm_gate(revision, endpoints)
+        activation.pods_feed.set_endpoints(
+            revision.namespace,
+            revision.name,
+            announced,
+            limit,
+            hold_timeout_s=float(revision.template.timeout_seconds),
+            gate=gate,
+        )
+        # Until the autoscaler has decided (mode None), the scale is unknown and the
+        # activator stays in the path, as in Knative.
+        mode = activation.autoscaler.mode(revision.key)
+        proxy = not announced or mode is not Mode.SERVE
+        if proxy:
+            if http2 and activation.activator_h2c is not None:
+                backend = [activation.activator_h2c]
+            else:
+                backend, http2 = [activation.activator], False
+        elif gate is not None:
+            backend = [gate]
+        else:
+            backend = endpoints
         self.routing.set_backend(
-            _backend_key(revision), Backend(endpoints=tuple(endpoints), http2=http2)
+            _backend_key(revision), Backend(endpoints=tuple(backend), http2=http2)
         )
         return proxy
+
+    def _confirm_gate(self, revision: Revision, endpoints: list[Endpoint]) -> None:
+        """Once the gateways serve `endpoints` at the revision's gate, announce them."""
+        if revision.key in self._gate_confirming:
+            return
+        self._gate_confirming.add(revision.key)
+
+        async def confirm() -> None:
+            try:
+                await self.routing.wait_served(timeout=10)
+            finally:
+                self._gate_confirming.discard(revision.key)
+            self._gate_served.setdefault(revision.key, set()).update(endpoints)
+            if self._service_of.get(revision.key) is not None:
+                self._publish(revision, self._pods_of(revision))
+
+        self._background(confirm())
 
     def scaling_status(self, revision: Revision) -> dict[str, Any]:
         """The autoscaler's view of a revision: desired pods, mode and last decision."""

@@ -14,7 +14,12 @@ HTTP (default; with ``--h2c`` also HTTP/2 with prior knowledge on the same port)
 - ``/stream?chunks=N&interval=MS``: chunked body of N lines, one every MS milliseconds;
 - ``/ws``: websocket; every text message comes back as ``NAME:message``.
 
-``--grpc``: the ``wakegate.testing.PingService`` of ping.proto, answering ``NAME:msg``.
+``--grpc``: the ``wakegate.testing.PingService`` of ping.proto, answering ``NAME:msg``
+(with ``x-backend-name`` trailing metadata, chosen status codes and server streaming).
+
+Every request (HTTP or gRPC) counts as in flight while it is handled; each time that
+count reaches a new peak the process prints ``PEAK <n>`` (a pod's log keeps it after the
+pod stopped), and ``/peak`` answers ``{"peak": n}`` without counting itself.
 
 Every response carries ``X-Backend-Name: NAME``. The process prints ``READY <port>``
 once it listens (``--port 0`` picks a free port), and on SIGTERM or SIGINT stops
@@ -31,7 +36,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +89,20 @@ class Echo:
     def __init__(self, name: str) -> None:
         self.name = name
         self.attempts: dict[str, int] = {}
+        self.in_flight = 0
+        self.peak = 0
+
+    @contextlib.contextmanager
+    def counted(self) -> Iterator[None]:
+        """Count one request in flight for as long as the block runs."""
+        self.in_flight += 1
+        if self.in_flight > self.peak:
+            self.peak = self.in_flight
+            print(f"PEAK {self.peak}", flush=True)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
 
     def describe(self, req: Request) -> dict[str, Any]:
         headers: dict[str, str] = {}
@@ -107,6 +126,12 @@ class Echo:
         return Reply(status, json.dumps(obj).encode() + b"\n")
 
     async def handle(self, req: Request) -> Reply:
+        if req.path == "/peak":
+            return self._json(200, {"peak": self.peak, "in_flight": self.in_flight})
+        with self.counted():
+            return await self._handle(req)
+
+    async def _handle(self, req: Request) -> Reply:
         args = req.args
         parts = req.path.strip("/").split("/")
         sleep_ms = _int(args.get("sleep"), 0)
@@ -448,11 +473,28 @@ async def start_grpc(echo: Echo, host: str, port: int) -> tuple[Any, int]:
 
     class Ping(ping_pb2_grpc.PingServiceServicer):
         async def Ping(self, request: Any, context: Any) -> Any:
-            return ping_pb2.PingResponse(msg=f"{echo.name}:{request.msg}")
+            with echo.counted():
+                context.set_trailing_metadata(((NAME_HEADER.lower(), echo.name),))
+                kind, _, rest = request.msg.partition(":")
+                if kind == "status":
+                    code, _, details = rest.partition(":")
+                    await context.abort(grpc.StatusCode[code], details)
+                if kind == "sleep":
+                    await asyncio.sleep(_int(rest, 0) / 1000)
+                return ping_pb2.PingResponse(msg=f"{echo.name}:{request.msg}")
+
+        async def Count(self, request: Any, context: Any) -> AsyncIterator[Any]:
+            with echo.counted():
+                context.set_trailing_metadata(((NAME_HEADER.lower(), echo.name),))
+                for i in range(request.count):
+                    if i:
+                        await asyncio.sleep(request.interval_ms / 1000)
+                    yield ping_pb2.PingResponse(msg=f"{echo.name}:{request.msg}:{i}")
 
         async def PingStream(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
-            async for request in request_iterator:
-                yield ping_pb2.PingResponse(msg=f"{echo.name}:{request.msg}")
+            with echo.counted():
+                async for request in request_iterator:
+                    yield ping_pb2.PingResponse(msg=f"{echo.name}:{request.msg}")
 
     server = grpc.aio.server()
     ping_pb2_grpc.add_PingServiceServicer_to_server(Ping(), server)

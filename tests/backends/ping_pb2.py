@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tests/backends/ping.proto\x12\x10wakegate.testing\"\x1a\n\x0bPingRequest\x12\x0b\n\x03msg\x18\x01 \x01(\t\"\x1b\n\x0cPingResponse\x12\x0b\n\x03msg\x18\x01 \x01(\t2\xa5\x01\n\x0bPingService\x12\x45\n\x04Ping\x12\x1d.wakegate.testing.PingRequest\x1a\x1e.wakegate.testing.PingResponse\x12O\n\nPingStream\x12\x1d.wakegate.testing.PingRequest\x1a\x1e.wakegate.testing.PingResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tests/backends/ping.proto\x12\x10wakegate.testing\"\x1a\n\x0bPingRequest\x12\x0b\n\x03msg\x18\x01 \x01(\t\"\x1b\n\x0cPingResponse\x12\x0b\n\x03msg\x18\x01 \x01(\t\"?\n\x0c\x43ountRequest\x12\x0b\n\x03msg\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x13\n\x0binterval_ms\x18\x03 \x01(\x05\x32\xf0\x01\n\x0bPingService\x12\x45\n\x04Ping\x12\x1d.wakegate.testing.PingRequest\x1a\x1e.wakegate.testing.PingResponse\x12I\n\x05\x43ount\x12\x1e.wakegate.testing.CountRequest\x1a\x1e.wakegate.testing.PingResponse0\x01\x12O\n\nPingStream\x12\x1d.wakegate.testing.PingRequest\x1a\x1e.wakegate.testing.PingResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PINGREQUEST']._serialized_end=73
   _globals['_PINGRESPONSE']._serialized_start=75
   _globals['_PINGRESPONSE']._serialized_end=102
-  _globals['_PINGSERVICE']._serialized_start=105
-  _globals['_PINGSERVICE']._serialized_end=270
+  _globals['_COUNTREQUEST']._serialized_start=104
+  _globals['_COUNTREQUEST']._serialized_end=167
+  _globals['_PINGSERVICE']._serialized_start=170
+  _globals['_PINGSERVICE']._serialized_end=410
 # @@protoc_insertion_point(module_scope)

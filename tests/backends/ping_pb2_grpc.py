@@ -39,6 +39,11 @@ class PingServiceStub:
                 request_serializer=tests_dot_backends_dot_ping__pb2.PingRequest.SerializeToString,
                 response_deserializer=tests_dot_backends_dot_ping__pb2.PingResponse.FromString,
                 _registered_method=True)
+        self.Count = channel.unary_stream(
+                '/wakegate.testing.PingService/Count',
+                request_serializer=tests_dot_backends_dot_ping__pb2.CountRequest.SerializeToString,
+                response_deserializer=tests_dot_backends_dot_ping__pb2.PingResponse.FromString,
+                _registered_method=True)
         self.PingStream = channel.stream_stream(
                 '/wakegate.testing.PingService/PingStream',
                 request_serializer=tests_dot_backends_dot_ping__pb2.PingRequest.SerializeToString,
@@ -50,7 +55,17 @@ class PingServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Ping(self, request, context):
-        """Answers NAME + ":" + msg, so a caller knows which backend served it.
+        """Answers NAME + ":" + msg, so a caller knows which backend served it, with the
+        trailing metadata x-backend-name: NAME. A msg "status:CODE:details" (CODE a
+        grpc.StatusCode name) ends the call with that status and details instead;
+        "sleep:MS" answers after MS milliseconds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Count(self, request, context):
+        """Server streaming: `count` replies NAME:msg:i, then the same trailing metadata.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -69,6 +84,11 @@ def add_PingServiceServicer_to_server(servicer, server):
             'Ping': grpc.unary_unary_rpc_method_handler(
                     servicer.Ping,
                     request_deserializer=tests_dot_backends_dot_ping__pb2.PingRequest.FromString,
+                    response_serializer=tests_dot_backends_dot_ping__pb2.PingResponse.SerializeToString,
+            ),
+            'Count': grpc.unary_stream_rpc_method_handler(
+                    servicer.Count,
+                    request_deserializer=tests_dot_backends_dot_ping__pb2.CountRequest.FromString,
                     response_serializer=tests_dot_backends_dot_ping__pb2.PingResponse.SerializeToString,
             ),
             'PingStream': grpc.stream_stream_rpc_method_handler(
@@ -103,6 +123,33 @@ class PingService:
             target,
             '/wakegate.testing.PingService/Ping',
             tests_dot_backends_dot_ping__pb2.PingRequest.SerializeToString,
+            tests_dot_backends_dot_ping__pb2.PingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Count(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/wakegate.testing.PingService/Count',
+            tests_dot_backends_dot_ping__pb2.CountRequest.SerializeToString,
             tests_dot_backends_dot_ping__pb2.PingResponse.FromString,
             options,
             channel_credentials,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"wakegate/proto/v1/autoscaler.proto\x12\x11wakegate.proto.v1\"2\n\x0bRevisionRef\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\"\x8a\x01\n\x0cRevisionStat\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x1b\n\x13\x61verage_concurrency\x18\x03 \x01(\x01\x12\x15\n\rrequest_count\x18\x04 \x01(\x04\x12\x0e\n\x06queued\x18\x05 \x01(\r\x12\x11\n\tin_flight\x18\x06 \x01(\r\"\xc1\x01\n\tStatBatch\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x18\n\x10interval_seconds\x18\x03 \x01(\x01\x12\x19\n\x11timestamp_unix_ms\x18\x04 \x01(\x03\x12.\n\x05stats\x18\x05 \x03(\x0b\x32\x1f.wakegate.proto.v1.RevisionStat\x12-\n\x05pokes\x18\x06 \x03(\x0b\x32\x1e.wakegate.proto.v1.RevisionRef\"\x1b\n\x07StatAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\x1e\n\x0cWatchRequest\x12\x0e\n\x06sender\x18\x01 \x01(\t\"#\n\x07\x41\x64\x64ress\x12\n\n\x02ip\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"\xb5\x01\n\x11RevisionEndpoints\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12-\n\taddresses\x18\x03 \x03(\x0b\x32\x1a.wakegate.proto.v1.Address\x12\x1d\n\x15\x63ontainer_concurrency\x18\x04 \x01(\r\x12\x1c\n\x14hold_timeout_seconds\x18\x05 \x01(\x01\x12\x0f\n\x07removed\x18\x06 \x01(\x08\"^\n\x0f\x45ndpointsUpdate\x12\x12\n\nfull_state\x18\x01 \x01(\x08\x12\x37\n\trevisions\x18\x02 \x03(\x0b\x32$.wakegate.proto.v1.RevisionEndpoints2\xb2\x01\n\nAutoscaler\x12K\n\x0bReportStats\x12\x1c.wakegate.proto.v1.StatBatch\x1a\x1a.wakegate.proto.v1.StatAck(\x01\x30\x01\x12W\n\x0eWatchEndpoints\x12\x1f.wakegate.proto.v1.WatchRequest\x1a\".wakegate.proto.v1.EndpointsUpdate0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"wakegate/proto/v1/autoscaler.proto\x12\x11wakegate.proto.v1\"2\n\x0bRevisionRef\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\"\x8a\x01\n\x0cRevisionStat\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x1b\n\x13\x61verage_concurrency\x18\x03 \x01(\x01\x12\x15\n\rrequest_count\x18\x04 \x01(\x04\x12\x0e\n\x06queued\x18\x05 \x01(\r\x12\x11\n\tin_flight\x18\x06 \x01(\r\"\xc1\x01\n\tStatBatch\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x18\n\x10interval_seconds\x18\x03 \x01(\x01\x12\x19\n\x11timestamp_unix_ms\x18\x04 \x01(\x03\x12.\n\x05stats\x18\x05 \x03(\x0b\x32\x1f.wakegate.proto.v1.RevisionStat\x12-\n\x05pokes\x18\x06 \x03(\x0b\x32\x1e.wakegate.proto.v1.RevisionRef\"\x1b\n\x07StatAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\x1e\n\x0cWatchRequest\x12\x0e\n\x06sender\x18\x01 \x01(\t\"#\n\x07\x41\x64\x64ress\x12\n\n\x02ip\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"\xdf\x01\n\x11RevisionEndpoints\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12-\n\taddresses\x18\x03 \x03(\x0b\x32\x1a.wakegate.proto.v1.Address\x12\x1d\n\x15\x63ontainer_concurrency\x18\x04 \x01(\r\x12\x1c\n\x14hold_timeout_seconds\x18\x05 \x01(\x01\x12\x0f\n\x07removed\x18\x06 \x01(\x08\x12(\n\x04gate\x18\x07 \x01(\x0b\x32\x1a.wakegate.proto.v1.Address\"^\n\x0f\x45ndpointsUpdate\x12\x12\n\nfull_state\x18\x01 \x01(\x08\x12\x37\n\trevisions\x18\x02 \x03(\x0b\x32$.wakegate.proto.v1.RevisionEndpoints2\xb2\x01\n\nAutoscaler\x12K\n\x0bReportStats\x12\x1c.wakegate.proto.v1.StatBatch\x1a\x1a.wakegate.proto.v1.StatAck(\x01\x30\x01\x12W\n\x0eWatchEndpoints\x12\x1f.wakegate.proto.v1.WatchRequest\x1a\".wakegate.proto.v1.EndpointsUpdate0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,9 +44,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADDRESS']._serialized_start=507
   _globals['_ADDRESS']._serialized_end=542
   _globals['_REVISIONENDPOINTS']._serialized_start=545
-  _globals['_REVISIONENDPOINTS']._serialized_end=726
-  _globals['_ENDPOINTSUPDATE']._serialized_start=728
-  _globals['_ENDPOINTSUPDATE']._serialized_end=822
-  _globals['_AUTOSCALER']._serialized_start=825
-  _globals['_AUTOSCALER']._serialized_end=1003
+  _globals['_REVISIONENDPOINTS']._serialized_end=768
+  _globals['_ENDPOINTSUPDATE']._serialized_start=770
+  _globals['_ENDPOINTSUPDATE']._serialized_end=864
+  _globals['_AUTOSCALER']._serialized_start=867
+  _globals['_AUTOSCALER']._serialized_end=1045
 # @@protoc_insertion_point(module_scope)
