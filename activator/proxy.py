@@ -132,6 +132,7 @@ class Activator:
             handler_args={"max_field_size": 65536, "max_line_size": 65536},
         )
         app.router.add_route("*", "/{tail:.*}", self.handle)
+        app.on_response_prepare.append(self.metrics.cold_starts.on_response_prepare)
         app.on_startup.append(self._open)
         app.on_cleanup.append(self._close)
         return app
@@ -162,6 +163,7 @@ class Activator:
         if not namespace or not revision:
             return self._own(request)
         queue = self.revisions.get(namespace, revision)
+        self.metrics.cold_starts.arrived(request, queue)
         queue.request_started()
         code = 0
         try:
@@ -228,6 +230,7 @@ class Activator:
     async def _forward(
         self, request: web.Request, slot: PodSlot, body: _RequestBody
     ) -> web.StreamResponse:
+        self.metrics.cold_starts.forwarding(request)
         url = URL(f"http://{slot.authority}{request.raw_path}", encoded=True)
         headers = _end_to_end(CIMultiDict(request.headers), drop=frozenset({"expect"}))
         forwarded = request.headers.getall("X-Forwarded-For", [])
