@@ -249,6 +249,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     async def start() -> None:
         await stack.start()
         print(f"api      http://127.0.0.1:{stack.api_port}", flush=True)
+        print(f"ui       http://127.0.0.1:{stack.api_port}/", flush=True)
         print(f"xds      grpc://{stack.config.xds_host}:{stack.xds_port}", flush=True)
         if stack.gateway is not None:
             print(f"gateway  http://{args.bind}:{args.port}  "
