@@ -62,8 +62,8 @@ async def test_the_view_shows_a_service_and_follows_a_scale_up_without_reload(
         await asyncio.to_thread(driver.get, client.api + "/")
         await until(
             lambda: js(
-                "return document.querySelector('[data-service=\"default/helloworld-go\"]"
-                " [data-revision=\"helloworld-go-00001\"]') !== null"
+                'return document.querySelector(\'[data-service="default/helloworld-go"]'
+                ' [data-revision="helloworld-go-00001"]\') !== null'
                 " && document.querySelectorAll('[data-pod][data-ready=\"true\"]').length === 1"
             ),
             20,
@@ -71,8 +71,7 @@ async def test_the_view_shows_a_service_and_follows_a_scale_up_without_reload(
         )
         card = await asyncio.to_thread(
             js,
-            "return document.querySelector('[data-service=\"default/helloworld-go\"]')"
-            ".innerText",
+            "return document.querySelector('[data-service=\"default/helloworld-go\"]').innerText",
         )
         assert f"http://{HOST}" in card and "Ready" in card and "100%" in card, card
         gateway = await asyncio.to_thread(

@@ -361,9 +361,8 @@ class Api:
         namespace, name = request.match_info["namespace"], request.match_info["name"]
         if serving.store.get_service(namespace, name) is None:
             return _error(404, f"service {namespace}/{name}: not found")
-        revisions = {r.name for r in serving.revisions(namespace) if r.service == name}
-
         def pods() -> dict[str, Path]:
+            revisions = {r.name for r in serving.revisions(namespace) if r.service == name}
             return {
                 p["name"]: Path(p["logPath"])
                 for p in serving.pods()
@@ -436,6 +435,7 @@ class Api:
                 "version": last.version if last else None,
                 "gatewayPort": self.cp.gateway.external_port,
                 "gateways": _jsonable(self.cp.server.nodes()),
+                "current": self.cp.server.current(),
                 "errors": _jsonable(self.cp.translator.errors),
             }
         )
@@ -503,9 +503,7 @@ class Api:
                 container = owner.template.container.name or "user-container"
                 out.append(pod_object(pod, owner.service, container))
             return out
-        raise web.HTTPNotFound(
-            text=f"kind {kind!r}: expected one of {', '.join(OBJECT_KINDS)}\n"
-        )
+        raise web.HTTPNotFound(text=f"kind {kind!r}: expected one of {', '.join(OBJECT_KINDS)}\n")
 
     async def get_objects(self, request: web.Request) -> web.Response:
         kind = request.match_info["kind"]
