@@ -16,6 +16,10 @@ GET    /v1/objects/{kind}[/{ns}/{name}]?namespace=NS
                                     Knative-shaped objects (services, routes, revisions,
                                     pods, ingresses) as `kubectl get -o yaml` shows them;
                                     a list is a `List` with `items`
+GET    /v1/proxy-config/{kind}?host=H&service=NS/NAME
+                                    listeners, routes, clusters or endpoints served for a
+                                    host (or a Service's hosts), each marked against the
+                                    gateway's own config dump
 GET    /v1/status                   snapshot version and per-gateway xDS status (ACKs, NACKs)
 GET    /                            the live view (static files under /ui/), which reads
 GET    /v1/live | /v1/live/events   the whole state, and its updates as server-sent events
@@ -57,6 +61,8 @@ from wakegate.serving.objects import (
     service_object,
 )
 from wakegate.xds.controlplane import ControlPlane
+from wakegate.xds.proxy_config import KINDS as PROXY_CONFIG_KINDS
+from wakegate.xds.proxy_config import proxy_config
 
 MAX_BODY = 16 * 1024 * 1024
 SERVING_API = "serving.knative.dev/"
@@ -169,6 +175,7 @@ class Api:
                 web.get("/v1/objects/{kind}", self.get_objects),
                 web.get("/v1/objects/{kind}/{namespace}/{name}", self.get_object),
                 web.get("/v1/services/{namespace}/{name}/logs", self.get_service_logs),
+                web.get("/v1/proxy-config/{kind}", self.get_proxy_config),
                 web.put("/v1/manifests", self.put_manifests),
                 web.get("/v1/services", self.get_services),
                 web.get("/v1/services/{namespace}/{name}", self.get_service),
@@ -361,6 +368,7 @@ class Api:
         namespace, name = request.match_info["namespace"], request.match_info["name"]
         if serving.store.get_service(namespace, name) is None:
             return _error(404, f"service {namespace}/{name}: not found")
+
         def pods() -> dict[str, Path]:
             revisions = {r.name for r in serving.revisions(namespace) if r.service == name}
             return {
@@ -521,6 +529,35 @@ class Api:
             if obj["metadata"]["name"] == name:
                 return web.json_response(obj)
         return _error(404, f"{kind.rstrip('s')} {namespace}/{name}: not found")
+
+    # --- what a gateway gets -----------------------------------------------------------
+
+    async def get_proxy_config(self, request: web.Request) -> web.Response:
+        kind = request.match_info["kind"]
+        if kind not in PROXY_CONFIG_KINDS:
+            return _error(404, f"kind {kind!r}: expected one of {', '.join(PROXY_CONFIG_KINDS)}")
+        hosts: list[str] | None = None
+        if request.query.get("host"):
+            hosts = [request.query["host"]]
+        service = request.query.get("service", "")
+        if service:
+            key = service if "/" in service else f"default/{service}"
+            found = [i for i in self.cp.ingresses() if i.key == key]
+            if not found:
+                return _error(404, f"service {key}: not found")
+            hosts = [*(hosts or []), *sorted({h for r in found[0].rules for h in r.hosts})]
+        current = self.cp.cache.current(self.cp.group)
+        resources = current[1].resources if current is not None else {}
+        dump = await self.live.gateway_config_dump()
+        return web.json_response(
+            {
+                "kind": kind,
+                "snapshot": current[1].version if current is not None else None,
+                "hosts": hosts,
+                "gateway": {"admin": self.live.gateway_admin, "dumped": dump is not None},
+                "items": proxy_config(resources, kind, hosts=hosts, dump=dump),
+            }
+        )
 
     # --- the live view -------------------------------------------------------------------
 

@@ -165,7 +165,7 @@ def build_parser(command: str | None = "controller") -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_apply)
 
     p = sub.add_parser("get", help="list ksvc|revisions|routes|pods|ingresses, or get one")
-    p.add_argument("kind", type=_kind, metavar="KIND[/NAME]", help=", ".join(sorted(KINDS)))
+    p.add_argument("kind", type=_kind, help="KIND or KIND/NAME: " + ", ".join(sorted(KINDS)))
     p.add_argument("name", nargs="?", help="one object (in --namespace, default: default)")
     p.add_argument("-n", "--namespace", default=None, help="only this namespace")
     p.add_argument(
@@ -210,6 +210,18 @@ def build_parser(command: str | None = "controller") -> argparse.ArgumentParser:
     p.add_argument("-n", "--namespace", default="default")
     _api_arg(p)
     p.set_defaults(handler=cmd_logs)
+
+    p = sub.add_parser(
+        "proxy-config",
+        help="what the gateway gets for a host or a Service, and where it differs",
+    )
+    p.add_argument("kind", choices=["listeners", "routes", "clusters", "endpoints"])
+    p.add_argument("--host", help="only what this host reaches")
+    p.add_argument("--service", help="only what this Service's hosts reach (in --namespace)")
+    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+    _api_arg(p)
+    p.set_defaults(handler=cmd_proxy_config)
 
     p = sub.add_parser("status", help="snapshot version and each gateway's xDS status")
     _api_arg(p)
@@ -749,6 +761,59 @@ def cmd_logs(args: argparse.Namespace) -> int:
         path = f"/v1/pods/{urllib.parse.quote(args.pod)}/logs"
     query = {"tail": str(args.tail), **({"follow": "1"} if args.follow else {})}
     _stream(args.api_port, f"{path}?{urllib.parse.urlencode(query)}")
+    return 0
+
+
+def _proxy_rows(kind: str, items: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    def state(item: dict[str, Any]) -> str:
+        gateway = item.get("gateway")
+        if gateway is None:
+            return "-"
+        detail = gateway.get("detail") or ""
+        if gateway["state"] in ("served", "stale", "extra"):
+            return gateway["state"]
+        return f"{gateway['state']}: {detail}" if detail else gateway["state"]
+
+    if kind == "routes":
+        return ["ROUTE CONFIG", "VIRTUAL HOST", "DOMAINS", "CLUSTERS", "GATEWAY"], [
+            [item["name"], vh["name"], ",".join(vh["domains"]), ",".join(vh["clusters"]) or "-",
+             state(item)]
+            for item in items
+            for vh in item["summary"].get("virtualHosts") or [{"name": "-", "domains": [],
+                                                               "clusters": []}]
+        ]  # fmt: skip
+    if kind == "clusters":
+        return ["NAME", "TYPE", "HTTP2", "GATEWAY"], [
+            [i["name"], i["summary"].get("type", "-"), i["summary"].get("http2", "-"), state(i)]
+            for i in items
+        ]
+    if kind == "endpoints":
+        return ["CLUSTER", "ENDPOINTS", "GATEWAY"], [
+            [i["name"], ",".join(i["summary"].get("endpoints", [])) or "-", state(i)] for i in items
+        ]
+    return ["NAME", "ADDRESS", "ROUTE CONFIGS", "GATEWAY"], [
+        [i["name"], i["summary"].get("address", "-"),
+         ",".join(i["summary"].get("routeConfigs", [])) or "-", state(i)]
+        for i in items
+    ]  # fmt: skip
+
+
+def cmd_proxy_config(args: argparse.Namespace) -> int:
+    query = {}
+    if args.host:
+        query["host"] = args.host
+    if args.service:
+        query["service"] = f"{args.namespace}/{args.service}"
+    path = f"/v1/proxy-config/{args.kind}"
+    reply = _check(*_api(args.api_port, "GET", path + "?" + urllib.parse.urlencode(query)))
+    if args.output == "json":
+        print(json.dumps(reply, indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump(reply, sort_keys=False), end="")
+    elif not reply["items"]:
+        print("No resources found.")
+    else:
+        print(_table(*_proxy_rows(args.kind, reply["items"])))
     return 0
 
 

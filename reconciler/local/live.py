@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -157,13 +158,24 @@ class LiveState:
             await asyncio.sleep(self.interval_s)
 
     async def _get(self, url: str) -> str | None:
-        if self._session is None:
+        if self._session is None or self._session.closed:
             return None
         try:
             async with self._session.get(url) as resp:
                 return await resp.text() if resp.status == 200 else None
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.debug("GET %s: %s", url, exc)
+            return None
+
+    async def gateway_config_dump(self) -> dict[str, Any] | None:
+        """The local gateway's own Envoy `/config_dump` (with endpoints), None if it has
+        no admin or does not answer."""
+        if self.gateway_admin is None:
+            return None
+        text = await self._get(self.gateway_admin + "/config_dump?include_eds")
+        try:
+            return json.loads(text) if text else None
+        except ValueError:
             return None
 
     async def activator_metrics(self) -> str:
