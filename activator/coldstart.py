@@ -93,7 +93,10 @@ class ColdStartFigures:
     """(upper bound, cumulative count), the last bound +Inf."""
 
     def quantile(self, q: float) -> float | None:
-        """Prometheus' `histogram_quantile`: linear within the bucket that holds rank q."""
+        """Prometheus' `histogram_quantile`: linear within the bucket that holds rank q;
+        the one observation itself while there is only one."""
+        if self.count == 1 and self.latest_seconds is not None:
+            return self.latest_seconds
         return histogram_quantile(q, self.buckets)
 
     def to_dict(self) -> dict[str, float | int | None]:

@@ -30,6 +30,8 @@ async def test_a_request_held_at_zero_is_a_cold_start_until_its_first_byte() -> 
         # Held 0.4 s, then the pod answers after 0.3 s: both count, up to the first byte.
         assert one.latest_seconds is not None and one.latest_seconds >= 0.7
         assert one.total_seconds == one.latest_seconds
+        # One cold start is its own median, not a bucket's interpolation.
+        assert one.quantile(0.5) == one.quantile(0.95) == one.latest_seconds
 
         # With a ready pod a request does not wait and is no cold start.
         status, _, _ = await stack.request("hello-00001")

@@ -9,6 +9,7 @@ const SVG = "http://www.w3.org/2000/svg";
 const EVENT_COLORS = {
   "panic": "#d62728", "panic-end": "#ff9896", "scale-to-zero": "#7f7f7f", "wake": "#2ca02c",
 };
+const EVENT_LABELS = { "panic": "panic", "panic-end": "calm", "scale-to-zero": "zero", "wake": "wake" };
 
 const state = { doc: null, series: {}, fields: [] };
 
@@ -71,7 +72,7 @@ function line(points, x, y, pick, attrs, step) {
 
 function chart(key, now) {
   const series = state.series[key] || { points: [], events: [] };
-  const W = 640, H = 190, L = 34, R = 40, top = 14, mid = 100, bottom = 170;
+  const W = 900, H = 190, L = 34, R = 48, top = 14, mid = 100, bottom = 170;
   const x0 = now - WINDOW_S;
   const x = (t) => L + ((t - x0) / WINDOW_S) * (W - L - R);
   const points = series.points.filter((p) => p.t >= x0);
@@ -87,6 +88,7 @@ function chart(key, now) {
   root.append(svg("line", { x1: L, x2: W - R, y1: mid, y2: mid, class: "grid" }));
   root.append(svg("text", { x: L - 4, y: top + 8, class: "axis c", "text-anchor": "end" }, maxC.toFixed(maxC < 10 ? 1 : 0)));
   root.append(svg("text", { x: W - R + 4, y: top + 8, class: "axis r" }, maxR.toFixed(0) + "/s"));
+  root.append(svg("text", { x: L - 4, y: mid - 3, class: "axis c", "text-anchor": "end" }, "0"));
   root.append(svg("text", { x: L - 4, y: mid + 16, class: "axis p", "text-anchor": "end" }, String(maxP)));
   root.append(svg("text", { x: L - 4, y: bottom, class: "axis p", "text-anchor": "end" }, "0"));
   for (let ago = 30; ago < WINDOW_S; ago += 30) {
@@ -94,13 +96,19 @@ function chart(key, now) {
     root.append(svg("line", { x1: x(t), x2: x(t), y1: top, y2: bottom, class: "grid" }));
     root.append(svg("text", { x: x(t), y: bottom + 14, class: "axis", "text-anchor": "middle" }, `-${ago}s`));
   }
+  // Labels of events close together are stacked, so each stays readable.
+  let lastX = -Infinity, row = 0;
   for (const e of series.events.filter((e) => e.t >= x0)) {
     const color = EVENT_COLORS[e.kind] || "#333";
-    const mark = svg("line", { x1: x(e.t), x2: x(e.t), y1: top, y2: bottom, stroke: color,
+    const ex = x(e.t);
+    row = ex - lastX < 34 ? row + 1 : 0;
+    lastX = ex;
+    const mark = svg("line", { x1: ex, x2: ex, y1: top, y2: bottom, stroke: color,
       "stroke-width": 1.5, "stroke-dasharray": "3 2", "data-event": e.kind });
     mark.append(svg("title", {}, e.text));
     root.append(mark);
-    root.append(svg("text", { x: x(e.t) + 2, y: top + 9, fill: color, class: "event" }, e.kind));
+    root.append(svg("text", { x: ex + 2, y: top + 9 + 10 * (row % 4), fill: color, class: "event" },
+      EVENT_LABELS[e.kind] || e.kind));
   }
   const parts = [
     line(points, x, yR, (p) => p.rps, { class: "rps" }),
