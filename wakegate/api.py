@@ -61,8 +61,7 @@ from wakegate.serving.objects import (
     service_object,
 )
 from wakegate.xds.controlplane import ControlPlane
-from wakegate.xds.proxy_config import KINDS as PROXY_CONFIG_KINDS
-from wakegate.xds.proxy_config import proxy_config
+from wakegate.xds.proxy_config import report as proxy_config_report
 
 MAX_BODY = 16 * 1024 * 1024
 SERVING_API = "serving.knative.dev/"
@@ -533,31 +532,22 @@ class Api:
     # --- what a gateway gets -----------------------------------------------------------
 
     async def get_proxy_config(self, request: web.Request) -> web.Response:
-        kind = request.match_info["kind"]
-        if kind not in PROXY_CONFIG_KINDS:
-            return _error(404, f"kind {kind!r}: expected one of {', '.join(PROXY_CONFIG_KINDS)}")
-        hosts: list[str] | None = None
-        if request.query.get("host"):
-            hosts = [request.query["host"]]
         service = request.query.get("service", "")
-        if service:
-            key = service if "/" in service else f"default/{service}"
-            found = [i for i in self.cp.ingresses() if i.key == key]
-            if not found:
-                return _error(404, f"service {key}: not found")
-            hosts = [*(hosts or []), *sorted({h for r in found[0].rules for h in r.hosts})]
-        current = self.cp.cache.current(self.cp.group)
-        resources = current[1].resources if current is not None else {}
+        if service and "/" not in service:
+            service = f"default/{service}"
         dump = await self.live.gateway_config_dump()
-        return web.json_response(
-            {
-                "kind": kind,
-                "snapshot": current[1].version if current is not None else None,
-                "hosts": hosts,
-                "gateway": {"admin": self.live.gateway_admin, "dumped": dump is not None},
-                "items": proxy_config(resources, kind, hosts=hosts, dump=dump),
-            }
-        )
+        try:
+            body = proxy_config_report(
+                self.cp,
+                request.match_info["kind"],
+                host=request.query.get("host", ""),
+                ingress=service,
+                dump=dump,
+            )
+        except KeyError as exc:
+            return _error(404, str(exc.args[0]))
+        body["gateway"] = {"admin": self.live.gateway_admin, "dumped": dump is not None}
+        return web.json_response(body)
 
     # --- the live view -------------------------------------------------------------------
 

@@ -33,7 +33,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from wakegate.xds.controlplane import ControlPlane
 from wakegate.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources
+from wakegate.xds.status import gateway_rows
 
 KINDS: Mapping[str, str] = {
     "listeners": LISTENER,
@@ -56,8 +58,25 @@ def decode(type_url: str, body: bytes) -> Message:
     return message
 
 
+REDACTED = "[redacted]"
+
+
+def redact(value: Any) -> Any:
+    """`value` with every TLS private key replaced, as Envoy's own config dump does."""
+    if isinstance(value, dict):
+        return {
+            k: {"inline_string": REDACTED} if k == "private_key" else redact(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
 def to_dict(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+    """The resource as proto3 JSON with its private keys redacted: it is shown, and may
+    leave the machine (the controller's debug endpoint)."""
+    return dict(redact(json_format.MessageToDict(message, preserving_proto_field_name=True)))
 
 
 def domain_matches(pattern: str, host: str) -> bool:
@@ -170,12 +189,13 @@ def _same(type_url: str, ours: Message, theirs: Mapping[str, Any]) -> bool:
     try:
         parsed = json_format.ParseDict(body, _MESSAGES[type_url](), ignore_unknown_fields=True)
     except json_format.ParseError:
-        return to_dict(ours) == body
+        return to_dict(ours) == redact(body)
     if type_url == ENDPOINT:
         # Envoy dumps endpoints from its host set, with defaults filled in (health
         # status, weights, overprovisioning): the addresses are what was sent.
         return _addresses(parsed) == _addresses(ours)
-    return parsed == ours
+    # Envoy redacts private keys in its dump; compare with ours redacted alike.
+    return to_dict(parsed) == to_dict(ours)
 
 
 def _addresses(assignment: Any) -> list[str]:
@@ -282,7 +302,39 @@ def proxy_config(
                     "name": name,
                     "summary": {},
                     "gateway": {"state": EXTRA, "detail": found.version},
-                    "resource": found.body or {},
+                    "resource": redact(found.body or {}),
                 }
             )
     return entries
+
+
+def report(
+    cp: ControlPlane,
+    kind: str,
+    *,
+    host: str = "",
+    ingress: str = "",
+    dump: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`proxy_config` of the control plane's current snapshot, for `host` and the hosts
+    of the ingress keyed `ingress` (namespace/name); with every gateway's xDS state.
+
+    Raises KeyError for an unknown kind or ingress.
+    """
+    if kind not in KINDS:
+        raise KeyError(f"kind {kind!r}: expected one of {', '.join(KINDS)}")
+    hosts: list[str] | None = [host] if host else None
+    if ingress:
+        found = [i for i in cp.ingresses() if i.key == ingress]
+        if not found:
+            raise KeyError(f"{ingress}: no such ingress")
+        hosts = [*(hosts or []), *sorted({h for r in found[0].rules for h in r.hosts})]
+    current = cp.cache.current(cp.group)
+    resources = current[1].resources if current is not None else {}
+    return {
+        "kind": kind,
+        "snapshot": current[1].version if current is not None else None,
+        "hosts": hosts,
+        "gateways": gateway_rows(cp.server.nodes(), cp.server.current()),
+        "items": proxy_config(resources, kind, hosts=hosts, dump=dump),
+    }

@@ -27,8 +27,7 @@ from wakegate.activator.coldstart import ColdStartFigures, parse_cold_starts
 from wakegate.reconciler.local.services import LocalServing
 from wakegate.reconciler.local.timeline import Point, Timeline
 from wakegate.xds.controlplane import ControlPlane
-from wakegate.xds.resources import SHORT_NAMES
-from wakegate.xds.status import NodeStatus
+from wakegate.xds.status import gateway_rows
 
 log = logging.getLogger(__name__)
 
@@ -58,34 +57,6 @@ def _condition(status: Mapping[str, Any], kind: str) -> dict[str, Any]:
         if condition.get("type") == kind:
             return dict(condition)
     return {}
-
-
-def gateway_rows(nodes: list[NodeStatus], current: Mapping[str, bool]) -> list[dict[str, Any]]:
-    """Each gateway's xDS state: connected, what it ACKed, whether it accepted the
-    current snapshot (`current`, by node id), and its last NACK."""
-    rows = []
-    for node in nodes:
-        nack = node.last_nack
-        rows.append(
-            {
-                "node": node.node_id,
-                "group": node.group,
-                "connected": node.connected,
-                "mode": node.mode,
-                "acked": {SHORT_NAMES.get(t, t): v for t, v in sorted(node.acked.items())},
-                "inSync": node.connected and current.get(node.node_id, False),
-                "lastNack": None
-                if nack is None
-                else {
-                    "type": SHORT_NAMES.get(nack.type_url, nack.type_url),
-                    "version": nack.version,
-                    "message": nack.message,
-                    "time": nack.time,
-                },
-                "connectedAt": node.connected_at,
-            }
-        )
-    return rows
 
 
 class LiveState:
