@@ -30,6 +30,16 @@ def test_scale_to_zero_wake_and_panic_are_marked_once_each() -> None:
     assert [p.t for p in timeline.points(key, since=7)] == [8, 9]
 
 
+def test_a_cold_start_between_two_samples_marks_zero_and_wake() -> None:
+    timeline = Timeline()
+    timeline.record("a", Point(1, 0.0, 0.0, desired=1, ready=1, waited=0))
+    events = timeline.record("a", Point(2, 1.0, 1.0, desired=1, ready=1, waited=3))
+    assert [(e.kind, e.text) for e in events] == [
+        ("scale-to-zero", "scaled to zero"),
+        ("wake", "woken: 3 request(s) waited for a pod"),
+    ]
+
+
 def test_old_points_and_events_fall_out_and_gone_revisions_are_forgotten() -> None:
     timeline = Timeline(keep_s=10)
     timeline.record("a", point(0, desired=1, ready=1))

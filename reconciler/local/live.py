@@ -190,6 +190,7 @@ class LiveState:
             for revision in serving.revisions():
                 seen.add(revision.key)
                 scaling = serving.scaling_status(revision)
+                cold = self.cold_starts.get((revision.namespace, revision.name))
                 ready = sum(
                     1
                     for p in pods
@@ -206,6 +207,7 @@ class LiveState:
                         desired=scaling.get("desired"),
                         ready=ready,
                         panicking=bool(scaling.get("panicking")),
+                        waited=cold.waited if cold is not None else 0,
                     ),
                 )
             self.timeline.forget(seen)

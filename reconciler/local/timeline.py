@@ -7,8 +7,9 @@ chart from two successive points:
 
 - `panic`: the autoscaler entered panic mode; `panic-end`: it left it;
 - `scale-to-zero`: the last ready pod went;
-- `wake`: the autoscaler asked for pods again for a revision it had at zero (a
-  request is waiting at the activator).
+- `wake`: the autoscaler asked for pods again for a revision it had at zero, or a
+  request waited at the activator for a pod (a cold start). A revision can go to
+  zero and wake between two samples; the cold start still marks both.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class Point:
     desired: int | None
     ready: int
     panicking: bool = False
+    waited: int = 0
+    """Requests that have waited at the activator for a pod of the revision, so far."""
 
     def to_list(self) -> list[Any]:
         rounded = None if self.concurrency is None else round(self.concurrency, 2)
@@ -55,10 +58,14 @@ def events_between(before: Point, after: Point) -> list[Event]:
         out.append(Event(after.t, "panic", f"panic{load}"))
     elif before.panicking and not after.panicking:
         out.append(Event(after.t, "panic-end", "panic over"))
-    if before.ready > 0 and after.ready == 0:
+    cold = after.waited > before.waited
+    if before.ready > 0 and (after.ready == 0 or cold):
         out.append(Event(after.t, "scale-to-zero", "scaled to zero"))
     if before.desired == 0 and (after.desired or 0) > 0:
         out.append(Event(after.t, "wake", f"woken: {after.desired} pod(s) asked for"))
+    elif cold:
+        waited = after.waited - before.waited
+        out.append(Event(after.t, "wake", f"woken: {waited} request(s) waited for a pod"))
     return out
 
 
