@@ -640,10 +640,10 @@ def _in(namespace: str | None, name: str, item: dict[str, Any]) -> bool:
 
 
 def _table_rows(
-    api_port: int, kind: str, name: str, namespace: str | None
+    api_port: int, kind: str, name: str, namespace: str | None, *, required: bool = True
 ) -> tuple[list[str], list[list[Any]]]:
     items = [i for i in _check(*_api(api_port, "GET", f"/v1/{kind}")) if _in(namespace, name, i)]
-    if name and not items:
+    if name and not items and required:
         raise CliError(f"{KIND_NAMES[kind]} {namespace}/{name}: not found")
     return _rows(kind, items)
 
@@ -668,7 +668,7 @@ def cmd_get(args: argparse.Namespace) -> int:
             widths = [max(w, len(str(c))) for w, c in zip(widths, row, strict=True)]
         while True:
             time.sleep(WATCH_INTERVAL_S)
-            _, rows = _table_rows(args.api_port, kind, name, namespace)
+            _, rows = _table_rows(args.api_port, kind, name, namespace, required=False)
             for row in rows:
                 token = change_token(headers, row)
                 if seen.get(row[0]) != token:
