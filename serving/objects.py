@@ -170,32 +170,38 @@ class RevisionState:
 
 
 def revision_object(revision: Revision, state: RevisionState) -> dict[str, Any]:
-    """A Revision with Knative's conditions: ResourcesAvailable, ContainerHealthy and
-    Ready, and Active (False with reason NoTraffic while it has no ready pod)."""
+    """A Revision with Knative's conditions: Ready from ResourcesAvailable and
+    ContainerHealthy, and Active (severity Info) as the KPA reconciler marks it
+    (`computeActiveCondition`): True with a ready pod, Unknown "Queued" while pods are
+    asked for and none is ready, False "NoTraffic" at zero."""
     created = revision.created_at
     stamp = rfc3339(created) if created is not None else ""
     if state.failed:
         healthy = Condition(
             "ContainerHealthy", ConditionStatus.FALSE, "ContainerFailed", state.failed
         )
-    else:
-        healthy = Condition("ContainerHealthy", ConditionStatus.TRUE)
-    if state.ready:
-        resources = Condition("ResourcesAvailable", ConditionStatus.TRUE)
-    elif state.failed:
         resources = Condition(
             "ResourcesAvailable", ConditionStatus.FALSE, "ContainerFailed", state.failed
         )
+    elif state.ready:
+        healthy = Condition("ContainerHealthy", ConditionStatus.TRUE)
+        resources = Condition("ResourcesAvailable", ConditionStatus.TRUE)
     else:
+        healthy = Condition("ContainerHealthy", ConditionStatus.UNKNOWN, "Deploying")
         resources = Condition("ResourcesAvailable", ConditionStatus.UNKNOWN, "Deploying")
     if state.actual > 0:
         active = Condition("Active", ConditionStatus.TRUE)
-    elif state.ready:
+    elif state.ready and not state.desired:
         active = Condition(
             "Active", ConditionStatus.FALSE, "NoTraffic", "The target is not receiving traffic."
         )
     else:
-        active = Condition("Active", ConditionStatus.UNKNOWN, "Deploying")
+        active = Condition(
+            "Active",
+            ConditionStatus.UNKNOWN,
+            "Queued",
+            "Requests to the target are being buffered as resources are provisioned.",
+        )
     ready = ready_condition([resources, healthy])
     conditions = sorted([active, healthy, ready, resources], key=lambda c: c.type)
     template = template_to_dict(revision.template)
@@ -206,9 +212,13 @@ def revision_object(revision: Revision, state: RevisionState) -> dict[str, Any]:
         ROUTING_STATE_LABEL: "active" if state.routed else "reserve",
         SERVICE_LABEL: revision.service,
     }
+    rendered = [c.to_dict(stamp) for c in conditions]
+    for condition in rendered:
+        if condition["type"] == "Active":
+            condition["severity"] = "Info"
     status: dict[str, Any] = {
         "observedGeneration": 1,
-        "conditions": [c.to_dict(stamp) for c in conditions],
+        "conditions": rendered,
         "actualReplicas": state.actual,
     }
     if state.desired is not None:

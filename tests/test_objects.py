@@ -8,7 +8,9 @@ import yaml
 
 from wakegate.ingress.manifests import load_manifests
 from wakegate.ingress.objects import ingress_object
-from wakegate.serving.objects import full_name, object_list
+from wakegate.serving.manifests import load_services
+from wakegate.serving.objects import RevisionState, full_name, object_list, revision_object
+from wakegate.serving.revision import next_revision
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples/helloworld/ingress.yaml"
 
@@ -31,3 +33,36 @@ def test_names_and_lists_as_kubectl_prints_them() -> None:
     assert full_name(pod) == "pod/a-00001-x"
     listed = object_list([ksvc, pod])
     assert (listed["apiVersion"], listed["kind"], listed["items"]) == ("v1", "List", [ksvc, pod])
+
+
+def _conditions(state: RevisionState) -> dict[str, tuple[str, str]]:
+    seed = Path(__file__).resolve().parents[1] / "examples/helloworld/helloworld-go.yaml"
+    (service,) = load_services(seed.read_text())
+    revision = next_revision(service, [])
+    assert revision is not None
+    obj = revision_object(revision, state)
+    assert (obj["kind"], obj["metadata"]["name"]) == ("Revision", "helloworld-go-00001")
+    assert obj["metadata"]["labels"]["serving.knative.dev/service"] == "helloworld-go"
+    return {c["type"]: (c["status"], c.get("reason", "")) for c in obj["status"]["conditions"]}
+
+
+def test_revision_conditions_follow_knative() -> None:
+    # Active as knative/serving pkg/reconciler/autoscaling/kpa computeActiveCondition
+    # marks it; Ready from ResourcesAvailable and ContainerHealthy (revision lifecycle).
+    assert _conditions(RevisionState(ready=True, desired=0, actual=0))["Active"] == (
+        "False",
+        "NoTraffic",
+    )
+    waking = _conditions(RevisionState(ready=True, desired=1, actual=0))
+    assert waking["Active"] == ("Unknown", "Queued") and waking["Ready"] == ("True", "")
+    serving = _conditions(RevisionState(ready=True, desired=2, actual=2))
+    assert serving == {
+        "Active": ("True", ""),
+        "ContainerHealthy": ("True", ""),
+        "Ready": ("True", ""),
+        "ResourcesAvailable": ("True", ""),
+    }
+    deploying = _conditions(RevisionState(ready=False, desired=1, actual=0))
+    assert deploying["Ready"] == ("Unknown", "Deploying")
+    failed = _conditions(RevisionState(ready=False, failed="exited with code 1", actual=0))
+    assert failed["Ready"] == ("False", "ContainerFailed")
