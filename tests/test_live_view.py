@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -84,7 +85,7 @@ async def test_the_view_shows_a_service_and_follows_a_scale_up_without_reload(
         # Mark this page: a reload would lose the mark.
         await asyncio.to_thread(js, "window.viewNotReloaded = true")
         load = await asyncio.create_subprocess_exec(
-            hey, "-z", "12s", "-c", "40", "-host", HOST, client.gateway + "/",
+            hey, "-z", "30s", "-c", "40", "-host", HOST, client.gateway + "/",
             stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         try:
@@ -109,6 +110,8 @@ async def test_the_view_shows_a_service_and_follows_a_scale_up_without_reload(
             assert await asyncio.to_thread(driver.save_screenshot, str(shot))
             print(f"live view with {pods} ready pods under load: screenshot {shot}")
         finally:
+            # hey stops at SIGINT and still prints its report.
+            load.send_signal(signal.SIGINT)
             out, _ = await load.communicate()
         codes = dict(re.findall(r"\[(\d{3})\]\s+(\d+) responses", out.decode()))
         assert set(codes) == {"200"}, out.decode()
