@@ -67,11 +67,6 @@ class _Filter:
     literal: Any = None
 
 
-@dataclass(frozen=True)
-class _Literal:
-    value: Any
-
-
 Path = tuple[Any, ...]
 _OPERATORS = ("==", "!=", "<=", ">=", "=~", "<", ">")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'"}
