@@ -143,3 +143,8 @@ async def test_the_view_only_reads_and_fetches_nothing_from_elsewhere(client: Cl
             assert resp.status == 404
         async with session.post(client.api + "/") as resp:
             assert resp.status == 405
+        # The stack's /metrics carries the activator's cold-start metrics after its own.
+        async with session.get(client.api + "/metrics") as resp:
+            metrics = await resp.text()
+        assert "# TYPE wakegate_xds_pushes_total counter" in metrics
+        assert "# TYPE wakegate_cold_start_seconds histogram" in metrics
