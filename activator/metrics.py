@@ -9,6 +9,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from wakegate.activator.coldstart import ColdStarts
 from wakegate.activator.revisions import Revisions
 
 _LABELS = ("namespace", "revision")
@@ -70,6 +71,7 @@ class ActivatorMetrics:
             "Requests sent again to another pod after a pod could not be reached.",
             registry=self.registry,
         )
+        self.cold_starts = ColdStarts(self.registry)
         self.registry.register(_RevisionGauges(revisions, connected))
 
     def render(self) -> tuple[bytes, str]:

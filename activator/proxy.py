@@ -135,6 +135,7 @@ class Activator:
             handler_args={"max_field_size": 65536, "max_line_size": 65536},
         )
         app.router.add_route("*", "/{tail:.*}", self.handle)
+        app.on_response_prepare.append(self.metrics.cold_starts.on_response_prepare)
         app.on_startup.append(self._open)
         app.on_cleanup.append(self._close)
         return app
@@ -165,6 +166,7 @@ class Activator:
         if not namespace or not revision:
             return self._own(request)
         queue = self.revisions.get(namespace, revision)
+        self.metrics.cold_starts.arrived(request, queue)
         queue.request_started()
         code = 0
         try:
@@ -233,6 +235,7 @@ class Activator:
     ) -> web.StreamResponse:
         """Send the request to the slot's pod, or through the revision's gate, which then
         picks the pod and holds it to `containerConcurrency`."""
+        self.metrics.cold_starts.forwarding(request)
         url = URL(f"http://{gate or slot.authority}{request.raw_path}", encoded=True)
         headers = _end_to_end(CIMultiDict(request.headers), drop=frozenset({"expect"}))
         forwarded = request.headers.getall("X-Forwarded-For", [])

@@ -49,6 +49,7 @@ from bench.dataplane import Load, load, parse_hey
 from bench.local import NAMESPACE, Api, Timeline, host, local_stack, manifest, pod_log, service_of
 from bench.stack import cpu_seconds, ms, percentile, percentile_ms, table
 from bench.timing import Client, start_client
+from wakegate.activator.coldstart import parse_cold_starts
 from wakegate.autoscaler.config import AutoscalerConfig
 from wakegate.autoscaler.decider import Decision
 from wakegate.ingress.model import BackendRef
@@ -127,6 +128,16 @@ async def activator_hold(stack: LocalStack, session: aiohttp.ClientSession) -> t
     return float(found.get("sum", 0)), int(float(found.get("count", 0)))
 
 
+async def activator_cold_start(
+    stack: LocalStack, session: aiohttp.ClientSession, name: str
+) -> tuple[int, float | None]:
+    """The activator's own cold starts of `name`'s revision so far, and the latest."""
+    assert stack.activator is not None
+    async with session.get(f"http://127.0.0.1:{stack.activator.port}/metrics") as r:
+        figures = parse_cold_starts(await r.text()).get((NAMESPACE, revision(name)))
+    return (figures.count, figures.latest_seconds) if figures else (0, None)
+
+
 def _child_pid(marker: str) -> int | None:
     """A child process of this one whose command line contains `marker`."""
     me = os.getpid()
@@ -197,6 +208,8 @@ class Wake:
     """Seconds from the request being sent to each of STAGES."""
     hold_s: float | None
     """The activator's hold of the request, by its own metric."""
+    metric_s: float | None
+    """The activator's `wakegate_cold_start_seconds` for this wake (held → first byte)."""
     pod_start_s: float | None
     """The pod's spawn → ready, as the runtime logged it."""
     overlapped: bool
@@ -241,11 +254,13 @@ async def cold_starts(
         await asyncio.sleep(SETTLE_S)
         app_start.append(await timing.start_app())
         held, count = await activator_hold(stack, api.session)
+        colds, _ = await activator_cold_start(stack, api.session, name)
         cpu = _cpu(activator)
         async with loop_lag() as lags:
             sent, first, status = await timing.get(stack.config.port, host(name))
         cpu_after = _cpu(activator)
         held_after, count_after = await activator_hold(stack, api.session)
+        colds_after, latest = await activator_cold_start(stack, api.session, name)
         stages: dict[str, float | None] = {}
         since = sent
         for stage, _ in STAGES:
@@ -260,6 +275,7 @@ async def cold_starts(
                 status=status,
                 stages=stages,
                 hold_s=held_after - held if count_after == count + 1 else None,
+                metric_s=latest if colds_after == colds + 1 else None,
                 pod_start_s=pod_start,
                 overlapped=any(n != name and sent <= t <= first for t, n, _ in timeline.desired),
                 cpu_s={k: cpu_after[k] - v for k, v in cpu.items()},
@@ -286,6 +302,7 @@ def report_cold(r: ColdResult) -> None:
         if w.status == 200 and w.pod_start_s is not None
     ]
     ratio = f"{percentile(first, 50) / percentile(base, 50):.2f}x" if first and base else ""
+    metric = [w.metric_s for w in r.wakes if w.status == 200 and w.metric_s is not None]
 
     def row(label: str, values: Sequence[float], versus: str = "") -> list[object]:
         return [label, len(values), *(percentile_ms(values, p) for p in (50, 95, 100)), versus, ""]
@@ -297,6 +314,7 @@ def report_cold(r: ColdResult) -> None:
          "", "", "", f"≤ {TARGET_OVERHEAD_S * 1000:.0f} {verdict}"],
         row("each wake minus the app start just before it", paired),
         row("each wake minus its pod's own spawn → ready", own),
+        row("the activator's wakegate_cold_start_seconds", metric),
     ]  # fmt: skip
     print(table(["ms", "n", "p50", "p95", "max", "vs base", "target"], rows))
     if failed:

@@ -189,7 +189,7 @@ async def test_up_with_allow_zero_initial_scale_wakes_on_the_first_request(
             [*WAKEGATE, "get", "pods", "-o", "json", "--api-port", str(api_port)],
             capture_output=True, text=True, check=True, timeout=30,
         ).stdout  # fmt: skip
-        return list(json.loads(out))
+        return list(json.loads(out)["items"])
 
     try:
         assert up.stdout is not None
@@ -204,7 +204,10 @@ async def test_up_with_allow_zero_initial_scale_wakes_on_the_first_request(
             f"http://127.0.0.1:{port}/", host="helloworld-go.default.example.com"
         )
         assert (status, body) == (200, "Hello World!\n")
-        assert [p["ready"] for p in await asyncio.to_thread(pods)] == [True]
+        ready = [
+            p["status"]["containerStatuses"][0]["ready"] for p in await asyncio.to_thread(pods)
+        ]
+        assert ready == [True]
     finally:
         if up.returncode is None:
             up.send_signal(signal.SIGTERM)

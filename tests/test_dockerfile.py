@@ -80,6 +80,10 @@ def test_the_image_context_builds_a_package_that_runs_the_controller(tmp_path: P
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().startswith(str(site)), out.stdout
 
+    # The live view's page, script and stylesheet are package data of `wakegate`.
+    for asset in ("index.html", "app.js", "style.css"):
+        assert (site / "wakegate" / "ui" / asset).is_file(), f"wakegate/ui/{asset} not installed"
+
     script = site / "bin" / "wakegate"
     assert script.exists()
     help_out = subprocess.run(

@@ -7,19 +7,39 @@ PUT    /v1/manifests?wait=1&dir=D   apply multi-document YAML, all or nothing: K
 GET    /v1/services[/{ns}/{name}]   Knative Services (one: with revisions and pods)
 DELETE /v1/services/{ns}/{name}
 GET    /v1/revisions | /v1/routes | /v1/pods
-GET    /v1/pods/{name}/logs?tail=N
+GET    /v1/pods/{name}/logs?tail=N&follow=1
+GET    /v1/services/{ns}/{name}/logs?tail=N&follow=1
+                                    every pod of the Service, each line led by `[pod/NAME] `
 GET    /v1/ingresses                every ingress the gateways serve
 DELETE /v1/ingresses/{ns}/{name}    an ingress applied as a KIngress
+GET    /v1/objects/{kind}[/{ns}/{name}]?namespace=NS
+                                    Knative-shaped objects (services, routes, revisions,
+                                    pods, ingresses) as `kubectl get -o yaml` shows them;
+                                    a list is a `List` with `items`
+GET    /v1/proxy-config/{kind}?host=H&service=NS/NAME
+                                    listeners, routes, clusters or endpoints served for a
+                                    host (or a Service's hosts), each marked against the
+                                    gateway's own config dump
 GET    /v1/status                   snapshot version and per-gateway xDS status (ACKs, NACKs)
-GET    /metrics | /healthz
+GET    /                            the live view (static files under /ui/), which reads
+GET    /v1/live | /v1/live/events   the whole state, and its updates as server-sent events
+GET    /metrics | /healthz          /metrics includes the activator's (cold starts)
+
+The live view's page and its data are only read with GET; it holds no state of its own
+and uses relative URLs, so it is served wherever the API is.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
+import json
 import time
-from collections.abc import Mapping
-from dataclasses import fields, is_dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import prometheus_client
@@ -27,17 +47,48 @@ import yaml
 from aiohttp import web
 
 from wakegate.ingress.manifests import ManifestError, load_manifests
+from wakegate.ingress.objects import ingress_object
+from wakegate.reconciler.local.live import LiveState
 from wakegate.reconciler.local.manifests import ManifestReconciler
 from wakegate.reconciler.local.services import LocalServing
 from wakegate.serving.fields import ServiceError
+from wakegate.serving.objects import (
+    RevisionState,
+    object_list,
+    pod_object,
+    revision_object,
+    route_object,
+    service_object,
+)
 from wakegate.xds.controlplane import ControlPlane
+from wakegate.xds.proxy_config import report as proxy_config_report
 
 MAX_BODY = 16 * 1024 * 1024
 SERVING_API = "serving.knative.dev/"
+OBJECT_KINDS = ("services", "routes", "revisions", "pods", "ingresses")
+LOG_POLL_S = 0.25
+UI_FILES = {
+    "index.html": "text/html",
+    "app.js": "text/javascript",
+    "style.css": "text/css",
+}
+UI_HEADERS = {
+    # The page reads from this origin only; nothing is fetched from anywhere else.
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+def _event(kind: str, data: Any) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
 def _jsonable(value: Any) -> Any:
@@ -71,19 +122,59 @@ def _condition(status: Mapping[str, Any], kind: str) -> dict[str, Any]:
     return {}
 
 
+@dataclass
+class _Tail:
+    """One pod's log file being followed: how far it was read, and a partial line."""
+
+    path: Path
+    offset: int = 0
+    partial: bytes = b""
+    lines: list[bytes] = field(default_factory=list)
+
+    def read(self) -> None:
+        """Read what was appended since; complete lines go to `lines`."""
+        try:
+            with self.path.open("rb") as f:
+                size = f.seek(0, 2)
+                if size < self.offset:  # truncated: start over
+                    self.offset, self.partial = 0, b""
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        self.offset += len(data)
+        *complete, self.partial = (self.partial + data).split(b"\n")
+        self.lines.extend(line + b"\n" for line in complete)
+
+    def flush(self) -> None:
+        if self.partial:
+            self.lines.append(self.partial + b"\n")
+            self.partial = b""
+
+
 class Api:
     def __init__(
         self,
         control_plane: ControlPlane,
         manifests: ManifestReconciler,
         serving: LocalServing | None = None,
+        live: LiveState | None = None,
     ) -> None:
         self.cp = control_plane
         self.manifests = manifests
         self.serving = serving
+        self.live = live or LiveState(control_plane, serving)
         self.app = web.Application(client_max_size=MAX_BODY)
         self.app.add_routes(
             [
+                web.get("/", self.get_ui),
+                web.get("/ui/{file}", self.get_ui),
+                web.get("/v1/live", self.get_live),
+                web.get("/v1/live/events", self.get_live_events),
+                web.get("/v1/objects/{kind}", self.get_objects),
+                web.get("/v1/objects/{kind}/{namespace}/{name}", self.get_object),
+                web.get("/v1/services/{namespace}/{name}/logs", self.get_service_logs),
+                web.get("/v1/proxy-config/{kind}", self.get_proxy_config),
                 web.put("/v1/manifests", self.put_manifests),
                 web.get("/v1/services", self.get_services),
                 web.get("/v1/services/{namespace}/{name}", self.get_service),
@@ -237,32 +328,8 @@ class Api:
         return web.json_response({"deleted": f"{namespace}/{name}"})
 
     async def get_revisions(self, request: web.Request) -> web.Response:
-        serving = self._serving()
-        pods = serving.pods()
-        statuses = {
-            f"{service.namespace}/{service.name}": status for service, status in serving.services()
-        }
-        out = []
-        for revision in serving.revisions():
-            own = [p for p in pods if p["revision"] == revision.name]
-            status = statuses.get(f"{revision.namespace}/{revision.service}", {})
-            out.append(
-                {
-                    "namespace": revision.namespace,
-                    "name": revision.name,
-                    "service": revision.service,
-                    "generation": revision.generation,
-                    "createdAt": revision.to_dict()["createdAt"],
-                    "ready": serving.is_ready(revision),
-                    "routed": any(
-                        t.get("revisionName") == revision.name for t in status.get("traffic", [])
-                    ),
-                    "pods": len(own),
-                    "readyPods": sum(1 for p in own if p["ready"]),
-                    "autoscaler": serving.scaling_status(revision),
-                }
-            )
-        return web.json_response(out)
+        self._serving()
+        return web.json_response(self.live.revision_rows())
 
     async def get_routes(self, request: web.Request) -> web.Response:
         out = []
@@ -283,17 +350,74 @@ class Api:
     async def get_pods(self, request: web.Request) -> web.Response:
         return web.json_response(self._serving().pods())
 
-    async def get_pod_logs(self, request: web.Request) -> web.Response:
+    async def get_pod_logs(self, request: web.Request) -> web.StreamResponse:
+        serving = self._serving()
         name = request.match_info["name"]
-        path = self._serving().pod_log(name)
-        if path is None:
+        if serving.pod_log(name) is None:
             return _error(404, f"pod {name}: not found")
-        tail = int(request.query.get("tail", "0") or 0)
+
+        def pods() -> dict[str, Path]:
+            path = serving.pod_log(name)
+            return {} if path is None else {name: path}
+
+        return await self._logs(request, pods, prefix=False)
+
+    async def get_service_logs(self, request: web.Request) -> web.StreamResponse:
+        serving = self._serving()
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        if serving.store.get_service(namespace, name) is None:
+            return _error(404, f"service {namespace}/{name}: not found")
+
+        def pods() -> dict[str, Path]:
+            revisions = {r.name for r in serving.revisions(namespace) if r.service == name}
+            return {
+                p["name"]: Path(p["logPath"])
+                for p in serving.pods()
+                if p["namespace"] == namespace and p["revision"] in revisions
+            }
+
+        return await self._logs(request, pods, prefix=True)
+
+    async def _logs(
+        self, request: web.Request, pods: Callable[[], dict[str, Path]], *, prefix: bool
+    ) -> web.StreamResponse:
+        """The logs of `pods()`: the last `tail` lines of each (all when 0), then, with
+        `follow`, every new line, of pods that come up later too, until the last pod is
+        gone. With `prefix` each line is led by `[pod/NAME] `."""
         try:
-            lines = path.read_text(errors="replace").splitlines(keepends=True)
-        except FileNotFoundError:
-            lines = []
-        return web.Response(text="".join(lines[-tail:] if tail > 0 else lines))
+            tail = int(request.query.get("tail", "0") or 0)
+        except ValueError:
+            return _error(400, f"tail: got {request.query['tail']!r}, expected a number")
+        follow = request.query.get("follow") in {"1", "true"}
+        response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+        await response.prepare(request)
+        tails: dict[str, _Tail] = {}
+        first = True
+        with contextlib.suppress(ConnectionError):
+            while True:
+                current = pods()
+                for name, path in current.items():
+                    if name not in tails:
+                        tails[name] = _Tail(path)
+                for name, state in tails.items():
+                    state.read()
+                    if name not in current or not follow:
+                        state.flush()
+                    lines = state.lines
+                    if first and tail > 0:
+                        lines = lines[-tail:]
+                    state.lines = []
+                    lead = f"[pod/{name}] ".encode() if prefix else b""
+                    if lines:
+                        await response.write(b"".join(lead + line for line in lines))
+                first = False
+                for name in [n for n in tails if n not in current]:
+                    del tails[name]
+                if not follow or not tails:
+                    break
+                await asyncio.sleep(LOG_POLL_S)
+            await response.write_eof()
+        return response
 
     # --- ingresses and the gateways --------------------------------------------------------
 
@@ -318,15 +442,139 @@ class Api:
                 "version": last.version if last else None,
                 "gatewayPort": self.cp.gateway.external_port,
                 "gateways": _jsonable(self.cp.server.nodes()),
+                "current": self.cp.server.current(),
                 "errors": _jsonable(self.cp.translator.errors),
             }
         )
 
     async def get_metrics(self, request: web.Request) -> web.Response:
+        # The activator is a process of its own with a registry of its own (no name
+        # is in both): its families follow the control plane's.
+        activator = (await self.live.activator_metrics()).encode()
         return web.Response(
-            body=prometheus_client.generate_latest(),
+            body=prometheus_client.generate_latest() + activator,
             headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
         )
+
+    # --- Knative-shaped objects ------------------------------------------------------------
+
+    def _objects(self, kind: str, namespace: str | None) -> list[dict[str, Any]]:
+        if kind == "ingresses":
+            return [
+                ingress_object(i)
+                for i in self.cp.ingresses()
+                if namespace is None or i.namespace == namespace
+            ]
+        serving = self._serving()
+        services = [
+            (service, status)
+            for service, status in serving.services()
+            if namespace is None or service.namespace == namespace
+        ]
+        revisions = [r for r in serving.revisions(namespace)]
+        created = {}
+        for revision in revisions:
+            key = (revision.namespace, revision.service)
+            if key not in created and revision.created_at is not None:
+                created[key] = revision.created_at
+        if kind in ("services", "routes"):
+            build = service_object if kind == "services" else route_object
+            out = []
+            for service, status in services:
+                stored = serving.store.get_service(service.namespace, service.name)
+                generation = stored.generation if stored is not None else 0
+                first = created.get((service.namespace, service.name))
+                out.append(build(service, status, generation=generation, created=first))
+            return out
+        rows = {(r["namespace"], r["name"]): r for r in self.live.revision_rows()}
+        if kind == "revisions":
+            out = []
+            for revision in revisions:
+                row = rows.get((revision.namespace, revision.name), {})
+                state = RevisionState(
+                    ready=bool(row.get("ready")),
+                    failed=str(row.get("failed") or ""),
+                    desired=(row.get("autoscaler") or {}).get("desired"),
+                    actual=int(row.get("readyPods") or 0),
+                    routed=bool(row.get("routed")),
+                )
+                out.append(revision_object(revision, state))
+            return out
+        if kind == "pods":
+            owners = {(r.namespace, r.name): r for r in revisions}
+            out = []
+            for pod in serving.pods():
+                owner = owners.get((pod["namespace"], pod["revision"]))
+                if owner is None:
+                    continue
+                container = owner.template.container.name or "user-container"
+                out.append(pod_object(pod, owner.service, container))
+            return out
+        raise web.HTTPNotFound(text=f"kind {kind!r}: expected one of {', '.join(OBJECT_KINDS)}\n")
+
+    async def get_objects(self, request: web.Request) -> web.Response:
+        kind = request.match_info["kind"]
+        if kind not in OBJECT_KINDS:
+            return _error(404, f"kind {kind!r}: expected one of {', '.join(OBJECT_KINDS)}")
+        namespace = request.query.get("namespace") or None
+        return web.json_response(object_list(self._objects(kind, namespace)))
+
+    async def get_object(self, request: web.Request) -> web.Response:
+        kind = request.match_info["kind"]
+        if kind not in OBJECT_KINDS:
+            return _error(404, f"kind {kind!r}: expected one of {', '.join(OBJECT_KINDS)}")
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        for obj in self._objects(kind, namespace):
+            if obj["metadata"]["name"] == name:
+                return web.json_response(obj)
+        return _error(404, f"{kind.rstrip('s')} {namespace}/{name}: not found")
+
+    # --- what a gateway gets -----------------------------------------------------------
+
+    async def get_proxy_config(self, request: web.Request) -> web.Response:
+        service = request.query.get("service", "")
+        if service and "/" not in service:
+            service = f"default/{service}"
+        dump = await self.live.gateway_config_dump()
+        try:
+            body = proxy_config_report(
+                self.cp,
+                request.match_info["kind"],
+                host=request.query.get("host", ""),
+                ingress=service,
+                dump=dump,
+            )
+        except KeyError as exc:
+            return _error(404, str(exc.args[0]))
+        body["gateway"] = {"admin": self.live.gateway_admin, "dumped": dump is not None}
+        return web.json_response(body)
+
+    # --- the live view -------------------------------------------------------------------
+
+    async def get_ui(self, request: web.Request) -> web.Response:
+        name = request.match_info.get("file", "index.html")
+        content_type = UI_FILES.get(name)
+        if content_type is None:
+            return _error(404, f"{request.path}: not found")
+        body = (resources.files("wakegate") / "ui" / name).read_bytes()
+        return web.Response(
+            body=body, content_type=content_type, charset="utf-8", headers=UI_HEADERS
+        )
+
+    async def get_live(self, request: web.Request) -> web.Response:
+        return web.json_response(self.live.document())
+
+    async def get_live_events(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events: `snapshot` (the whole state) once, then an `update` a tick."""
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        with self.live.subscribe() as updates, contextlib.suppress(ConnectionError):
+            await response.write(_event("snapshot", self.live.document()))
+            while (update := await updates.get()) is not None:
+                await response.write(_event("update", update))
+        return response
 
     async def get_health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

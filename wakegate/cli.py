@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
 import signal
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -65,6 +67,43 @@ def _xds_protocol_arg(p: argparse.ArgumentParser) -> None:
 
 def _api_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-port", type=int, default=DEFAULT_API_PORT, help="the stack's API port")
+
+
+def _kind(value: str) -> tuple[str, str]:
+    """KIND or KIND/NAME → (the API's kind, name or "")."""
+    word, _, name = value.partition("/")
+    if word.lower() not in KINDS:
+        raise argparse.ArgumentTypeError(
+            f"got {word!r}, expected one of {', '.join(sorted(KINDS))}"
+        )
+    return KINDS[word.lower()], name
+
+
+def _output(value: str) -> Any:
+    from wakegate.output import OutputError, parse_output
+
+    try:
+        return parse_output(value)
+    except OutputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _duration(value: str) -> float:
+    from wakegate.output import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _condition(value: str) -> Any:
+    from wakegate.output import parse_condition
+
+    try:
+        return parse_condition(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 CONTROLLER_HELP = "run in a Kubernetes cluster as Knative Serving's ingress"
@@ -125,12 +164,29 @@ def build_parser(command: str | None = "controller") -> argparse.ArgumentParser:
     _api_arg(p)
     p.set_defaults(handler=cmd_apply)
 
-    p = sub.add_parser("get", help="list ksvc|revisions|routes|pods|ingresses")
-    p.add_argument("kind", choices=sorted(KINDS))
+    p = sub.add_parser("get", help="list ksvc|revisions|routes|pods|ingresses, or get one")
+    p.add_argument("kind", type=_kind, help="KIND or KIND/NAME: " + ", ".join(sorted(KINDS)))
+    p.add_argument("name", nargs="?", help="one object (in --namespace, default: default)")
     p.add_argument("-n", "--namespace", default=None, help="only this namespace")
-    p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    p.add_argument(
+        "-o", "--output", type=_output, default=_output("table"), metavar="FORMAT",
+        help="json, yaml (Knative-shaped objects), name or jsonpath=TEMPLATE",
+    )  # fmt: skip
+    p.add_argument("-w", "--watch", action="store_true", help="print rows again as they change")
     _api_arg(p)
     p.set_defaults(handler=cmd_get)
+
+    p = sub.add_parser("wait", help="wait until an object has a condition (like kubectl wait)")
+    p.add_argument("target", type=_kind, metavar="KIND/NAME", help="e.g. ksvc/helloworld-go")
+    p.add_argument("name", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--for", dest="condition", type=_condition, required=True, metavar="condition=TYPE",
+        help="condition=Ready, or condition=TYPE=STATUS",
+    )  # fmt: skip
+    p.add_argument("--timeout", type=_duration, default=30.0, help="60s, 2m, …; default 30s")
+    p.add_argument("-n", "--namespace", default="default")
+    _api_arg(p)
+    p.set_defaults(handler=cmd_wait)
 
     p = sub.add_parser("describe", help="show one Service with its revisions and pods")
     p.add_argument("kind", choices=["ksvc", "service"])
@@ -146,11 +202,26 @@ def build_parser(command: str | None = "controller") -> argparse.ArgumentParser:
     _api_arg(p)
     p.set_defaults(handler=cmd_delete)
 
-    p = sub.add_parser("logs", help="print a pod's log")
-    p.add_argument("pod")
-    p.add_argument("--tail", type=int, default=0, help="only the last N lines")
+    p = sub.add_parser("logs", help="print a pod's log, or every pod's of a Service")
+    p.add_argument("pod", metavar="POD | ksvc NAME", help="a pod, or ksvc NAME (or ksvc/NAME)")
+    p.add_argument("name", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument("-f", "--follow", action="store_true", help="go on printing new lines")
+    p.add_argument("--tail", type=int, default=0, help="only the last N lines (of each pod)")
+    p.add_argument("-n", "--namespace", default="default")
     _api_arg(p)
     p.set_defaults(handler=cmd_logs)
+
+    p = sub.add_parser(
+        "proxy-config",
+        help="what the gateway gets for a host or a Service, and where it differs",
+    )
+    p.add_argument("kind", choices=["listeners", "routes", "clusters", "endpoints"])
+    p.add_argument("--host", help="only what this host reaches")
+    p.add_argument("--service", help="only what this Service's hosts reach (in --namespace)")
+    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+    _api_arg(p)
+    p.set_defaults(handler=cmd_proxy_config)
 
     p = sub.add_parser("status", help="snapshot version and each gateway's xDS status")
     _api_arg(p)
@@ -249,6 +320,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     async def start() -> None:
         await stack.start()
         print(f"api      http://127.0.0.1:{stack.api_port}", flush=True)
+        print(f"ui       http://127.0.0.1:{stack.api_port}/", flush=True)
         print(f"xds      grpc://{stack.config.xds_host}:{stack.xds_port}", flush=True)
         if stack.gateway is not None:
             print(f"gateway  http://{args.bind}:{args.port}  "
@@ -324,6 +396,27 @@ def _api(port: int, method: str, path: str, body: bytes | None = None) -> tuple[
     return status, raw.decode(errors="replace")
 
 
+def _stream(port: int, path: str) -> None:
+    """GET `path` and copy the body to stdout as it arrives (for logs that follow)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    try:
+        resp = urllib.request.urlopen(req, timeout=None)
+    except urllib.error.HTTPError as exc:
+        ctype = exc.headers.get("Content-Type", "")
+        raw = exc.read()
+        _check(exc.code, json.loads(raw or b"null") if "json" in ctype else raw.decode())
+        return
+    except urllib.error.URLError as exc:
+        raise CliError(
+            f"api: cannot reach http://127.0.0.1:{port} ({exc.reason}); is `wakegate up` running?"
+        ) from exc
+    with resp:
+        out = sys.stdout.buffer
+        while chunk := resp.read1(65536):
+            out.write(chunk)
+            out.flush()
+
+
 def _check(status: int, reply: Any) -> Any:
     if status >= 400:
         message = reply.get("error") if isinstance(reply, dict) else str(reply).strip()
@@ -339,9 +432,13 @@ def cmd_apply(args: argparse.Namespace) -> int:
     query = {"dir": str(args.filename.resolve().parent), "timeout": str(args.timeout)}
     if args.wait:
         query["wait"] = "1"
-    status, reply = _api(
-        args.api_port, "PUT", "/v1/manifests?" + urllib.parse.urlencode(query), body
-    )
+    path = "/v1/manifests?" + urllib.parse.urlencode(query)
+    if args.wait and sys.stdout.isatty():
+        status, reply = _with_progress(
+            args.api_port, lambda: _api(args.api_port, "PUT", path, body), _service_keys(body)
+        )
+    else:
+        status, reply = _api(args.api_port, "PUT", path, body)
     if status == 504 and isinstance(reply, dict):
         for line in _applied_lines(reply, port=None, wait=False):
             print(line)
@@ -355,6 +452,75 @@ def cmd_apply(args: argparse.Namespace) -> int:
     for line in _applied_lines(reply, port=port, wait=args.wait):
         print(line)
     return 0
+
+
+PROGRESS_INTERVAL_S = 0.3
+
+
+def _service_keys(body: bytes) -> list[tuple[str, str]]:
+    """(namespace, name) of each Knative Service in a manifest, for progress lines."""
+    keys = []
+    try:
+        for doc in yaml.safe_load_all(body):
+            if isinstance(doc, dict) and doc.get("kind") == "Service":
+                metadata = doc.get("metadata") or {}
+                keys.append(
+                    (str(metadata.get("namespace") or "default"), str(metadata.get("name")))
+                )
+    except yaml.YAMLError:
+        pass  # the API names the problem
+    return keys
+
+
+def _progress_line(api_port: int, keys: list[tuple[str, str]]) -> str:
+    """`hello: revision hello-00002 pods ready 1/1 · gateways serving 1/1`."""
+    parts = []
+    services = {
+        (s["namespace"], s["name"]): s for s in _check(*_api(api_port, "GET", "/v1/services"))
+    }
+    revisions = {
+        (r["namespace"], r["name"]): r for r in _check(*_api(api_port, "GET", "/v1/revisions"))
+    }
+    for namespace, name in keys:
+        latest = services.get((namespace, name), {}).get("latestCreatedRevisionName", "")
+        revision = revisions.get((namespace, latest))
+        if revision is None:
+            parts.append(f"{name}: creating")
+            continue
+        desired = revision["autoscaler"].get("desired")
+        wanted = "?" if desired is None else desired
+        parts.append(f"{name}: {latest} pods ready {revision['readyPods']}/{wanted}")
+    status = _check(*_api(api_port, "GET", "/v1/status"))
+    connected = [g for g in status.get("gateways", []) if g.get("connected")]
+    serving = sum(1 for g in connected if status.get("current", {}).get(g["node_id"]))
+    parts.append(f"gateways serving {serving}/{len(connected)}")
+    return " · ".join(parts)
+
+
+def _with_progress(api_port: int, call: Any, keys: list[tuple[str, str]]) -> tuple[int, Any]:
+    """Run the blocking `call` while one progress line is redrawn on the terminal."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(call)
+        shown = ""
+        while True:
+            try:
+                return future.result(timeout=PROGRESS_INTERVAL_S)  # type: ignore[no-any-return]
+            except concurrent.futures.TimeoutError:
+                pass
+            finally:
+                if future.done() and shown:
+                    sys.stdout.write("\r\x1b[K")
+                    sys.stdout.flush()
+            try:
+                line = _progress_line(api_port, keys)
+            except CliError:
+                continue
+            width = shutil.get_terminal_size().columns - 1
+            shown = line[:width]
+            sys.stdout.write("\r\x1b[K" + shown)
+            sys.stdout.flush()
 
 
 def _gateway_port(api_port: int) -> int | None:
@@ -381,6 +547,20 @@ def _table(headers: Sequence[str], rows: list[Sequence[Any]]) -> str:
     )
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}s"
+
+
+def _cold_starts(figures: dict[str, Any] | None) -> str:
+    """`3 (latest 1.20s, p95 1.45s)`: requests that got a pod after waiting at zero."""
+    if not figures or not (figures.get("count") or figures.get("waited")):
+        return "-"
+    return (
+        f"{figures['count']} (latest {_seconds(figures['latestSeconds'])}, "
+        f"p95 {_seconds(figures['p95Seconds'])})"
+    )
+
+
 def _rows(kind: str, items: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
     if kind == "services":
         return ["NAME", "URL", "LATESTCREATED", "LATESTREADY", "READY", "REASON"], [
@@ -399,13 +579,14 @@ def _rows(kind: str, items: list[dict[str, Any]]) -> tuple[list[str], list[list[
             "ACTUAL",
             "MODE",
             "AGE",
+            "COLD STARTS",
             "LAST DECISION",
         ]
         return headers, [
             [i["name"], i["service"], i["generation"], i["ready"], i["routed"],
              "-" if i["autoscaler"]["desired"] is None else i["autoscaler"]["desired"],
              f"{i['readyPods']}/{i['pods']}", i["autoscaler"]["mode"], _age(i["createdAt"]),
-             i["autoscaler"]["reason"]]
+             _cold_starts(i.get("coldStarts")), i["autoscaler"]["reason"]]
             for i in items
         ]  # fmt: skip
     if kind == "routes":
@@ -425,24 +606,133 @@ def _rows(kind: str, items: list[dict[str, Any]]) -> tuple[list[str], list[list[
     return ["NAME", "HOSTS"], [[i["key"], ",".join(i["hosts"])] for i in items]
 
 
+KIND_NAMES = {
+    "services": "ksvc",
+    "revisions": "revision",
+    "routes": "route",
+    "pods": "pod",
+    "ingresses": "ingress",
+}
+WATCH_INTERVAL_S = 1.0
+
+
+def _target(args: argparse.Namespace, kind: str, name: str) -> tuple[str, str | None]:
+    """The name given as KIND/NAME or as a second word, and the namespace to look in."""
+    if name and args.name:
+        raise CliError(f"name: got both {name!r} and {args.name!r}, expected one")
+    name = name or args.name or ""
+    namespace = args.namespace or ("default" if name else None)
+    return name, namespace
+
+
+def _object_path(kind: str, name: str, namespace: str | None) -> str:
+    if name:
+        return f"/v1/objects/{kind}/{namespace}/{urllib.parse.quote(name)}"
+    query = "?" + urllib.parse.urlencode({"namespace": namespace}) if namespace else ""
+    return f"/v1/objects/{kind}{query}"
+
+
+def _in(namespace: str | None, name: str, item: dict[str, Any]) -> bool:
+    item_namespace, _, key_name = str(item.get("key", "")).partition("/")
+    item_namespace = item.get("namespace", item_namespace)
+    item_name = item.get("name", key_name)
+    return (namespace is None or item_namespace == namespace) and (not name or item_name == name)
+
+
+def _table_rows(
+    api_port: int, kind: str, name: str, namespace: str | None, *, required: bool = True
+) -> tuple[list[str], list[list[Any]]]:
+    items = [i for i in _check(*_api(api_port, "GET", f"/v1/{kind}")) if _in(namespace, name, i)]
+    if name and not items and required:
+        raise CliError(f"{KIND_NAMES[kind]} {namespace}/{name}: not found")
+    return _rows(kind, items)
+
+
 def cmd_get(args: argparse.Namespace) -> int:
-    kind = KINDS[args.kind]
-    items = _check(*_api(args.api_port, "GET", f"/v1/{kind}"))
-    if args.namespace:
-        items = [
-            i
-            for i in items
-            if i.get("namespace", i.get("key", "").partition("/")[0]) == args.namespace
-        ]
-    if args.output == "json":
-        print(json.dumps(items, indent=2))
-    elif args.output == "yaml":
-        print(yaml.safe_dump(items, sort_keys=False), end="")
-    elif not items:
-        print("No resources found.")
+    from wakegate.output import OutputError, change_token, render_objects
+
+    kind, name = args.kind
+    name, namespace = _target(args, kind, name)
+    output = args.output
+    if not output.objects:
+        headers, rows = _table_rows(args.api_port, kind, name, namespace)
+        if rows or args.watch:
+            print(_table(headers, rows), flush=True)
+        else:
+            print("No resources found.")
+        if not args.watch:
+            return 0
+        seen = {row[0]: change_token(headers, row) for row in rows}
+        widths = [len(h) for h in headers]
+        for row in rows:
+            widths = [max(w, len(str(c))) for w, c in zip(widths, row, strict=True)]
+        while True:
+            time.sleep(WATCH_INTERVAL_S)
+            _, rows = _table_rows(args.api_port, kind, name, namespace, required=False)
+            for row in rows:
+                token = change_token(headers, row)
+                if seen.get(row[0]) != token:
+                    seen[row[0]] = token
+                    print(_aligned(row, widths), flush=True)
+    path = _object_path(kind, name, namespace)
+    if name and not args.watch:
+        status, reply = _api(args.api_port, "GET", path)
+        if status == 404:
+            raise CliError(f"{KIND_NAMES[kind]} {namespace}/{name}: not found")
+        obj = _check(status, reply)
     else:
-        print(_table(*_rows(kind, items)))
-    return 0
+        obj = _check(*_api(args.api_port, "GET", path))
+    try:
+        if not args.watch:
+            sys.stdout.write(render_objects(output, obj))
+            return 0
+        printed: dict[str, str] = {}
+        while True:
+            for item in obj.get("items", [obj]) if obj.get("kind") == "List" else [obj]:
+                text = render_objects(output, item)
+                key = json.dumps(item.get("metadata", {}).get("name"))
+                if printed.get(key) != text:
+                    printed[key] = text
+                    sys.stdout.write(text)
+                    sys.stdout.flush()
+            time.sleep(WATCH_INTERVAL_S)
+            status, obj = _api(args.api_port, "GET", path)
+            if status == 404:
+                obj = {"kind": "List", "items": []}
+            else:
+                _check(status, obj)
+    except OutputError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _aligned(row: Sequence[Any], widths: list[int]) -> str:
+    return "   ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    from wakegate.serving.objects import full_name
+
+    kind, name = args.target
+    name, namespace = _target(args, kind, name)
+    if not name:
+        raise CliError("target: got no name, expected KIND/NAME such as ksvc/helloworld-go")
+    path = _object_path(kind, name, namespace)
+    deadline = time.monotonic() + args.timeout
+    while True:
+        status, reply = _api(args.api_port, "GET", path)
+        if status == 404:
+            raise CliError(f"{KIND_NAMES[kind]} {namespace}/{name}: not found")
+        obj = _check(status, reply)
+        if args.condition.met(obj):
+            print(f"{full_name(obj)} condition met")
+            return 0
+        if time.monotonic() >= deadline:
+            raise CliError(
+                f"timed out after {args.timeout:g} s waiting for condition "
+                f"{args.condition.type}={args.condition.status} on {KIND_NAMES[kind]}/{name}",
+                code=1,
+            )
+        time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
@@ -459,8 +749,71 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    text = _check(*_api(args.api_port, "GET", f"/v1/pods/{args.pod}/logs?tail={args.tail}"))
-    sys.stdout.write(text)
+    word, _, named = args.pod.partition("/")
+    if word.lower() in ("ksvc", "service", "services") and (named or args.name):
+        name = named or args.name
+        path = f"/v1/services/{args.namespace}/{urllib.parse.quote(name)}/logs"
+    elif word.lower() == "pod" and (named or args.name):
+        path = f"/v1/pods/{urllib.parse.quote(named or args.name)}/logs"
+    elif args.name:
+        raise CliError(f"pod: got {args.pod!r} {args.name!r}, expected POD or ksvc NAME")
+    else:
+        path = f"/v1/pods/{urllib.parse.quote(args.pod)}/logs"
+    query = {"tail": str(args.tail), **({"follow": "1"} if args.follow else {})}
+    _stream(args.api_port, f"{path}?{urllib.parse.urlencode(query)}")
+    return 0
+
+
+def _proxy_rows(kind: str, items: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    def state(item: dict[str, Any]) -> str:
+        gateway = item.get("gateway")
+        if gateway is None:
+            return "-"
+        detail = gateway.get("detail") or ""
+        if gateway["state"] in ("served", "stale", "extra"):
+            return gateway["state"]
+        return f"{gateway['state']}: {detail}" if detail else gateway["state"]
+
+    if kind == "routes":
+        return ["ROUTE CONFIG", "VIRTUAL HOST", "DOMAINS", "CLUSTERS", "GATEWAY"], [
+            [item["name"], vh["name"], ",".join(vh["domains"]), ",".join(vh["clusters"]) or "-",
+             state(item)]
+            for item in items
+            for vh in item["summary"].get("virtualHosts") or [{"name": "-", "domains": [],
+                                                               "clusters": []}]
+        ]  # fmt: skip
+    if kind == "clusters":
+        return ["NAME", "TYPE", "HTTP2", "GATEWAY"], [
+            [i["name"], i["summary"].get("type", "-"), i["summary"].get("http2", "-"), state(i)]
+            for i in items
+        ]
+    if kind == "endpoints":
+        return ["CLUSTER", "ENDPOINTS", "GATEWAY"], [
+            [i["name"], ",".join(i["summary"].get("endpoints", [])) or "-", state(i)] for i in items
+        ]
+    return ["NAME", "ADDRESS", "ROUTE CONFIGS", "GATEWAY"], [
+        [i["name"], i["summary"].get("address", "-"),
+         ",".join(i["summary"].get("routeConfigs", [])) or "-", state(i)]
+        for i in items
+    ]  # fmt: skip
+
+
+def cmd_proxy_config(args: argparse.Namespace) -> int:
+    query = {}
+    if args.host:
+        query["host"] = args.host
+    if args.service:
+        query["service"] = f"{args.namespace}/{args.service}"
+    path = f"/v1/proxy-config/{args.kind}"
+    reply = _check(*_api(args.api_port, "GET", path + "?" + urllib.parse.urlencode(query)))
+    if args.output == "json":
+        print(json.dumps(reply, indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump(reply, sort_keys=False), end="")
+    elif not reply["items"]:
+        print("No resources found.")
+    else:
+        print(_table(*_proxy_rows(args.kind, reply["items"])))
     return 0
 
 

@@ -39,6 +39,7 @@ from wakegate.reconciler.cluster.leader import LeaderElector
 from wakegate.reconciler.cluster.objects import ACTIVATOR_SERVICE, DEFAULT_INGRESS_CLASS
 from wakegate.reconciler.cluster.reconciler import ClusterReconciler
 from wakegate.xds.controlplane import DEFAULT_GROUP, ControlPlane
+from wakegate.xds.proxy_config import report as proxy_config_report
 from wakegate.xds.translate import GatewayConfig
 
 log = logging.getLogger(__name__)
@@ -266,6 +267,19 @@ async def run_controller(args: argparse.Namespace, stop: asyncio.Event | None = 
             body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
+    async def proxy_config(request: web.Request) -> web.Response:
+        """What the control plane serves the gateways, for a host or a KIngress."""
+        try:
+            body = proxy_config_report(
+                cp,
+                request.match_info["kind"],
+                host=request.query.get("host", ""),
+                ingress=request.query.get("ingress", ""),
+            )
+        except KeyError as exc:
+            return web.json_response({"error": str(exc.args[0])}, status=404)
+        return web.json_response(body)
+
     async def serve_xds() -> None:
         port = await start_control_plane(cp, args.xds_host, args.xds_port, credentials)
         ready.set()
@@ -286,7 +300,15 @@ async def run_controller(args: argparse.Namespace, stop: asyncio.Event | None = 
         await stack.enter_async_context(
             _http(args.health_port, [web.get("/healthz", healthz), web.get("/readyz", readyz)])
         )
-        await stack.enter_async_context(_http(args.metrics_port, [web.get("/metrics", metrics)]))
+        await stack.enter_async_context(
+            _http(
+                args.metrics_port,
+                [
+                    web.get("/metrics", metrics),
+                    web.get("/debug/proxy-config/{kind}", proxy_config),
+                ],
+            )
+        )
         stack.push_async_callback(shut_down)
         tasks.append(asyncio.create_task(reconciler.run(serve_xds), name="cluster-reconciler"))
         tasks.append(asyncio.create_task(elector.run(), name="leader-election"))

@@ -17,6 +17,7 @@ from wakegate.autoscaler.scaler import Autoscaler
 from wakegate.autoscaler.service import AutoscalerService
 from wakegate.envoy_process import EnvoyGateway, GatewayError, check_port_free
 from wakegate.ingress.model import Endpoint
+from wakegate.reconciler.local.live import LiveState
 from wakegate.reconciler.local.manifests import ManifestReconciler
 from wakegate.reconciler.local.services import Activation, LocalServing
 from wakegate.reconciler.local.store import Store
@@ -130,6 +131,7 @@ class LocalStack:
         self.manifests = ManifestReconciler(self.cp)
         self.serving: LocalServing | None = None
         self.api: Api | None = None
+        self.live: LiveState | None = None
         self.gateway: EnvoyGateway | None = None
         self.activator: ActivatorProcess | None = None
         self.autoscaler: Autoscaler | None = None
@@ -203,17 +205,26 @@ class LocalStack:
             activation=activation,
             config=ServingConfig(allow_zero_initial_scale=allow_zero),
         )
-        self.api = Api(self.cp, self.manifests, self.serving)
+        self.live = LiveState(
+            self.cp,
+            self.serving,
+            gateway_admin=self.gateway.admin_url if self.gateway is not None else None,
+            activator=f"http://127.0.0.1:{self.activator.port}" if self.activator else None,
+        )
+        self.api = Api(self.cp, self.manifests, self.serving, self.live)
         self.api_port = await self.api.start("127.0.0.1", c.api_port)
         await self.serving.start()
         if self.autoscaler is not None:
             self.autoscaler.start()
+        await self.live.start()
 
     def _on_decision(self, revision_key: str, decision: Any) -> None:
         if self.serving is not None:
             self.serving.on_decision(revision_key, decision)
 
     async def stop(self) -> None:
+        if self.live is not None:
+            await self.live.stop()
         if self.api is not None:
             await self.api.stop()
         if self.autoscaler is not None:

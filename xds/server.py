@@ -132,6 +132,20 @@ class XdsServer:
         """Status of every gateway seen recently, connected or not."""
         return self._board.nodes()
 
+    def current(self) -> dict[str, bool]:
+        """Node id → whether that connected gateway has accepted its group's current
+        snapshot (as `wait_acked` counts it)."""
+        out: dict[str, bool] = {}
+        for stream in self._streams:
+            current = self._cache.current(stream.group) if stream.group else None
+            if stream.node_id is None or current is None:
+                continue
+            seq, snapshot = current
+            out[stream.node_id] = out.get(stream.node_id, True) and stream.acked_through(
+                seq, snapshot
+            )
+        return out
+
     def connected(self, group: str | None = None) -> int:
         """Open streams with an identified gateway, optionally of one group."""
         return sum(1 for s in self._streams if group is None or s.group == group)

@@ -9,6 +9,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from prometheus_client import Counter, Gauge
 
@@ -159,6 +160,34 @@ class StatusBoard:
         gone = [key for key, rec in self._records.items() if rec.streams == 0]
         for key in gone[: max(0, len(gone) - _FORGET_AFTER)]:
             del self._records[key]
+
+
+def gateway_rows(nodes: list[NodeStatus], current: Mapping[str, bool]) -> list[dict[str, Any]]:
+    """Each gateway's xDS state: connected, what it ACKed, whether it accepted the
+    current snapshot (`current`, by node id), and its last NACK."""
+    rows = []
+    for node in nodes:
+        nack = node.last_nack
+        rows.append(
+            {
+                "node": node.node_id,
+                "group": node.group,
+                "connected": node.connected,
+                "mode": node.mode,
+                "acked": {SHORT_NAMES.get(t, t): v for t, v in sorted(node.acked.items())},
+                "inSync": node.connected and current.get(node.node_id, False),
+                "lastNack": None
+                if nack is None
+                else {
+                    "type": SHORT_NAMES.get(nack.type_url, nack.type_url),
+                    "version": nack.version,
+                    "message": nack.message,
+                    "time": nack.time,
+                },
+                "connectedAt": node.connected_at,
+            }
+        )
+    return rows
 
 
 def _one_line(message: str) -> str:

@@ -282,5 +282,8 @@ class IngressBook:
     applied: dict[str, Ingress] = field(default_factory=dict)
     """The generation handed to the control plane."""
     applied_at: dict[str, float] = field(default_factory=dict)
+    seen_at: dict[str, tuple[int, float]] = field(default_factory=dict)
+    """Key → (generation, `time.monotonic()`) when this replica first saw that valid
+    generation; dropped once it is served (see `status.PROPAGATION`)."""
     invalid: dict[str, str] = field(default_factory=dict)
     """Keys whose latest generation does not validate → why."""

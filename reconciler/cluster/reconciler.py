@@ -259,6 +259,8 @@ class ClusterReconciler:
             return
         self.book.invalid.pop(key, None)
         self.book.latest[key] = ingress
+        if self.book.seen_at.get(key, (None, 0.0))[0] != ingress.generation:
+            self.book.seen_at[key] = (ingress.generation, time.monotonic())
         self._dirty_latest.add(key)
         self._track(key)
         self._count()
@@ -318,6 +320,7 @@ class ClusterReconciler:
         for table in (self.book.stored, self._parsed, self.book.invalid, self.book.latest):
             table.pop(key, None)
         self.book.applied_at.pop(key, None)
+        self.book.seen_at.pop(key, None)
         self.status.forget(key)
         self._dirty_latest.discard(key)
         self.book.held_back.discard(key)

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from wakegate.ingress.model import Ingress
 from wakegate.reconciler.cluster.gateway_probe import GatewayProber, GatewayService
@@ -41,6 +42,12 @@ log = logging.getLogger(__name__)
 
 STATUS_WRITES = Counter(
     "wakegate_kingress_status_writes_total", "KIngress status writes", ["result"]
+)
+PROPAGATION = Histogram(
+    "wakegate_kingress_propagation_seconds",
+    "From a KIngress generation first seen by this replica to every gateway serving it "
+    "(as LoadBalancerReady counts it: ACKed, or answering the readiness probe).",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
 )
 
 
@@ -126,7 +133,7 @@ class StatusWriter:
                 if acked:
                     for key in unserved:
                         if self.book.applied.get(key) is pushed[key]:
-                            self._served[key] = pushed[key]
+                            self._mark_served(key, pushed[key])
                 else:
                     self._wake.set()
             self._dirty.update(unserved)
@@ -144,7 +151,9 @@ class StatusWriter:
         for key in unserved:
             if reported_served(self.book.stored.get(key), pushed[key].generation):
                 if self.book.applied.get(key) is pushed[key]:
+                    # Served before this replica saw it: nothing propagated just now.
                     self._served[key] = pushed[key]
+                    self.book.seen_at.pop(key, None)
                 continue
             found = self.cp.translator.readiness(key)
             if found is None or found[0] != pushed[key]:
@@ -163,8 +172,16 @@ class StatusWriter:
                     self._wake.set()
                     continue
             if self.book.applied.get(key) is pushed[key]:
-                self._served[key] = pushed[key]
+                self._mark_served(key, pushed[key])
         prober.set_wanted(wanted)
+
+    def _mark_served(self, key: str, ingress: Ingress) -> None:
+        """Every gateway serves `ingress`: time its propagation, once per generation."""
+        self._served[key] = ingress
+        seen = self.book.seen_at.get(key)
+        if seen is not None and seen[0] == ingress.generation:
+            del self.book.seen_at[key]
+            PROPAGATION.observe(time.monotonic() - seen[1])
 
     def observe(self, key: str) -> Observation:
         """What is known about one KIngress, for its status."""

@@ -576,8 +576,17 @@ class LocalServing:
             "desired": decision.desired,
             "mode": str(decision.mode),
             "panicking": decision.panicking,
+            "stableConcurrency": decision.stable_concurrency,
+            "panicConcurrency": decision.panic_concurrency,
             "reason": decision.reason,
         }
+
+    def failure(self, revision: Revision) -> str:
+        """Why the revision's pods keep failing before it ever became ready; "" if not."""
+        live = self._live.get(self._service_of.get(revision.key, ""))
+        if live is None or revision.name not in live.pods:
+            return ""
+        return self._failed(live).get(revision.name, "")
 
     def on_decision(self, revision_key: str, decision: Decision) -> None:
         """The autoscaler changed its mind about a revision: reconcile its Service."""
