@@ -114,10 +114,13 @@ async def test_a_gateway_behind_the_control_plane_is_marked(client: Client) -> N
     assert status == 200 and reply["served"], reply
     await client.stack.cp.wait_served()
     after = resources(client)
-    assert states(proxy_config(after, "routes", dump=before)) == {"http": STALE}
+    # The gate's route configuration (no revision here has a containerConcurrency) is
+    # the same before and after.
+    assert states(proxy_config(after, "routes", dump=before)) == {"http": STALE, "gate": SERVED}
     clusters = states(proxy_config(after, "clusters", dump=before))
     assert clusters == {CLUSTER_2: MISSING, CLUSTER_1: EXTRA}
-    assert states(proxy_config(after, "routes", dump=await dump(client))) == {"http": SERVED}
+    served = states(proxy_config(after, "routes", dump=await dump(client)))
+    assert served == {"http": SERVED, "gate": SERVED}
 
 
 def test_a_rejected_resource_is_marked_with_the_gateways_error() -> None:

@@ -223,6 +223,12 @@ class Entry:
         return out
 
 
+def _serves(virtual_host: Any, hosts: Iterable[str]) -> bool:
+    """Whether the virtual host serves one of `hosts` by name. A catch-all (`*`), such as
+    the gate's, which only the gateway's own revision clusters reach, serves none."""
+    return any(domain_matches(d, h) for d in virtual_host.domains if d != "*" for h in hosts)
+
+
 def _summary(type_url: str, message: Any, hosts: set[str] | None) -> dict[str, Any]:
     if type_url == LISTENER:
         address = message.address.socket_address
@@ -235,7 +241,7 @@ def _summary(type_url: str, message: Any, hosts: set[str] | None) -> dict[str, A
             "virtualHosts": [
                 {"name": vh.name, "domains": list(vh.domains), "clusters": _route_clusters(vh)}
                 for vh in message.virtual_hosts
-                if hosts is None or any(domain_matches(d, h) for d in vh.domains for h in hosts)
+                if hosts is None or _serves(vh, hosts)
             ]
         }
     if type_url == CLUSTER:
@@ -259,7 +265,7 @@ def select(
     clusters: set[str] = set()
     for name, config in routes.items():
         for vh in config.virtual_hosts:
-            if any(domain_matches(d, h) for d in vh.domains for h in wanted):
+            if _serves(vh, wanted):
                 hit_routes.add(name)
                 clusters.update(_route_clusters(vh))
     if type_url == ROUTE:

@@ -202,7 +202,11 @@ class LiveState:
                     revision.key,
                     Point(
                         t=now,
-                        concurrency=scaling.get("panicConcurrency"),
+                        concurrency=(
+                            scaling.get("panicLoad")
+                            if scaling.get("metric") == "concurrency"
+                            else None
+                        ),
                         rps=None if rates is None else rates.get(revision.key, 0.0),
                         desired=scaling.get("desired"),
                         ready=ready,

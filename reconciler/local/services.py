@@ -576,8 +576,9 @@ class LocalServing:
             "desired": decision.desired,
             "mode": str(decision.mode),
             "panicking": decision.panicking,
-            "stableConcurrency": decision.stable_concurrency,
-            "panicConcurrency": decision.panic_concurrency,
+            "metric": revision.autoscaling.metric,
+            "stableLoad": decision.stable_load,
+            "panicLoad": decision.panic_load,
             "reason": decision.reason,
         }
 
