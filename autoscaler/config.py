@@ -10,11 +10,14 @@ annotations and `containerConcurrency`, as resolved by
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from typing import Any, NoReturn
 
+from wakegate.ingress.configmap import DataReader
 from wakegate.serving.autoscaling import (
     CONCURRENCY,
+    KPA_CLASS,
     LINEAR,
     TARGET_MIN,
     WINDOW_MAX_S,
@@ -72,6 +75,9 @@ class AutoscalerConfig:
     min_scale: int = 0
     max_scale: int = 0
     """0 is unlimited."""
+    max_scale_limit: int = 0
+    """Largest `max-scale` a revision may ask for; 0 is no limit (then max-scale may be
+    unlimited too)."""
     tick_interval_s: float = 2.0
     progress_deadline_s: float = 600.0
 
@@ -135,9 +141,7 @@ class AutoscalerConfig:
                 self.scale_to_zero_pod_retention_period_s,
                 "a number of seconds >= 0",
             )
-        if self.scale_down_delay_s < 0 or self.scale_down_delay_s != round(
-            self.scale_down_delay_s
-        ):
+        if self.scale_down_delay_s < 0 or self.scale_down_delay_s != round(self.scale_down_delay_s):
             _fail("scale_down_delay_s", self.scale_down_delay_s, "whole seconds >= 0")
         if self.max_scale_up_rate <= 1:
             _fail("max_scale_up_rate", self.max_scale_up_rate, "a number greater than 1")
@@ -310,3 +314,154 @@ class RevisionScaling:
         cls, revision: Revision, config: AutoscalerConfig = DEFAULT_CONFIG
     ) -> RevisionScaling:
         return cls.for_template(revision.template, config)
+
+
+NAME = "config-autoscaler"
+DEPLOYMENT_NAME = "config-deployment"
+_INT32_MAX = 2**31 - 1
+
+
+def autoscaler_config(
+    data: Mapping[str, str], base: AutoscalerConfig = DEFAULT_CONFIG
+) -> tuple[AutoscalerConfig, list[str]]:
+    """`config-autoscaler` data over `base` → (config, unknown keys).
+
+    Keys, value forms and checks are Knative's `NewConfigFromMap` (pkg/autoscaler/config):
+    a `container-concurrency-target-percentage` of at most 1 is a fraction (0.7 is 70 %),
+    durations are Go durations, and a failed check names its key.
+    """
+    r = DataReader(NAME, data)
+    cls = r.string(KPA_CLASS, "pod-autoscaler-class")
+    if cls != KPA_CLASS:
+        raise r.fail("pod-autoscaler-class", cls, f"{KPA_CLASS} (the autoscaler wakegate runs)")
+    percentage = r.number(
+        base.container_concurrency_target_percentage, "container-concurrency-target-percentage"
+    )
+    if "container-concurrency-target-percentage" in data and percentage <= 1.0:
+        percentage *= 100.0
+    if not 0 < percentage <= 100:
+        raise r.fail(
+            "container-concurrency-target-percentage",
+            data["container-concurrency-target-percentage"],
+            "a percentage in (0, 100] (or a fraction in (0, 1])",
+        )
+    target = r.number(
+        base.container_concurrency_target_default, "container-concurrency-target-default"
+    )
+    if target * percentage / 100.0 < TARGET_MIN:
+        key = "container-concurrency-target-default"
+        raise r.fail(
+            key,
+            data.get(key, f"{target:g}"),
+            f"a target of at least {TARGET_MIN} once the target percentage is applied",
+        )
+    allow_zero = r.boolean(base.allow_zero_initial_scale, "allow-zero-initial-scale")
+    initial = r.integer(base.initial_scale, "initial-scale", low=0, high=_INT32_MAX)
+    if initial == 0 and not allow_zero:
+        raise r.fail("initial-scale", "0", "at least 1 (0 needs allow-zero-initial-scale: true)")
+    limit = r.integer(base.max_scale_limit, "max-scale-limit", low=0, high=_INT32_MAX)
+    min_scale = r.integer(base.min_scale, "min-scale", low=0, high=_INT32_MAX)
+    max_scale = r.integer(base.max_scale, "max-scale", low=0, high=_INT32_MAX)
+    if limit and not 1 <= max_scale <= limit:
+        raise r.fail("max-scale", str(max_scale), f"in 1..max-scale-limit ({limit})")
+    if max_scale and min_scale > max_scale:
+        raise r.fail("min-scale", str(min_scale), f"at most max-scale ({max_scale})")
+    grace = r.duration(base.scale_to_zero_grace_period_s, "scale-to-zero-grace-period")
+    if grace <= 0:
+        raise r.fail(
+            "scale-to-zero-grace-period", data["scale-to-zero-grace-period"], "a positive duration"
+        )
+    config = replace(
+        base,
+        enable_scale_to_zero=r.boolean(base.enable_scale_to_zero, "enable-scale-to-zero"),
+        allow_zero_initial_scale=allow_zero,
+        max_scale_up_rate=_rate(r, base.max_scale_up_rate, "max-scale-up-rate"),
+        max_scale_down_rate=_rate(r, base.max_scale_down_rate, "max-scale-down-rate"),
+        container_concurrency_target_percentage=percentage,
+        container_concurrency_target_default=target,
+        requests_per_second_target_default=r.number(
+            base.requests_per_second_target_default,
+            "requests-per-second-target-default",
+            low=TARGET_MIN,
+        ),
+        target_burst_capacity=_burst(r, base.target_burst_capacity),
+        panic_window_percentage=r.number(
+            base.panic_window_percentage, "panic-window-percentage", low=1, high=100
+        ),
+        activator_capacity=r.number(base.activator_capacity, "activator-capacity", low=1),
+        panic_threshold_percentage=r.number(
+            base.panic_threshold_percentage, "panic-threshold-percentage", low=110, high=1000
+        ),
+        initial_scale=initial,
+        min_scale=min_scale,
+        max_scale=max_scale,
+        max_scale_limit=limit,
+        stable_window_s=_whole_seconds(
+            r, base.stable_window_s, "stable-window", WINDOW_MIN_S, WINDOW_MAX_S
+        ),
+        scale_down_delay_s=_whole_seconds(r, base.scale_down_delay_s, "scale-down-delay", 0.0),
+        scale_to_zero_grace_period_s=grace,
+        scale_to_zero_pod_retention_period_s=r.duration(
+            base.scale_to_zero_pod_retention_period_s, "scale-to-zero-pod-retention-period", low=0
+        ),
+    )
+    return config.validate(), r.unread()
+
+
+def deployment_config(
+    data: Mapping[str, str], base: AutoscalerConfig = DEFAULT_CONFIG
+) -> tuple[AutoscalerConfig, list[str], list[str]]:
+    """`config-deployment` → (config, unknown keys, keys without effect here): of it, the
+    KPA reads `progress-deadline` (the activation timeout is it plus 30 s)."""
+    r = DataReader(DEPLOYMENT_NAME, data)
+    deadline = r.duration(base.progress_deadline_s, "progress-deadline", low=1)
+    if deadline != round(deadline):
+        raise r.fail("progress-deadline", data["progress-deadline"], "whole seconds, such as 10m")
+    no_effect = sorted(key for key in data if key in _DEPLOYMENT_NO_EFFECT)
+    for key in _DEPLOYMENT_NO_EFFECT:
+        r.raw(key)
+    return replace(base, progress_deadline_s=deadline).validate(), r.unread(), no_effect
+
+
+_DEPLOYMENT_NO_EFFECT = (
+    "queue-sidecar-image",
+    "queue-sidecar-cpu-request",
+    "queue-sidecar-cpu-limit",
+    "queue-sidecar-memory-request",
+    "queue-sidecar-memory-limit",
+    "queue-sidecar-ephemeral-storage-request",
+    "queue-sidecar-ephemeral-storage-limit",
+    "queue-sidecar-token-audiences",
+    "queue-sidecar-rootca",
+    "concurrency-state-endpoint",
+    "registries-skipping-tag-resolving",
+    "digest-resolution-timeout",
+    "default-affinity-type",
+    "pod-is-always-schedulable",
+    "runtime-class-name",
+)
+
+
+def _rate(r: DataReader, default: float, key: str) -> float:
+    value = r.number(default, key)
+    if value <= 1.0:
+        raise r.fail(key, r.data[key], "a number greater than 1")
+    return value
+
+
+def _burst(r: DataReader, default: float) -> float:
+    value = r.number(default, "target-burst-capacity")
+    if value < 0 and value != -1:
+        raise r.fail(
+            "target-burst-capacity", r.data["target-burst-capacity"], ">= 0, or -1 for unlimited"
+        )
+    return value
+
+
+def _whole_seconds(
+    r: DataReader, default: float, key: str, low: float, high: float | None = None
+) -> float:
+    seconds = r.duration(default, key, low=low, high=high)
+    if seconds != round(seconds):
+        raise r.fail(key, r.data[key], "a duration in whole seconds, such as 60s")
+    return seconds

@@ -164,6 +164,12 @@ def autoscaling_settings(
             f"{path}[{found['max-scale'][0]}]",
             f"max-scale={high} is less than min-scale={low}",
         )
+    limit = config.max_scale_limit
+    if limit and "max-scale" in out and not 1 <= high <= limit:
+        where = f"{path}[{found['max-scale'][0]}]"
+        if high == 0:
+            fail(where, f"max-scale=0 (unlimited), must be less than {limit}")
+        fail(where, f"expected 1 <= {high} <= {limit}")
     if "activation-scale" in out:
         activation = int(out["activation-scale"])
         where = f"{path}[{found['activation-scale'][0]}]"

@@ -16,7 +16,7 @@ CLUSTER_DOMAIN = "cluster.local"
 
 @dataclass(frozen=True, slots=True)
 class ServingConfig:
-    """Knative's `config-defaults` (and the one `config-autoscaler` key validation needs)."""
+    """Knative's `config-defaults` (and the `config-autoscaler` keys validation needs)."""
 
     revision_timeout_s: int = 300
     max_revision_timeout_s: int = 600
@@ -24,6 +24,10 @@ class ServingConfig:
     container_concurrency_max: int = 1000
     allow_container_concurrency_zero: bool = True
     allow_zero_initial_scale: bool = False
+    """`config-autoscaler`'s allow-zero-initial-scale, which validation needs."""
+    max_scale_limit: int = 0
+    """`config-autoscaler`'s max-scale-limit: when set, every revision's `max-scale`
+    annotation must be within 1..limit."""
 
 
 SERVING_CONFIG = ServingConfig()
@@ -33,13 +37,24 @@ SERVING_CONFIG = ServingConfig()
 def admitted(config: ServingConfig | None = None) -> ServingConfig:
     """`config` for reading back objects that were validated when they were applied.
 
-    A zero initial scale accepted while `allow_zero_initial_scale` was on stays readable
-    once it is off; as in Knative, such a revision then runs at the global initial scale
-    (see `RevisionScaling.from_spec`), and only a new apply is refused.
+    The limits an object met when it was applied hold for it later, whatever the
+    ConfigMaps say now: a zero initial scale accepted while `allow_zero_initial_scale`
+    was on stays readable once it is off (as in Knative, such a revision then runs at
+    the global initial scale, see `RevisionScaling.from_spec`), and so does a timeout,
+    a container concurrency or a max-scale that a later config would refuse. Only a
+    new apply is checked against the current config.
     """
-    return replace(config or SERVING_CONFIG, allow_zero_initial_scale=True)
+    return replace(
+        config or SERVING_CONFIG,
+        allow_zero_initial_scale=True,
+        allow_container_concurrency_zero=True,
+        container_concurrency_max=_INT32_MAX,
+        max_revision_timeout_s=_INT32_MAX,
+        max_scale_limit=0,
+    )
 
 
+_INT32_MAX = 2**31 - 1
 DEFAULTS_NAME = "config-defaults"
 _QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[numkMGTPE]|[KMGTPE]i)?$")
 _META_FIELDS = ("Name", "Namespace", "GenerateName")

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from wakegate.ingress.model import BackendRef, Ingress, Rule, Visibility
-from wakegate.reconciler.local.routes import route_ingress
+from wakegate.reconciler.local.routes import RouteConfig, route_ingress
 from wakegate.serving.conditions import ConditionStatus
+from wakegate.serving.domains import default_domains
 from wakegate.serving.manifests import load_services
 from wakegate.serving.model import Service
 from wakegate.serving.revision import Revision, next_revision
@@ -87,7 +88,9 @@ def test_latest_revision_means_latest_ready() -> None:
 
 
 def test_every_service_has_cluster_local_hosts_and_one_external_host() -> None:
-    ingress, _ = route_ingress(service(), history(service()), domain="apps.test")
+    ingress, _ = route_ingress(
+        service(), history(service()), config=RouteConfig(default_domains("apps.test"))
+    )
     assert [(r.visibility, r.hosts) for r in ingress.rules] == [
         (
             Visibility.CLUSTER_LOCAL,
@@ -166,7 +169,7 @@ def test_tag_header_based_routing() -> None:
             {"latestRevision": True, "percent": 100},
         ],
     )
-    ingress, _ = route_ingress(tagged, revs, tag_header_routing=True)
+    ingress, _ = route_ingress(tagged, revs, config=RouteConfig(tag_header_routing=True))
     main = rule(ingress, "hello.demo.example.com")
     assert [p.headers for p in main.paths] == [(("Knative-Serving-Tag", "old"),), ()]
     assert [(s.backend.name, s.percent) for s in main.paths[0].splits] == [("hello-00001", 100)]
@@ -248,7 +251,7 @@ def test_helloworld_example_routes_on_its_host() -> None:
     assert splits(ingress, "helloworld-go.default.example.com") == [("helloworld-go-00001", 100)]
     assert route.url == "http://helloworld-go.default.example.com"
     assert revs[0].autoscaling.target == 10.0
-    seed, _ = route_ingress(hello, revs, domain="knative.kuberun.com")
+    seed, _ = route_ingress(hello, revs, config=RouteConfig(default_domains("knative.kuberun.com")))
     assert rule(seed, "helloworld-go.default.knative.kuberun.com")
 
 

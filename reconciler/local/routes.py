@@ -5,19 +5,34 @@ targets are flattened to revisions (`latestRevision` → the newest ready revisi
 main host splits traffic by percent with targets naming the same revision merged, each
 tag gets its own host routed wholly to its revision, and every host exists on the
 cluster-local listener as `{host}.{namespace}`, `.svc` and `.svc.{cluster domain}`;
-services labelled cluster-local get nothing else. Each split tells the activator its
-revision with `Knative-Serving-Namespace` and `Knative-Serving-Revision`.
+services labelled cluster-local, or whose `config-domain` domain is the cluster's own,
+get nothing else. Each split tells the activator its revision with
+`Knative-Serving-Namespace` and `Knative-Serving-Revision`.
+
+`RouteConfig` holds what the route reconciler reads from Knative's ConfigMaps: the
+domain per route labels (`config-domain`), the domain and tag templates, the HTTP
+option and the external URL scheme (`config-network`) and tag-header routing
+(`config-features`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from wakegate.ingress.model import BackendRef, Ingress, Path, Rule, Split, Visibility
+from wakegate.ingress.model import (
+    BackendRef,
+    HTTPOption,
+    Ingress,
+    Path,
+    Rule,
+    Split,
+    Visibility,
+)
+from wakegate.ingress.network_config import DEFAULT_NETWORK, HTTP_REDIRECTED, NetworkConfig
 from wakegate.serving.conditions import ROUTES_READY, Condition, ConditionStatus
-from wakegate.serving.config import CLUSTER_DOMAIN, DEFAULT_DOMAIN
+from wakegate.serving.domains import DomainConfig, default_domains
 from wakegate.serving.headers import (
     DEFAULT_ROUTE_HEADER,
     NAMESPACE_HEADER,
@@ -30,20 +45,60 @@ from wakegate.serving.status import RouteStatus, TrafficStatus
 
 
 @dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """Knative's `config-domain`, `config-network` and `config-features`, as routes use them."""
+
+    domains: DomainConfig = field(default_factory=default_domains)
+    network: NetworkConfig = DEFAULT_NETWORK
+    tag_header_routing: bool = False
+    """Knative's `tag-header-based-routing`: on the main host a request carrying
+    `Knative-Serving-Tag: <tag>` goes to that tag's revision."""
+
+    @property
+    def cluster_domain(self) -> str:
+        return self.domains.cluster_domain
+
+    def cluster_local(self, service: Service) -> bool:
+        """Labelled cluster-local, or given the cluster's own domain by `config-domain`."""
+        return service.cluster_local or self.domains.is_cluster_local(
+            self.domains.lookup(service.labels)
+        )
+
+    def hostname(self, service: Service, tag: str = "") -> str:
+        """The name a route's host starts with: the Service's, or its tag's."""
+        return self.network.tag_host_name(service.name, tag)
+
+    def cluster_local_hosts(self, service: Service, tag: str = "") -> tuple[str, ...]:
+        base = f"{self.hostname(service, tag)}.{service.namespace}"
+        return (base, f"{base}.svc", f"{base}.svc.{self.cluster_domain}")
+
+    def external_host(self, service: Service, tag: str = "") -> str:
+        return self.network.host(
+            self.hostname(service, tag),
+            service.namespace,
+            self.domains.lookup(service.labels),
+            service.annotations,
+            service.labels,
+        )
+
+    def url(self, service: Service, tag: str = "") -> str:
+        if self.cluster_local(service):
+            return f"http://{self.cluster_local_hosts(service, tag)[2]}"
+        return f"{self.network.default_external_scheme}://{self.external_host(service, tag)}"
+
+    @property
+    def http_option(self) -> HTTPOption:
+        redirected = self.network.http_protocol == HTTP_REDIRECTED
+        return HTTPOption.REDIRECTED if redirected else HTTPOption.ENABLED
+
+
+DEFAULT_ROUTE_CONFIG = RouteConfig()
+
+
+@dataclass(frozen=True, slots=True)
 class _Target:
     revision: Revision
     percent: int
-
-
-def _cluster_local_hosts(host: str, namespace: str, cluster_domain: str) -> tuple[str, ...]:
-    base = f"{host}.{namespace}"
-    return (base, f"{base}.svc", f"{base}.svc.{cluster_domain}")
-
-
-def _url(host: str, service: Service, domain: str, cluster_domain: str) -> str:
-    if service.cluster_local:
-        return f"http://{host}.{service.namespace}.svc.{cluster_domain}"
-    return f"http://{host}.{service.namespace}.{domain}"
 
 
 def _consolidate(targets: Iterable[_Target]) -> list[_Target]:
@@ -137,14 +192,8 @@ def _resolve(
     return resolved, problem
 
 
-def _rules(
-    service: Service,
-    resolved: list[_Resolved],
-    domain: str,
-    cluster_domain: str,
-    tag_header_routing: bool,
-) -> tuple[Rule, ...]:
-    namespace, name = service.namespace, service.name
+def _rules(service: Service, resolved: list[_Resolved], config: RouteConfig) -> tuple[Rule, ...]:
+    namespace = service.namespace
     groups: dict[str, list[_Target]] = {"": []}
     for r in resolved:
         groups[""].append(_Target(r.revision, r.percent))
@@ -154,12 +203,11 @@ def _rules(
     tags = sorted(key for key in splits if key)
 
     visibilities = [Visibility.CLUSTER_LOCAL]
-    if not service.cluster_local:
+    if not config.cluster_local(service):
         visibilities.append(Visibility.EXTERNAL_IP)
     rules: list[Rule] = []
     for key in ["", *tags]:
-        host = f"{key}-{name}" if key else name
-        if not tag_header_routing:
+        if not config.tag_header_routing:
             paths = [_path(namespace, splits[key])]
         elif key:
             paths = [_path(namespace, splits[key], append_headers=((TAG_HEADER, key),))]
@@ -169,21 +217,21 @@ def _rules(
             paths = [*by_header, default]
         for visibility in visibilities:
             hosts = (
-                _cluster_local_hosts(host, namespace, cluster_domain)
+                config.cluster_local_hosts(service, key)
                 if visibility is Visibility.CLUSTER_LOCAL
-                else (f"{host}.{namespace}.{domain}",)
+                else (config.external_host(service, key),)
             )
             rules.append(Rule(hosts=hosts, paths=tuple(paths), visibility=visibility))
     return tuple(rules)
 
 
 def _traffic_status(
-    service: Service, resolved: list[_Resolved], domain: str, cluster_domain: str
+    service: Service, resolved: list[_Resolved], config: RouteConfig
 ) -> tuple[TrafficStatus, ...]:
     """`status.traffic`: one entry per target, merging only identical revision+tag pairs."""
     traffic: list[TrafficStatus] = []
     for r in resolved:
-        url = _url(f"{r.tag}-{service.name}", service, domain, cluster_domain) if r.tag else ""
+        url = config.url(service, r.tag) if r.tag else ""
         for i, seen in enumerate(traffic):
             if (seen.revision_name, seen.tag, seen.latest_revision) == (
                 r.revision.name,
@@ -201,33 +249,32 @@ def route_ingress(
     service: Service,
     revisions: Iterable[Revision],
     *,
-    domain: str = DEFAULT_DOMAIN,
+    config: RouteConfig = DEFAULT_ROUTE_CONFIG,
     ready: Collection[str] | None = None,
     failed: Collection[str] = (),
-    tag_header_routing: bool = False,
-    cluster_domain: str = CLUSTER_DOMAIN,
 ) -> tuple[Ingress, RouteStatus]:
     """The ingress rules and route status for `service`'s traffic.
 
     `ready` names the revisions that have become ready (a revision scaled to zero stays
     ready; None means all), `failed` those that never will. When a target cannot be
     resolved, the status says why (reason `RevisionMissing`) and the returned ingress has
-    no rules: the caller keeps what it applied before. `tag_header_routing` is Knative's
-    `tag-header-based-routing` feature: on the main host a request carrying
-    `Knative-Serving-Tag: <tag>` goes to that tag's revision.
+    no rules: the caller keeps what it applied before.
     """
     resolved, problem = _resolve(service, service_revisions(service, revisions), ready, failed)
     if problem is None:
-        rules = _rules(service, resolved, domain, cluster_domain, tag_header_routing)
-        traffic = _traffic_status(service, resolved, domain, cluster_domain)
+        rules = _rules(service, resolved, config)
+        traffic = _traffic_status(service, resolved, config)
         condition = Condition(ROUTES_READY, ConditionStatus.TRUE)
     else:
         rules, traffic = (), ()
         condition = Condition(ROUTES_READY, problem[0], "RevisionMissing", problem[1])
     route = RouteStatus(
-        url=_url(service.name, service, domain, cluster_domain),
-        address_url=f"http://{service.name}.{service.namespace}.svc.{cluster_domain}",
+        url=config.url(service),
+        address_url=f"http://{service.name}.{service.namespace}.svc.{config.cluster_domain}",
         traffic=traffic,
         condition=condition,
     )
-    return Ingress(namespace=service.namespace, name=service.name, rules=rules), route
+    ingress = Ingress(
+        namespace=service.namespace, name=service.name, rules=rules, http_option=config.http_option
+    )
+    return ingress, route

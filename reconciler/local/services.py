@@ -23,12 +23,13 @@ from wakegate.autoscaler.decider import Decision, Mode
 from wakegate.autoscaler.scaler import Autoscaler
 from wakegate.autoscaler.service import AutoscalerService
 from wakegate.ingress.model import Backend, BackendRef, Endpoint, Gate, Ingress
-from wakegate.reconciler.local.routes import route_ingress
+from wakegate.reconciler.local.routes import RouteConfig, route_ingress
 from wakegate.reconciler.local.store import Store
 from wakegate.runtime.pods import PodEndpoint
 from wakegate.runtime.revision_pods import RevisionPods
 from wakegate.runtime.spec import PodError, PodSpec, resolve_command
 from wakegate.serving.config import SERVING_CONFIG, ServingConfig, admitted
+from wakegate.serving.domains import default_domains
 from wakegate.serving.fields import ServiceError
 from wakegate.serving.manifests import load_services, service_to_dict
 from wakegate.serving.model import SERVICE_PORT, Service
@@ -123,7 +124,8 @@ class LocalServing:
         """Validates what is applied; stored objects are read with `admitted(config)`."""
         self._stored_config = admitted(self.config)
         self.routing = routing
-        self.domain = domain
+        self.route_config = RouteConfig(default_domains(domain))
+        """Domains, host templates and features routes are built with."""
         self.scale_policy = scale_policy
         self.activation = activation
         self._service_of: dict[str, str] = {}
@@ -254,7 +256,7 @@ class LocalServing:
                 for host in rule.hosts:
                     claimed[host] = ingress.key
         for service in services:
-            ingress, _ = route_ingress(service, revisions, domain=self.domain)
+            ingress, _ = route_ingress(service, revisions, config=self.route_config)
             for rule in ingress.rules:
                 for host in rule.hosts:
                     owner = claimed.setdefault(host, service.key)
@@ -343,7 +345,7 @@ class LocalServing:
         failed = self._failed(live)
         ready = {r.name for r in revisions if r.key in self._ready}
         ingress, route = route_ingress(
-            service, revisions, domain=self.domain, ready=ready, failed=failed
+            service, revisions, config=self.route_config, ready=ready, failed=failed
         )
         routed = {t.revision_name for t in route.traffic}
         newest = latest_created(revisions)
