@@ -3,6 +3,9 @@
     python -m wakegate.activator.main --listen 127.0.0.1:8081 --control-plane 127.0.0.1:18000
 
 It serves HTTP/1.1 on `--listen` (the port the gateway's activator cluster points at;
+or on the listening socket inherited as file descriptor `--listen-fd`, which its
+supervisor keeps open across restarts so that connections arriving meanwhile wait in
+the socket's backlog instead of being refused;
 `/healthz` and `/metrics` on the same port answer requests without the Knative headers)
 and keeps its streams to the control plane's `wakegate.proto.v1.Autoscaler` service at
 `--control-plane`. Once listening it prints `READY <port>` on stdout (`:0` picks a free
@@ -57,8 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Holds requests for revisions with no ready pod and forwards them "
         "once a pod is ready.",
     )
-    parser.add_argument(
-        "--listen", type=_host_port, required=True, metavar="HOST:PORT", help="HTTP address"
+    listen = parser.add_mutually_exclusive_group(required=True)
+    listen.add_argument("--listen", type=_host_port, metavar="HOST:PORT", help="HTTP address")
+    listen.add_argument(
+        "--listen-fd",
+        type=int,
+        metavar="FD",
+        help="serve on this inherited, already listening TCP socket",
     )
     parser.add_argument(
         "--control-plane",
@@ -151,8 +159,14 @@ async def serve(args: argparse.Namespace) -> None:
         shutdown_timeout=args.drain_timeout,
     )
     await runner.setup()
-    host, port = args.listen
-    site = web.TCPSite(runner, host, port, backlog=1024)
+    site: web.BaseSite
+    if args.listen_fd is not None:
+        sock = socket.socket(fileno=args.listen_fd)
+        host = str(sock.getsockname()[0])
+        site = web.SockSite(runner, sock)
+    else:
+        host, port = args.listen
+        site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()
     bound = int(runner.addresses[0][1])
     await client.start()

@@ -63,8 +63,22 @@ def _xds_protocol_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _api_arg(p: argparse.ArgumentParser) -> None:
+DEFAULT_DATA_DIR = Path(".wakegate")
+
+
+def _api_arg(p: argparse.ArgumentParser, *, stack: bool = False) -> None:
+    """--api-port, and --data-dir: the stack's state (`up`), or where a client finds
+    the running stack's API token."""
     p.add_argument("--api-port", type=int, default=DEFAULT_API_PORT, help="the stack's API port")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help="where the stack keeps its state, owner-only (default %(default)s)"
+        if stack
+        else "the running stack's data directory, where calls that change state find "
+        "its API token (default %(default)s)",
+    )
 
 
 CONTROLLER_HELP = "run in a Kubernetes cluster as Knative Serving's ingress"
@@ -99,14 +113,12 @@ def build_parser(command: str | None = "controller") -> argparse.ArgumentParser:
         default=[],
         help="manifests to apply once the stack is up",
     )
-    p.add_argument("--data-dir", type=Path, default=Path(".wakegate"))
     p.add_argument("--domain", default="example.com", help="domain of service hosts")
     p.add_argument("--port", type=int, default=8080, help="gateway's external HTTP port")
     p.add_argument("--internal-port", type=int, default=8081, help="cluster-local listener")
     p.add_argument("--tls-port", type=int, default=8443, help="external HTTPS listener")
     p.add_argument("--bind", default="127.0.0.1", help="gateway listener address")
     p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
-    p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT, help="Envoy admin")
     _xds_protocol_arg(p)
     p.add_argument("--no-gateway", action="store_true", help="serve xDS, start no Envoy")
     p.add_argument(
@@ -115,7 +127,7 @@ def build_parser(command: str | None = "controller") -> argparse.ArgumentParser:
         help='accept autoscaling.knative.dev/initial-scale: "0": the revision is Ready '
         "without a pod and its first request wakes it (Knative's allow-zero-initial-scale)",
     )
-    _api_arg(p)
+    _api_arg(p, stack=True)
     p.set_defaults(handler=cmd_up)
 
     p = sub.add_parser("apply", help="apply manifests (Knative Services or KIngress)")
@@ -161,7 +173,13 @@ def build_parser(command: str | None = "controller") -> argparse.ArgumentParser:
     p.add_argument("--node-cluster", default="wakegate-gateway")
     p.add_argument("--xds-host", default="127.0.0.1")
     p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
-    p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT)
+    admin = p.add_mutually_exclusive_group()
+    admin.add_argument(
+        "--admin-port", type=int, default=DEFAULT_ADMIN_PORT, help="Envoy admin on 127.0.0.1"
+    )
+    admin.add_argument(
+        "--admin-socket", type=Path, default=None, help="Envoy admin on this unix socket (0600)"
+    )
     _xds_protocol_arg(p)
     p.add_argument("-o", "--output", choices=["json", "yaml"], default="yaml")
     p.set_defaults(handler=cmd_bootstrap)
@@ -171,13 +189,12 @@ def build_parser(command: str | None = "controller") -> argparse.ArgumentParser:
     p.add_argument("--node-cluster", default="wakegate-gateway")
     p.add_argument("--xds-host", default="127.0.0.1")
     p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
-    p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT)
     _xds_protocol_arg(p)
     p.add_argument(
         "--workdir",
         type=Path,
         default=Path(".wakegate/gateway"),
-        help="where the bootstrap and Envoy's log are written",
+        help="where the bootstrap, Envoy's log and its admin socket (admin.sock, 0600) are",
     )
     p.set_defaults(handler=cmd_gateway)
 
@@ -238,7 +255,6 @@ def cmd_up(args: argparse.Namespace) -> int:
             tls_port=args.tls_port,
             xds_port=args.xds_port,
             api_port=args.api_port,
-            admin_port=args.admin_port,
             delta=args.xds_protocol == "delta",
             gateway=not args.no_gateway,
             allow_zero_initial_scale=args.allow_zero_initial_scale,
@@ -252,7 +268,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"xds      grpc://{stack.config.xds_host}:{stack.xds_port}", flush=True)
         if stack.gateway is not None:
             print(f"gateway  http://{args.bind}:{args.port}  "
-                  f"(cluster-local :{args.internal_port}, admin {stack.gateway.admin_url})",
+                  f"(cluster-local :{args.internal_port}, admin {stack.gateway.admin_address})",
                   flush=True)  # fmt: skip
         print(f"data     {args.data_dir}", flush=True)
         for path, text in manifests:
@@ -279,7 +295,11 @@ async def _apply_in_process(stack: Any, text: str, path: Path) -> list[str]:
 
     query = urllib.parse.urlencode({"wait": "1", "dir": str(path.parent)})
     url = f"http://127.0.0.1:{stack.api_port}/v1/manifests?{query}"
-    async with aiohttp.ClientSession() as session, session.put(url, data=text) as resp:
+    headers = {"Authorization": f"Bearer {stack.api_token}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.put(url, data=text, headers=headers) as resp,
+    ):
         reply = await resp.json()
     if resp.status >= 400 and "error" in reply:
         raise CliError(f"-f {path}: {reply['error']}")
@@ -308,8 +328,27 @@ def _applied_lines(reply: dict[str, Any], *, port: int | None, wait: bool) -> li
 # --- the client commands -----------------------------------------------------------------
 
 
-def _api(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method)
+def _token(args: argparse.Namespace) -> str:
+    """The running stack's API token, from its data directory."""
+    from wakegate.data_dir import read_token, token_path
+
+    token = read_token(args.data_dir)
+    if token is None:
+        raise CliError(
+            f"api: cannot read the stack's token {token_path(args.data_dir)}: pass the "
+            "--data-dir of the running `wakegate up`"
+        )
+    return token
+
+
+def _api(
+    port: int, method: str, path: str, body: bytes | None = None, *, token: str | None = None
+) -> tuple[int, Any]:
+    """One call to the API; `token` is needed for any call but a GET."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=body, method=method, headers=headers
+    )
     try:
         with urllib.request.urlopen(req, timeout=600) as resp:
             raw, status, ctype = resp.read(), resp.status, resp.headers.get("Content-Type", "")
@@ -340,7 +379,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if args.wait:
         query["wait"] = "1"
     status, reply = _api(
-        args.api_port, "PUT", "/v1/manifests?" + urllib.parse.urlencode(query), body
+        args.api_port,
+        "PUT",
+        "/v1/manifests?" + urllib.parse.urlencode(query),
+        body,
+        token=_token(args),
     )
     if status == 504 and isinstance(reply, dict):
         for line in _applied_lines(reply, port=None, wait=False):
@@ -453,7 +496,14 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     path = "ingresses" if args.kind == "ingress" else "services"
-    reply = _check(*_api(args.api_port, "DELETE", f"/v1/{path}/{args.namespace}/{args.name}"))
+    reply = _check(
+        *_api(
+            args.api_port,
+            "DELETE",
+            f"/v1/{path}/{args.namespace}/{args.name}",
+            token=_token(args),
+        )
+    )
     print(f"{args.kind} {reply['deleted']} deleted")
     return 0
 
@@ -475,12 +525,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _bootstrap(args: argparse.Namespace) -> dict[str, object]:
     from wakegate.xds.bootstrap import build_bootstrap
 
+    socket = getattr(args, "admin_socket", None)
+    if args.handler is cmd_gateway:
+        socket = args.workdir.absolute() / "admin.sock"
     return build_bootstrap(
         node_id=args.node_id,
         node_cluster=args.node_cluster,
         xds_host=args.xds_host,
         xds_port=args.xds_port,
-        admin_port=args.admin_port,
+        admin_port=getattr(args, "admin_port", 0),
+        admin_socket=str(socket) if socket is not None else None,
         delta=args.xds_protocol == "delta",
     )
 
@@ -502,7 +556,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         gateway = EnvoyGateway(_bootstrap(args), args.workdir, supervise=True)
         try:
             await gateway.start(wait_live=False)
-            print(f"envoy gateway running (admin {gateway.admin_url}, log {gateway.log_path})")
+            print(f"envoy gateway running (admin {gateway.admin_address}, log {gateway.log_path})")
             await stop.wait()
         finally:
             await gateway.stop()

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from wakegate import data_dir
+from wakegate.activator_process import ActivatorProcess
 from wakegate.api import Api
 from wakegate.autoscaler.config import AutoscalerConfig
 from wakegate.autoscaler.gateway_stats import GatewayStats
 from wakegate.autoscaler.scaler import Autoscaler
 from wakegate.autoscaler.service import AutoscalerService
-from wakegate.envoy_process import EnvoyGateway, GatewayError, check_port_free
+from wakegate.envoy_process import EnvoyGateway, check_port_free
 from wakegate.ingress.model import Endpoint
 from wakegate.reconciler.local.manifests import ManifestReconciler
 from wakegate.reconciler.local.services import Activation, LocalServing
@@ -38,7 +38,6 @@ class StackConfig:
     xds_host: str = "127.0.0.1"
     xds_port: int = 18000
     api_port: int = 18001
-    admin_port: int = 9901
     node_id: str = "wakegate-gateway-0"
     node_cluster: str = "wakegate-gateway"
     delta: bool = True
@@ -58,45 +57,6 @@ class StackConfig:
         return self.allow_zero_initial_scale or bool(
             self.autoscaler and self.autoscaler.allow_zero_initial_scale
         )
-
-
-class ActivatorProcess:
-    """The activator, run as its own process next to the control plane."""
-
-    def __init__(self, control_plane: str, hold_timeout_s: float) -> None:
-        self.control_plane = control_plane
-        self.hold_timeout_s = hold_timeout_s
-        self.port = 0
-        self._proc: asyncio.subprocess.Process | None = None
-
-    async def start(self, timeout_s: float = 20.0) -> int:
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "wakegate.activator.main",
-            "--listen", "127.0.0.1:0", "--control-plane", self.control_plane,
-            "--hold-timeout", str(self.hold_timeout_s), "--stop-on-stdin-eof",
-            "--log-level", "WARNING",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        assert self._proc.stdout is not None
-        async with asyncio.timeout(timeout_s):
-            while line := await self._proc.stdout.readline():
-                if line.startswith(b"READY "):
-                    self.port = int(line.split()[1])
-                    return self.port
-        raise GatewayError(
-            f"activator exited with code {await self._proc.wait()} before it was ready"
-        )
-
-    async def stop(self) -> None:
-        if self._proc is None or self._proc.returncode is not None:
-            return
-        self._proc.terminate()
-        try:
-            async with asyncio.timeout(10):
-                await self._proc.wait()
-        except TimeoutError:
-            self._proc.kill()
-            await self._proc.wait()
 
 
 class LocalStack:
@@ -122,6 +82,7 @@ class LocalStack:
         self._stats: GatewayStats | None = None
         self.xds_port = 0
         self.api_port = 0
+        self.api_token = ""
 
     def preflight(self) -> None:
         """Fail with one line naming the port if a port the stack needs is taken."""
@@ -131,11 +92,11 @@ class LocalStack:
         if c.gateway:
             check_port_free(c.port, c.bind, purpose="gateway listener (--port)")
             check_port_free(c.internal_port, c.bind, purpose="gateway listener (--internal-port)")
-            check_port_free(c.admin_port, "127.0.0.1", purpose="Envoy admin (--admin-port)")
 
     async def start(self) -> None:
         c = self.config
         self.preflight()
+        data_dir.prepare(c.data_dir)
         self.store = Store.in_dir(c.data_dir)
         pods_feed = AutoscalerService()
         self.xds_port = await self.cp.start(
@@ -148,7 +109,7 @@ class LocalStack:
                     node_cluster=c.node_cluster,
                     xds_host=c.xds_host,
                     xds_port=self.xds_port,
-                    admin_port=c.admin_port,
+                    admin_socket=str(self.admin_socket),
                     delta=c.delta,
                 ),
                 c.data_dir / "gateway",
@@ -163,7 +124,7 @@ class LocalStack:
                 f"127.0.0.1:{self.xds_port}", c.activator_hold_timeout_s
             )
             port = await self.activator.start()
-            self._stats = GatewayStats(self.gateway.admin_url)
+            self._stats = GatewayStats(self.gateway.admin_url, unix_socket=str(self.admin_socket))
             self.autoscaler = Autoscaler(autoscaling, self._stats, self._on_decision)
             pods_feed.on_poke = lambda ns, rev: (
                 self.autoscaler and self.autoscaler.poke(f"{ns}/{rev}", 1.0)
@@ -180,11 +141,35 @@ class LocalStack:
             activation=activation,
             config=ServingConfig(allow_zero_initial_scale=allow_zero),
         )
-        self.api = Api(self.cp, self.manifests, self.serving)
+        self.api_token = data_dir.new_token(c.data_dir)
+        self.api = Api(self.cp, self.manifests, self.serving, token=self.api_token,
+                       processes=self.processes)  # fmt: skip
         self.api_port = await self.api.start("127.0.0.1", c.api_port)
         await self.serving.start()
         if self.autoscaler is not None:
             self.autoscaler.start()
+
+    @property
+    def admin_socket(self) -> Path:
+        """Envoy's admin socket: in the owner-only data directory, itself 0600."""
+        return self.config.data_dir / "gateway" / "admin.sock"
+
+    async def processes(self) -> dict[str, Any]:
+        """The gateway's and the activator's processes, for `wakegate status`."""
+        out: dict[str, Any] = {}
+        gateway = self.gateway
+        if gateway is not None:
+            out["gateway"] = {
+                "running": gateway.running,
+                "pid": gateway.pid,
+                "live": await gateway.is_live(),
+                "admin": gateway.admin_address,
+                "restarts": gateway.restarts,
+                "lastExit": gateway.last_exit,
+            }
+        if self.activator is not None:
+            out["activator"] = self.activator.status()
+        return out
 
     def _on_decision(self, revision_key: str, decision: Any) -> None:
         if self.serving is not None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 XDS_CLUSTER = "xds_cluster"
+ADMIN_SOCKET_MODE = 0o600
 
 _TLS_CONTEXT = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -50,8 +51,9 @@ def build_bootstrap(
     node_cluster: str,
     xds_host: str,
     xds_port: int,
-    admin_port: int,
+    admin_port: int = 0,
     admin_host: str = "127.0.0.1",
+    admin_socket: str | None = None,
     delta: bool = True,
     xds_tls: XdsTls | None = None,
     node_metadata: Mapping[str, Any] | None = None,
@@ -62,7 +64,11 @@ def build_bootstrap(
 ) -> dict[str, Any]:
     """A JSON-able Envoy bootstrap: listeners and clusters from ADS, admin on loopback.
 
-    `admin_port` may be 0 to let Envoy pick one (see `--admin-address-path`).
+    `admin_port` may be 0 to let Envoy pick one (see `--admin-address-path`). With
+    `admin_socket`, admin listens on that unix socket instead, mode 0600: admin can
+    stop and reconfigure the gateway and has no authentication of its own, so only
+    its owner may reach it (on TCP loopback, any local user and any web page the user
+    visits could post to it).
     """
     node: dict[str, Any] = {"id": node_id, "cluster": node_cluster}
     if node_metadata:
@@ -102,7 +108,11 @@ def build_bootstrap(
         xds_cluster["transport_socket"] = _tls_socket(xds_tls)
     return {
         "node": node,
-        "admin": {"address": _address(admin_host, admin_port)},
+        "admin": {
+            "address": {"pipe": {"path": admin_socket, "mode": ADMIN_SOCKET_MODE}}
+            if admin_socket is not None
+            else _address(admin_host, admin_port)
+        },
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "DELTA_GRPC" if delta else "GRPC",
