@@ -108,6 +108,12 @@ def endpoint_slice(
     }
 
 
+def known_backend(kube: FakeKube, name: str, address: str = "127.0.0.99") -> None:
+    """A Service and an EndpointSlice of it: a backend whose endpoints are known."""
+    kube.apply(service(name))
+    kube.apply(endpoint_slice(name, [address], 8080))
+
+
 def sks(name: str, mode: str, private: str, protocol: str = "http1") -> dict[str, Any]:
     return {
         "apiVersion": KIN,
@@ -283,7 +289,7 @@ async def test_fake_kube_kingress_create_update_delete_reaches_control_plane() -
 
 async def test_fake_kube_other_ingress_class_is_ignored() -> None:
     async with fake_cluster() as c:
-        c.kube.apply(service("svc"))
+        known_backend(c.kube, "svc")
         other = "kourier.ingress.networking.knative.dev"
         c.kube.apply(simple_kingress("theirs", "theirs.example.com", "svc", cls=other))
         c.kube.apply(simple_kingress("ours", "ours.example.com", "svc"))
@@ -299,7 +305,7 @@ async def test_fake_kube_other_ingress_class_is_ignored() -> None:
 
 async def test_fake_kube_invalid_kingress_keeps_previous_rules_and_reports_why() -> None:
     async with fake_cluster() as c:
-        c.kube.apply(service("shop-00001"))
+        known_backend(c.kube, "shop-00001")
         c.kube.apply(simple_kingress("shop", "shop.example.com", "shop-00001"))
         await eventually(lambda: c.ingress("shop"), what="valid generation applied")
         broken = kingress(
@@ -325,8 +331,8 @@ async def test_fake_kube_invalid_kingress_keeps_previous_rules_and_reports_why()
 
 async def test_fake_kube_host_conflict_reported_from_translator() -> None:
     async with fake_cluster() as c:
-        c.kube.apply(service("a"))
-        c.kube.apply(service("b"))
+        known_backend(c.kube, "a")
+        known_backend(c.kube, "b")
         c.kube.apply(simple_kingress("first", "same.example.com", "a"))
         await eventually(lambda: c.ingress("first"))
         c.kube.apply(simple_kingress("second", "same.example.com", "b"))
@@ -446,7 +452,7 @@ async def test_fake_kube_endpoint_slice_changes_update_endpoints() -> None:
 
 async def test_fake_kube_tls_secret_becomes_the_certificate() -> None:
     async with fake_cluster() as c:
-        c.kube.apply(service("svc"))
+        known_backend(c.kube, "svc")
         host = "secure.example.com"
         c.kube.apply(
             kingress(
@@ -480,7 +486,7 @@ async def test_fake_kube_410_gone_relists_and_converges(gone_as_http: bool) -> N
     async with FakeKube(bookmark_interval_s=0.2, gone_as_http=gone_as_http) as kube:
         async with fake_cluster(kube) as c:
             for name in ("a", "b", "c"):
-                kube.apply(service(name))
+                known_backend(kube, name)
             for name in ("a", "b"):
                 kube.apply(simple_kingress(name, f"{name}.example.com", name))
             await eventually(lambda: c.ingress("a") and c.ingress("b"))
@@ -511,7 +517,7 @@ async def test_fake_kube_410_gone_relists_and_converges(gone_as_http: bool) -> N
 
 async def test_fake_kube_api_errors_are_retried_with_backoff() -> None:
     async with FakeKube(bookmark_interval_s=0.2) as kube:
-        kube.apply(service("svc"))
+        known_backend(kube, "svc")
         kube.apply(simple_kingress("retry", "retry.example.com", "svc"))
         kube.fail(3, method="GET", path_contains="/ingresses", watch=False)
         async with fake_cluster(kube) as c:
@@ -680,7 +686,7 @@ def _port_open(port: int) -> bool:
 
 async def test_fake_kube_controller_serves_health_metrics_and_xds(tmp_path: Path) -> None:
     async with FakeKube(bookmark_interval_s=0.2) as kube:
-        kube.apply(service("svc"))
+        known_backend(kube, "svc")
         kube.apply(simple_kingress("hello", "hello.example.com", "svc"))
         parser = argparse.ArgumentParser()
         add_controller_parser(parser.add_subparsers(), "controller")
@@ -732,7 +738,7 @@ async def test_fake_kube_controller_with_gateway_service_waits_for_its_pods(
     tmp_path: Path,
 ) -> None:
     async with FakeKube(bookmark_interval_s=0.2) as kube:
-        kube.apply(service("svc"))
+        known_backend(kube, "svc")
         kube.apply(simple_kingress("hello", "hello.example.com", "svc"))
         parser = argparse.ArgumentParser()
         add_controller_parser(parser.add_subparsers(), "controller")
@@ -892,7 +898,7 @@ async def test_fake_kube_end_to_end_envoy_serves_kingress_and_ready_follows_ack(
 async def test_fake_kube_unknown_backend_is_false_until_its_service_exists() -> None:
     async with fake_cluster() as c:
         k = c.kube
-        k.apply(service("known"))
+        known_backend(k, "known")
         k.apply(
             kingress(
                 "late",
@@ -925,7 +931,23 @@ async def test_fake_kube_unknown_backend_is_false_until_its_service_exists() -> 
         assert c.ingress("late") is None
 
         k.apply(service("missing"))
-        ingress = await eventually(lambda: c.ingress("late"), what="applied once the port exists")
+        balancer = await eventually(
+            lambda: "endpoints" in c.condition("late", "LoadBalancerReady").get("message", "")
+            and c.condition("late", "LoadBalancerReady"),
+            what="the Service's unknown endpoints in the status",
+        )
+        assert balancer["status"] == "Unknown" and balancer["reason"] == "Uninitialized"
+        assert balancer["message"] == (
+            "Waiting for load balancer to be ready: generation 1 waits for the endpoints of "
+            f"its splits: {split_1}: the endpoints of service default/missing are not known "
+            "yet (no EndpointSlice)"
+        )
+        assert c.condition("late", "NetworkConfigured")["status"] == "True"
+        assert c.condition("late")["status"] == "Unknown"
+        assert c.ingress("late") is None, "held back until its endpoints are known"
+
+        k.apply(endpoint_slice("missing", ["127.0.0.98"], 8080))
+        ingress = await eventually(lambda: c.ingress("late"), what="applied once all is known")
         assert ingress.generation == 1
         network = await eventually(
             lambda: (
@@ -935,8 +957,12 @@ async def test_fake_kube_unknown_backend_is_false_until_its_service_exists() -> 
             what="NetworkConfigured once the Service has the port",
         )
         assert "reason" not in network and "message" not in network
-        ready = c.condition("late")
-        assert ready["status"] == "Unknown" and "no gateway is connected" in ready["message"]
+        ready = await eventually(
+            lambda: "no gateway is connected" in c.condition("late").get("message", "")
+            and c.condition("late"),
+            what="waiting for a gateway, the endpoints known",
+        )
+        assert ready["status"] == "Unknown"
         stored = k.get(KIN, "Ingress", "default", "late")
         assert stored is not None
         assert stored["metadata"]["generation"] == 1, "the KIngress itself did not change"
