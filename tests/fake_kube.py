@@ -105,6 +105,26 @@ class Request:
         """The manager the real server records for this request's writes."""
         return manager_of(self.query, self.user_agent)
 
+    @property
+    def authorization(self) -> tuple[str, str, str]:
+        """What RBAC checks for this request: (apiGroup, resource[/subresource], verb)."""
+        parts = [p for p in self.path.split("/") if p]
+        if parts[:1] == ["api"]:
+            group, rest = "", parts[2:]
+        else:
+            group, rest = parts[1], parts[3:]
+        if rest[:1] == ["namespaces"] and len(rest) >= 3:
+            rest = rest[2:]
+        resource = "/".join(rest[0:1] + rest[2:3])
+        named = len(rest) >= 2
+        verbs = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+        if self.method == "GET":
+            watching = self.query.get("watch") in ("1", "true", "True")
+            verb = "get" if named else "watch" if watching else "list"
+        else:
+            verb = verbs[self.method]
+        return group, resource, verb
+
 
 def manager_of(query: Mapping[str, str], user_agent: str) -> str:
     """`fieldManager`, else the User-Agent's first part (apiserver's prefixFromUserAgent)."""

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import contextlib
 import copy
+import importlib.metadata
 import itertools
 import socket
 import ssl
@@ -26,6 +27,7 @@ import aiohttp
 import grpc
 import pytest
 import pytest_asyncio
+from envoy.config.cluster.v3 import cluster_pb2
 
 from tests.fake_kube import FakeKube, Request
 from tests.support.backends import Backend, free_port, get, launch_backend
@@ -44,7 +46,7 @@ from wakegate.reconciler.cluster.reconciler import ClusterReconciler
 from wakegate.xds.bootstrap import XdsTls
 from wakegate.xds.controlplane import ControlPlane
 from wakegate.xds.readiness import STATUS_DOMAIN, ready_path
-from wakegate.xds.resources import CLUSTER, LISTENER, ROUTE
+from wakegate.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from wakegate.xds.translate import EXTERNAL_TLS, GatewayConfig
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -201,7 +203,7 @@ async def fake_cluster(
     gateway: GatewayConfig | None = None,
     group: str = "fake-kube-gateway",
     may_write_status: Callable[[], bool] = lambda: True,
-    user_agent: str = "wakegate-test",
+    user_agent: str | None = None,
     credentials: grpc.ServerCredentials | None = None,
     gateway_service: GatewayService | None = None,
 ) -> AsyncIterator[Cluster]:
@@ -209,7 +211,8 @@ async def fake_cluster(
         if kube is None:
             kube = await stack.enter_async_context(FakeKube(bookmark_interval_s=0.2))
         api = KubeApi.for_host(kube.url)
-        api.api_client.user_agent = user_agent
+        if user_agent is not None:
+            api.api_client.user_agent = user_agent
         stack.push_async_callback(api.close)
         cp = ControlPlane(gateway or GatewayConfig(bind_address="127.0.0.1"), group=group)
         await cp.start("127.0.0.1", 0, credentials=credentials)
@@ -285,6 +288,26 @@ async def test_fake_kube_kingress_create_update_delete_reaches_control_plane() -
         c.kube.delete(KIN, "Ingress", "default", "hello")
         await eventually(lambda: c.ingress("hello") is None, what="ingress removed")
         await eventually(lambda: c.endpoints("default/hello-00001:80") is None)
+
+
+async def test_fake_kube_requests_carry_our_user_agent_and_field_manager() -> None:
+    """The API server (and its audit log) sees `wakegate/<version>`, and the status
+    writes in `managedFields` are ours, not the client library's default."""
+    async with fake_cluster() as c:
+        known_backend(c.kube, "svc")
+        c.kube.apply(simple_kingress("who", "who.example.com", "svc"))
+        await eventually(lambda: c.condition("who").get("status") == "Unknown")
+        assert {r.user_agent for r in c.kube.requests} == {
+            f"wakegate/{importlib.metadata.version('wakegate')}"
+        }
+        writes = [r for r in c.kube.requests if r.method in ("POST", "PUT", "PATCH")]
+        assert writes and {r.field_manager for r in writes} == {"wakegate"}
+        stored = c.kube.get(KIN, "Ingress", "default", "who")
+        assert stored is not None
+        managers = [
+            (e["manager"], e.get("subresource")) for e in stored["metadata"]["managedFields"]
+        ]
+        assert managers == [("wakegate", "status")]
 
 
 async def test_fake_kube_other_ingress_class_is_ignored() -> None:
@@ -694,7 +717,8 @@ async def test_fake_kube_controller_serves_health_metrics_and_xds(tmp_path: Path
         args = parser.parse_args(
             ["controller", "--kubeconfig", str(kube.kubeconfig(tmp_path / "kubeconfig")),
              "--xds-host", "127.0.0.1", "--xds-port", str(xds),
-             "--health-port", str(health), "--metrics-port", str(metrics),
+             "--health-host", "127.0.0.1", "--health-port", str(health),
+             "--metrics-host", "127.0.0.2", "--metrics-port", str(metrics),
              "--gateway-external-address", "gw.wakegate-system",
              "--leader-election-namespace", "knative-serving"]
         )  # fmt: skip
@@ -716,8 +740,10 @@ async def test_fake_kube_controller_serves_health_metrics_and_xds(tmp_path: Path
                     await asyncio.sleep(0.05)
                 assert (await fetch(health, "/readyz"))[0] == 200
                 assert _port_open(xds), "xDS serves once ready"
-                status, text = await fetch(metrics, "/metrics")
-                assert status == 200 and "wakegate_kube_relists_total" in text
+                async with session.get(f"http://127.0.0.2:{metrics}/metrics") as resp:
+                    assert resp.status == 200
+                    assert "wakegate_kube_relists_total" in await resp.text()
+                assert not _port_open(metrics), "--metrics-host 127.0.0.2 only"
             await eventually(lambda: lease_holder(kube), what="leader elected")
             ready = await eventually(
                 lambda: condition_of(
@@ -932,8 +958,10 @@ async def test_fake_kube_unknown_backend_is_false_until_its_service_exists() -> 
 
         k.apply(service("missing"))
         balancer = await eventually(
-            lambda: "endpoints" in c.condition("late", "LoadBalancerReady").get("message", "")
-            and c.condition("late", "LoadBalancerReady"),
+            lambda: (
+                "endpoints" in c.condition("late", "LoadBalancerReady").get("message", "")
+                and c.condition("late", "LoadBalancerReady")
+            ),
             what="the Service's unknown endpoints in the status",
         )
         assert balancer["status"] == "Unknown" and balancer["reason"] == "Uninitialized"
@@ -958,8 +986,10 @@ async def test_fake_kube_unknown_backend_is_false_until_its_service_exists() -> 
         )
         assert "reason" not in network and "message" not in network
         ready = await eventually(
-            lambda: "no gateway is connected" in c.condition("late").get("message", "")
-            and c.condition("late"),
+            lambda: (
+                "no gateway is connected" in c.condition("late").get("message", "")
+                and c.condition("late")
+            ),
             what="waiting for a gateway, the endpoints known",
         )
         assert ready["status"] == "Unknown"
@@ -967,6 +997,52 @@ async def test_fake_kube_unknown_backend_is_false_until_its_service_exists() -> 
         assert stored is not None
         assert stored["metadata"]["generation"] == 1, "the KIngress itself did not change"
         assert stored["status"]["observedGeneration"] == 1
+
+
+async def test_fake_kube_external_name_service_is_a_dns_backend_or_not_found() -> None:
+    """An ExternalName Service has no EndpointSlices: its split goes to its
+    `externalName` on the Service port, resolved by the gateway; without one, it is a
+    backend that cannot be served, never Ready."""
+    async with fake_cluster() as c:
+        k = c.kube
+        external = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "elsewhere", "namespace": "default"},
+            "spec": {"type": "ExternalName", "ports": [{"name": "http", "port": 80}]},
+        }
+        k.apply(external)
+        k.apply(simple_kingress("far", "far.example.com", "elsewhere"))
+        ready = await eventually(
+            lambda: c.condition("far").get("reason") == "BackendNotFound" and c.condition("far"),
+            what="no externalName: not found",
+        )
+        assert ready["status"] == "False"
+        assert "ExternalName without externalName" in ready["message"]
+        assert c.ingress("far") is None
+
+        external["spec"]["externalName"] = "elsewhere.example.org"
+        external["spec"]["ports"] = [{"name": "h2c", "port": 80}]
+        k.apply(external)
+        await eventually(lambda: c.ingress("far"), what="applied with its DNS name")
+        backend = c.cp.state().backends["default/elsewhere:80"]
+        assert backend.dns and backend.http2
+        assert backend.endpoints == (Endpoint("elsewhere.example.org", 80),)
+        await c.cp.flush()
+        snapshot = c.cp.cache.get_snapshot(c.cp.group)
+        assert snapshot is not None
+        cluster = cluster_pb2.Cluster.FromString(
+            snapshot.resources[CLUSTER]["default/elsewhere:80"]
+        )
+        assert cluster.type == cluster_pb2.Cluster.LOGICAL_DNS
+        assert cluster.dns_lookup_family == cluster_pb2.Cluster.V4_PREFERRED
+        address = cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
+        assert (address.socket_address.address, address.socket_address.port_value) == (
+            "elsewhere.example.org",
+            80,
+        )
+        assert "default/elsewhere:80" not in snapshot.resources[ENDPOINT], "no EDS for it"
+        assert snapshot.eds_names(["default/elsewhere:80"]) == set()
 
 
 @pytest.mark.envoy
