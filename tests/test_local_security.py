@@ -11,6 +11,7 @@ import os
 import signal
 import stat
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ import pytest
 import pytest_asyncio
 
 from tests.support.backends import free_port, get
+from tests.support.chaos import kill_process
 from tests.test_cli import WAKEGATE, hello_manifest
 from wakegate.runtime.spec import INHERITED
 
@@ -67,7 +69,7 @@ async def up(tmp_path: Path) -> AsyncIterator[Up]:
     proc = await asyncio.create_subprocess_exec(
         *WAKEGATE, "up", "-f", str(manifest), "--data-dir", str(data),
         "--port", str(ports[0]), "--internal-port", str(ports[1]), "--tls-port", str(ports[2]),
-        "--api-port", str(ports[3]), "--xds-port", "0",
+        "--api-port", str(ports[3]),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -134,14 +136,20 @@ def test_everything_in_the_data_dir_is_owner_only(up: Up) -> None:
         assert stat.S_IMODE(mode) & 0o077 == 0, (path, stat.filemode(mode))
         if path.is_dir():
             assert stat.S_IMODE(mode) == 0o700, path
-    for name in ("api.token", "wakegate.db", "gateway/envoy.log", "gateway/admin.sock"):
+    for name in ("api.token", "wakegate.db", "xds.sock", "gateway/envoy.log", "gateway/admin.sock"):
         assert name in seen, sorted(seen)
     assert any(name.startswith("logs/helloworld-go-00001-") for name in seen), sorted(seen)
     assert stat.S_ISSOCK((up.data / "gateway/admin.sock").stat().st_mode)
 
 
-async def test_the_gateways_admin_is_on_a_unix_socket_only(up: Up) -> None:
-    gateway = up.processes()["gateway"]
+async def test_xds_and_the_gateways_admin_are_on_unix_sockets_only(up: Up) -> None:
+    """Over TCP the stack itself listens for its API and (for the gateway) its
+    activator; xDS, which carries TLS keys, is on a 0600 socket in the data dir."""
+    processes = up.processes()
+    activator_port = int(processes["activator"]["address"].rpartition(":")[2])
+    assert listening_tcp_ports(up.proc.pid) == {up.api_port, activator_port}
+    assert stat.S_IMODE((up.data / "xds.sock").stat().st_mode) == 0o600
+    gateway = processes["gateway"]
     assert gateway["live"] is True and gateway["admin"] == f"unix:{up.data}/gateway/admin.sock"
     # Envoy listens on TCP for the routed traffic only (TLS once a Secret is applied).
     assert listening_tcp_ports(gateway["pid"]) <= {up.port, up.internal_port, up.tls_port}
@@ -185,13 +193,16 @@ async def test_a_killed_activator_is_restarted_and_requests_meanwhile_are_held(u
     url = f"http://127.0.0.1:{up.port}/"
     assert (await get(url, host=HOST))[:2] == (200, "Hello World!\n")
 
-    os.kill(before["pid"], signal.SIGKILL)
+    await kill_process(before["pid"], "activator")  # gone; its restart backs off 0.5 s
     async with aiohttp.ClientSession() as session:
         answers = await asyncio.gather(*(get(url, host=HOST, session=session) for _ in range(20)))
     assert [a[:2] for a in answers] == [(200, "Hello World!\n")] * 20
 
-    after = up.processes()["activator"]
-    assert after["running"] and after["restarts"] == 1 and after["pid"] != before["pid"]
+    deadline = time.monotonic() + 30
+    while not (after := up.processes()["activator"])["running"]:
+        assert time.monotonic() < deadline, after
+        await asyncio.sleep(0.1)
+    assert after["restarts"] == 1 and after["pid"] != before["pid"], after
     assert after["address"] == before["address"]
     assert after["lastExit"] == "activator was killed by SIGKILL"
     up.proc.send_signal(signal.SIGTERM)

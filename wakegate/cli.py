@@ -118,7 +118,13 @@ def build_parser(command: str | None = "controller") -> argparse.ArgumentParser:
     p.add_argument("--internal-port", type=int, default=8081, help="cluster-local listener")
     p.add_argument("--tls-port", type=int, default=8443, help="external HTTPS listener")
     p.add_argument("--bind", default="127.0.0.1", help="gateway listener address")
-    p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
+    p.add_argument(
+        "--xds-port",
+        type=int,
+        default=None,
+        help="also serve xDS on 127.0.0.1:PORT, for gateways run apart (`wakegate gateway`); "
+        "the stack's own use the owner-only socket DATA_DIR/xds.sock",
+    )
     _xds_protocol_arg(p)
     p.add_argument("--no-gateway", action="store_true", help="serve xDS, start no Envoy")
     p.add_argument(
@@ -265,7 +271,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     async def start() -> None:
         await stack.start()
         print(f"api      http://127.0.0.1:{stack.api_port}", flush=True)
-        print(f"xds      grpc://{stack.config.xds_host}:{stack.xds_port}", flush=True)
+        print(f"xds      unix:{stack.xds_socket}", flush=True)
+        if stack.config.xds_port is not None:
+            print(f"xds      grpc://{stack.config.xds_host}:{stack.xds_port}", flush=True)
         if stack.gateway is not None:
             print(f"gateway  http://{args.bind}:{args.port}  "
                   f"(cluster-local :{args.internal_port}, admin {stack.gateway.admin_address})",
@@ -522,25 +530,22 @@ def cmd_status(args: argparse.Namespace) -> int:
 # --- the gateway on its own ------------------------------------------------------------------
 
 
-def _bootstrap(args: argparse.Namespace) -> dict[str, object]:
+def _bootstrap(args: argparse.Namespace, admin_socket: Path | None = None) -> dict[str, object]:
     from wakegate.xds.bootstrap import build_bootstrap
 
-    socket = getattr(args, "admin_socket", None)
-    if args.handler is cmd_gateway:
-        socket = args.workdir.absolute() / "admin.sock"
     return build_bootstrap(
         node_id=args.node_id,
         node_cluster=args.node_cluster,
         xds_host=args.xds_host,
         xds_port=args.xds_port,
         admin_port=getattr(args, "admin_port", 0),
-        admin_socket=str(socket) if socket is not None else None,
+        admin_socket=str(admin_socket) if admin_socket is not None else None,
         delta=args.xds_protocol == "delta",
     )
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
-    config = _bootstrap(args)
+    config = _bootstrap(args, args.admin_socket and args.admin_socket.absolute())
     if args.output == "json":
         print(json.dumps(config, indent=2))
     else:
@@ -553,7 +558,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         stop = _stop_on_signals()
-        gateway = EnvoyGateway(_bootstrap(args), args.workdir, supervise=True)
+        admin = args.workdir.absolute() / "admin.sock"
+        gateway = EnvoyGateway(_bootstrap(args, admin), args.workdir, supervise=True)
         try:
             await gateway.start(wait_live=False)
             print(f"envoy gateway running (admin {gateway.admin_address}, log {gateway.log_path})")

@@ -1,11 +1,11 @@
 """The local stack's data directory: owner-only, with the API token in it.
 
 Everything the stack keeps (the SQLite store, pod logs, Envoy's bootstrap, log and
-admin socket, the API token) lives under one directory that only its owner may enter
-(0700), so other users of the machine can read none of it. The API token is a fresh
-random secret for each run of the stack, in a file only the owner can read (0600);
-the CLI reads it from there and sends it as `Authorization: Bearer <token>` on every
-call that changes state.
+admin socket, the control plane's xDS socket, the API token) lives under one directory
+that only its owner may enter (0700), so other users of the machine can reach none of
+it. The API token is a fresh random secret for each run of the stack, in a file only
+the owner can read (0600); the CLI reads it from there and sends it as
+`Authorization: Bearer <token>` on every call that changes state.
 """
 
 from __future__ import annotations
@@ -21,6 +21,24 @@ log = logging.getLogger(__name__)
 TOKEN_FILE = "api.token"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+MAX_SOCKET_PATH = 107
+"""A unix socket's path fits in 108 bytes, its terminating NUL included."""
+
+
+class DataDirError(OSError):
+    """The data directory cannot hold what the stack keeps there; one line."""
+
+
+def socket_path(data_dir: str | os.PathLike[str], name: str) -> Path:
+    """The absolute path of unix socket `name` in the data dir; DataDirError if the
+    kernel would refuse a path that long."""
+    path = Path(data_dir).absolute() / name
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise DataDirError(
+            f"--data-dir {data_dir}: the socket path {path} is longer than "
+            f"{MAX_SOCKET_PATH} bytes; use a shorter data directory"
+        )
+    return path
 
 
 def prepare(data_dir: str | os.PathLike[str]) -> Path:

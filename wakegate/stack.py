@@ -36,7 +36,9 @@ class StackConfig:
     internal_port: int = 8081
     tls_port: int = 8443
     xds_host: str = "127.0.0.1"
-    xds_port: int = 18000
+    xds_port: int | None = None
+    """Also serve xDS on xds_host:xds_port, for gateways run apart (`wakegate gateway`);
+    the stack's own gateway and activator use the owner-only socket in the data dir."""
     api_port: int = 18001
     node_id: str = "wakegate-gateway-0"
     node_cluster: str = "wakegate-gateway"
@@ -85,10 +87,13 @@ class LocalStack:
         self.api_token = ""
 
     def preflight(self) -> None:
-        """Fail with one line naming the port if a port the stack needs is taken."""
+        """Fail with one line naming the port if a port the stack needs is taken (or the
+        data directory's path is too long for its sockets)."""
         c = self.config
+        data_dir.socket_path(c.data_dir, "gateway/admin.sock")
         check_port_free(c.api_port, "127.0.0.1", purpose="api (--api-port)")
-        check_port_free(c.xds_port, c.xds_host, purpose="xDS (--xds-port)")
+        if c.xds_port is not None:
+            check_port_free(c.xds_port, c.xds_host, purpose="xDS (--xds-port)")
         if c.gateway:
             check_port_free(c.port, c.bind, purpose="gateway listener (--port)")
             check_port_free(c.internal_port, c.bind, purpose="gateway listener (--internal-port)")
@@ -97,19 +102,23 @@ class LocalStack:
         c = self.config
         self.preflight()
         data_dir.prepare(c.data_dir)
+        xds_socket = self.xds_socket
+        admin_socket = data_dir.socket_path(c.data_dir, "gateway/admin.sock")
         self.store = Store.in_dir(c.data_dir)
         pods_feed = AutoscalerService()
         self.xds_port = await self.cp.start(
-            c.xds_host, c.xds_port, services=[pods_feed.add_to_server]
+            c.xds_host,
+            c.xds_port,
+            services=[pods_feed.add_to_server],
+            unix_socket=str(xds_socket),
         )
         if c.gateway:
             self.gateway = EnvoyGateway(
                 build_bootstrap(
                     node_id=c.node_id,
                     node_cluster=c.node_cluster,
-                    xds_host=c.xds_host,
-                    xds_port=self.xds_port,
-                    admin_socket=str(self.admin_socket),
+                    xds_socket=str(xds_socket),
+                    admin_socket=str(admin_socket),
                     delta=c.delta,
                 ),
                 c.data_dir / "gateway",
@@ -120,11 +129,9 @@ class LocalStack:
         allow_zero = c.zero_initial_scale
         if c.autoscaler is not None and self.gateway is not None:
             autoscaling = replace(c.autoscaler, allow_zero_initial_scale=allow_zero).validate()
-            self.activator = ActivatorProcess(
-                f"127.0.0.1:{self.xds_port}", c.activator_hold_timeout_s
-            )
+            self.activator = ActivatorProcess(f"unix:{xds_socket}", c.activator_hold_timeout_s)
             port = await self.activator.start()
-            self._stats = GatewayStats(self.gateway.admin_url, unix_socket=str(self.admin_socket))
+            self._stats = GatewayStats(self.gateway.admin_url, unix_socket=str(admin_socket))
             self.autoscaler = Autoscaler(autoscaling, self._stats, self._on_decision)
             pods_feed.on_poke = lambda ns, rev: (
                 self.autoscaler and self.autoscaler.poke(f"{ns}/{rev}", 1.0)
@@ -150,9 +157,10 @@ class LocalStack:
             self.autoscaler.start()
 
     @property
-    def admin_socket(self) -> Path:
-        """Envoy's admin socket: in the owner-only data directory, itself 0600."""
-        return self.config.data_dir / "gateway" / "admin.sock"
+    def xds_socket(self) -> Path:
+        """The control plane's xDS (and autoscaler) socket, for the stack's own gateway
+        and activator: in the owner-only data directory, itself 0600."""
+        return data_dir.socket_path(self.config.data_dir, "xds.sock")
 
     async def processes(self) -> dict[str, Any]:
         """The gateway's and the activator's processes, for `wakegate status`."""

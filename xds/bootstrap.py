@@ -49,8 +49,9 @@ def build_bootstrap(
     *,
     node_id: str,
     node_cluster: str,
-    xds_host: str,
-    xds_port: int,
+    xds_host: str = "127.0.0.1",
+    xds_port: int = 0,
+    xds_socket: str | None = None,
     admin_port: int = 0,
     admin_host: str = "127.0.0.1",
     admin_socket: str | None = None,
@@ -68,15 +69,20 @@ def build_bootstrap(
     `admin_socket`, admin listens on that unix socket instead, mode 0600: admin can
     stop and reconfigure the gateway and has no authentication of its own, so only
     its owner may reach it (on TCP loopback, any local user and any web page the user
-    visits could post to it).
+    visits could post to it). With `xds_socket`, the control plane is reached on that
+    unix socket rather than on `xds_host:xds_port`.
     """
     node: dict[str, Any] = {"id": node_id, "cluster": node_cluster}
     if node_metadata:
         node["metadata"] = dict(node_metadata)
     ads_source = {"ads": {}, "resource_api_version": "V3"}
+    xds_address = (
+        {"pipe": {"path": xds_socket}} if xds_socket else _address(xds_host, xds_port)
+    )
+    dns = not xds_socket and not _is_ip(xds_host)
     xds_cluster: dict[str, Any] = {
         "name": XDS_CLUSTER,
-        "type": "STATIC" if _is_ip(xds_host) else "STRICT_DNS",
+        "type": "STRICT_DNS" if dns else "STATIC",
         "connect_timeout": _duration(connect_timeout),
         "typed_extension_protocol_options": {
             _HTTP_OPTIONS: {
@@ -88,21 +94,20 @@ def build_bootstrap(
                 },
             }
         },
-        "upstream_connection_options": {
+        "load_assignment": {
+            "cluster_name": XDS_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": xds_address}}]}],
+        },
+    }
+    if not xds_socket:
+        xds_cluster["upstream_connection_options"] = {
             "tcp_keepalive": {
                 "keepalive_time": 30,
                 "keepalive_interval": 10,
                 "keepalive_probes": 3,
             }
-        },
-        "load_assignment": {
-            "cluster_name": XDS_CLUSTER,
-            "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": _address(xds_host, xds_port)}}]}
-            ],
-        },
-    }
-    if not _is_ip(xds_host):
+        }
+    if dns:
         xds_cluster["dns_lookup_family"] = "V4_PREFERRED"
     if xds_tls is not None:
         xds_cluster["transport_socket"] = _tls_socket(xds_tls)
