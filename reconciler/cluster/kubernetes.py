@@ -432,8 +432,6 @@ class Informer:
         self.resource_version = ""
         self.synced = asyncio.Event()
         """Set while the store is current (see the class docstring)."""
-        self.listed = asyncio.Event()
-        """Set once the first list completed."""
         self.relists = 0
 
     @property
@@ -488,7 +486,6 @@ class Informer:
             elif _version(before) != _version(obj) or not _version(obj):
                 self._emit("MODIFIED", obj)
         self.resource_version = version
-        self.listed.set()
         self._set_synced(True)
 
     async def _watch(self) -> None:

@@ -204,7 +204,7 @@ class ClusterReconciler:
         before any status is written; it is where the ControlPlane gets started, if
         it is not running yet (statuses wait for its snapshots)."""
         tasks = [asyncio.create_task(i.run(), name=f"informer-{i.name}") for i in self.informers]
-        listed = asyncio.gather(*(i.listed.wait() for i in self.informers))
+        listed = asyncio.ensure_future(self._all_current())
         try:
             await asyncio.wait([*tasks, listed], return_when=asyncio.FIRST_COMPLETED)
             for task in tasks:
@@ -238,6 +238,11 @@ class ClusterReconciler:
             self.ingress_class,
             len(self.book.invalid),
         )
+
+    async def _all_current(self) -> None:
+        """Until every informer has listed and none is stale."""
+        while not self.current():
+            await asyncio.gather(*(i.synced.wait() for i in self.informers))
 
     def current(self) -> bool:
         """Whether every informer's store is current (see the module docstring)."""
