@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable
 
 import h2.config
@@ -329,7 +330,10 @@ class H2Proxy:
         self._connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None
+    ) -> int:
+        """Listen on host:port, or on `sock`, a listening socket handed over; the port."""
         loop = asyncio.get_running_loop()
 
         def factory() -> _Connection:
@@ -339,7 +343,10 @@ class H2Proxy:
             self._connections.add(connection)
             return connection
 
-        self._server = await loop.create_server(factory, host, port, backlog=1024)
+        if sock is not None:
+            self._server = await loop.create_server(factory, sock=sock, backlog=1024)
+        else:
+            self._server = await loop.create_server(factory, host, port, backlog=1024)
         return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self, drain_timeout_s: float) -> None:

@@ -3,12 +3,16 @@
     python -m wakegate.activator.main --listen 127.0.0.1:8081 --control-plane 127.0.0.1:18000
 
 It serves HTTP/1.1 on `--listen` (the port the gateway's activator cluster points at;
+or on the listening socket inherited as file descriptor `--listen-fd`, which its
+supervisor keeps open across restarts so that connections arriving meanwhile wait in
+the socket's backlog instead of being refused;
 `/healthz` and `/metrics` on the same port answer requests without the Knative headers),
-HTTP/2 with prior knowledge (h2c, gRPC) on `--listen-h2c` when given, and keeps its
-streams to the control plane's `wakegate.proto.v1.Autoscaler` service at
-`--control-plane`. Once listening it prints `READY <port>` on stdout, followed by the
-h2c port when there is one (`:0` picks a free port). SIGTERM or SIGINT stops accepting
-connections and lets requests in progress finish for up to `--drain-timeout` seconds.
+HTTP/2 with prior knowledge (h2c, gRPC) on `--listen-h2c` (or the inherited
+`--listen-h2c-fd`) when given, and keeps its streams to the control plane's
+`wakegate.proto.v1.Autoscaler` service at `--control-plane`. Once listening it prints
+`READY <port>` on stdout, followed by the h2c port when there is one (`:0` picks a free
+port). SIGTERM or SIGINT stops accepting connections and lets requests in progress
+finish for up to `--drain-timeout` seconds.
 """
 
 from __future__ import annotations
@@ -59,14 +63,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Holds requests for revisions with no ready pod and forwards them "
         "once a pod is ready.",
     )
-    parser.add_argument(
-        "--listen", type=_host_port, required=True, metavar="HOST:PORT", help="HTTP address"
+    listen = parser.add_mutually_exclusive_group(required=True)
+    listen.add_argument("--listen", type=_host_port, metavar="HOST:PORT", help="HTTP address")
+    listen.add_argument(
+        "--listen-fd",
+        type=int,
+        metavar="FD",
+        help="serve on this inherited, already listening TCP socket",
     )
-    parser.add_argument(
+    h2c = parser.add_mutually_exclusive_group()
+    h2c.add_argument(
         "--listen-h2c",
         type=_host_port,
         metavar="HOST:PORT",
         help="h2c (HTTP/2 prior knowledge, gRPC) address, for revisions whose port speaks h2c",
+    )
+    h2c.add_argument(
+        "--listen-h2c-fd",
+        type=int,
+        metavar="FD",
+        help="serve h2c on this inherited, already listening TCP socket",
     )
     parser.add_argument(
         "--control-plane",
@@ -159,15 +175,24 @@ async def serve(args: argparse.Namespace) -> None:
         shutdown_timeout=args.drain_timeout,
     )
     await runner.setup()
-    host, port = args.listen
-    site = web.TCPSite(runner, host, port, backlog=1024)
+    site: web.BaseSite
+    if args.listen_fd is not None:
+        sock = socket.socket(fileno=args.listen_fd)
+        host = str(sock.getsockname()[0])
+        site = web.SockSite(runner, sock)
+    else:
+        host, port = args.listen
+        site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()
     bound = int(runner.addresses[0][1])
     h2c: H2Proxy | None = None
     ports = [str(bound)]
-    if args.listen_h2c is not None:
+    if args.listen_h2c is not None or args.listen_h2c_fd is not None:
         h2c = H2Proxy(revisions, metrics, connect_timeout_s=args.connect_timeout)
-        ports.append(str(await h2c.start(*args.listen_h2c)))
+        if args.listen_h2c_fd is not None:
+            ports.append(str(await h2c.start(sock=socket.socket(fileno=args.listen_h2c_fd))))
+        else:
+            ports.append(str(await h2c.start(*args.listen_h2c)))
     await client.start()
     log.info("activator %s listening on %s:%s", args.id, host, " and ".join(ports))
     print(f"READY {' '.join(ports)}", flush=True)

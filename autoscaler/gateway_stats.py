@@ -56,15 +56,21 @@ def parse_active_requests(text: str, port_suffix: str = "_80") -> dict[str, floa
 
 
 class GatewayStats:
-    """Samples a gateway's per-revision load over one pooled connection."""
+    """Samples a gateway's per-revision load over one pooled connection, to the admin
+    interface at `admin_url`, through `unix_socket` when admin listens on one (the URL's
+    host is then only a name)."""
 
-    def __init__(self, admin_url: str) -> None:
+    def __init__(self, admin_url: str, *, unix_socket: str | None = None) -> None:
         self.admin_url = admin_url
+        self.unix_socket = unix_socket
         self._session: aiohttp.ClientSession | None = None
 
     async def __call__(self) -> dict[str, RevisionLoad]:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
+            connector = aiohttp.UnixConnector(path=self.unix_socket) if self.unix_socket else None
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=2)
+            )
         async with self._session.get(self.admin_url + STATS_PATH) as resp:
             resp.raise_for_status()
             return parse_revision_load(await resp.text())

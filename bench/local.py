@@ -67,9 +67,10 @@ def service_of(revision_or_pod: str, dashes: int = 1) -> str:
 class Api:
     """The stack's loopback API, for everything that is not timed."""
 
-    def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
+    def __init__(self, session: aiohttp.ClientSession, port: int, token: str) -> None:
         self.session = session
         self.base = f"http://127.0.0.1:{port}"
+        self.auth = {"Authorization": f"Bearer {token}"}
 
     async def put(
         self, docs: Sequence[dict[str, Any]], **query: str
@@ -78,7 +79,7 @@ class Api:
         t0 = time.monotonic()
         params = {"dir": str(EXAMPLE), **query}
         async with self.session.put(
-            self.base + "/v1/manifests", params=params, data=dump(docs)
+            self.base + "/v1/manifests", params=params, data=dump(docs), headers=self.auth
         ) as r:
             return r.status, await r.json(), time.monotonic() - t0
 
@@ -89,7 +90,8 @@ class Api:
             raise RuntimeError(f"apply failed: {status} {reply}")
 
     async def delete(self, name: str, *, missing_ok: bool = False) -> None:
-        async with self.session.delete(f"{self.base}/v1/services/{NAMESPACE}/{name}") as r:
+        url = f"{self.base}/v1/services/{NAMESPACE}/{name}"
+        async with self.session.delete(url, headers=self.auth) as r:
             if r.status != 200 and not (missing_ok and r.status == 404):
                 raise RuntimeError(f"delete {name} failed: {r.status} {await r.text()}")
 
@@ -215,7 +217,6 @@ async def local_stack(
         tls_port=free_port(),
         xds_port=0,
         api_port=0,
-        admin_port=0,
         autoscaler=autoscaler,
         allow_zero_initial_scale=allow_zero_initial_scale,
     )
@@ -226,6 +227,6 @@ async def local_stack(
         if instrument is not None:
             instrument(stack, timeline)
         async with aiohttp.ClientSession() as session:
-            yield stack, Api(session, stack.api_port)
+            yield stack, Api(session, stack.api_port, stack.api_token)
     finally:
         await stack.stop()

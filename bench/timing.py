@@ -90,6 +90,7 @@ def _get(port: int, host: str, timeout: float = 60.0) -> tuple[int, int, int]:
 
 def _apply(
     api_port: int,
+    token: str,
     gw_port: int,
     host: str,
     query: str,
@@ -106,7 +107,12 @@ def _apply(
     def put() -> None:
         conn = http.client.HTTPConnection(LOOPBACK, api_port, timeout=timeout + 30)
         try:
-            conn.request("PUT", f"/v1/manifests?{query}", body=body)
+            conn.request(
+                "PUT",
+                f"/v1/manifests?{query}",
+                body=body,
+                headers={"Authorization": f"Bearer {token}"},
+            )
             response = conn.getresponse()
             response.read()
             reply[:] = [time.monotonic_ns(), response.status]
@@ -153,15 +159,16 @@ def _start_app(poll_s: float, timeout: float = 30.0) -> tuple[int, int]:
 def client() -> None:
     """Answer timing commands read from stdin, one line each, until stdin ends:
     `get PORT HOST` → `SENT FIRST_BYTE STATUS`;
-    `apply API GW HOST QUERY BODY TIMEOUT POLL` → `SENT REPLIED STATUS FIRST_OK MISSED SEEN…`;
+    `apply API TOKEN GW HOST QUERY BODY TIMEOUT POLL` → `SENT REPLIED STATUS FIRST_OK MISSED
+    SEEN…`;
     `start POLL` → `SPAWNED FIRST_OK`."""
     for line in sys.stdin:
         kind, *args = line.split()
         if kind == "get":
             print(*_get(int(args[0]), args[1]), flush=True)
         elif kind == "apply":
-            api, gw, host, query, body, timeout, poll = args
-            out = _apply(int(api), int(gw), host, query, body, float(timeout), float(poll))
+            api, token, gw, host, query, body, timeout, poll = args
+            out = _apply(int(api), token, int(gw), host, query, body, float(timeout), float(poll))
             print(*out, flush=True)
         elif kind == "start":
             print(*_start_app(float(args[0])), flush=True)
@@ -206,7 +213,10 @@ class Client:
     ) -> Applied:
         """PUT the manifest in `body` and poll the gateway with `host` until a 200."""
         query = {"dir": str(EXAMPLE), "timeout": f"{timeout:g}", **({"wait": "1"} if wait else {})}
-        args = f"{stack.api_port} {stack.config.port} {host} {urlencode(query)} {body}"
+        args = (
+            f"{stack.api_port} {stack.api_token} {stack.config.port} {host} "
+            f"{urlencode(query)} {body}"
+        )
         reply = await self._call(f"apply {args} {timeout:g} {self.poll_s:g}", timeout + 60)
         *times, seen = reply.split(" ", 5)
         sent, replied, status, first_ok, missed = (int(t) for t in times)

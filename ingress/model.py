@@ -111,6 +111,9 @@ class Backend:
     endpoints: tuple[Endpoint, ...]
     http2: bool = False
     """Speak HTTP/2 (h2c) to the upstream: the port is named `h2c` or `grpc`."""
+    dns: bool = False
+    """The endpoints' addresses are DNS names the gateway resolves (a Service of type
+    ExternalName), not addresses pushed as EDS."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
@@ -110,6 +110,14 @@ class PodStatus:
             "reason": self.reason,
             "logPath": self.log_path,
         }
+
+
+def open_log(path: Path) -> BinaryIO:
+    """A pod's log for appending, readable by its owner only (0600): what a pod prints
+    may well be secret."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return open(fd, "ab")
 
 
 class _Crashed(Exception):
@@ -297,8 +305,8 @@ class Pod:
             env = self.environment(port)
             argv = resolve_command(self.spec, env)
             try:
-                self.log_path.parent.mkdir(parents=True, exist_ok=True)
-                log_file = self.log_path.open("ab")
+                self.log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                log_file = open_log(self.log_path)
             except OSError as exc:
                 raise PodError(f"cannot write the pod log {self.log_path}: {exc}") from None
             with log_file:

@@ -65,9 +65,11 @@ class PodSpec:
         )
 
     def environment(self, host: str, port: int) -> dict[str, str]:
-        """The runtime's environment, then `HOST`, the container's `env`, `PORT`, `K_*`."""
-        env = dict(os.environ)
-        env.setdefault("PYTHONUNBUFFERED", "1")  # so `logs` shows output as it is printed
+        """What a container would get, not the runtime's own environment (which may hold
+        cloud credentials and tokens): the few variables a process needs to run
+        (`inherited_environment`), then `HOST`, the container's `env`, `PORT`, `K_*`."""
+        env = inherited_environment(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"  # so `logs` shows output as it is printed
         env["HOST"] = host
         env.update((var.name, var.value) for var in self.env)
         env["PORT"] = str(port)
@@ -75,6 +77,22 @@ class PodSpec:
         env["K_CONFIGURATION"] = self.configuration
         env["K_REVISION"] = self.revision
         return env
+
+
+INHERITED = frozenset({"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ",
+                       "TMPDIR"})  # fmt: skip
+"""Variables a pod takes from the runtime's environment, besides `LC_*`: where programs
+are, the user, the locale, the time zone, where temporary files go. Anything else a pod
+needs goes in its container's `env`."""
+
+
+def inherited_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The part of `environ` a pod gets: `INHERITED` and the locale's `LC_*`."""
+    return {
+        name: value
+        for name, value in environ.items()
+        if name in INHERITED or name.startswith("LC_")
+    }
 
 
 def quoted(text: str) -> str:

@@ -14,7 +14,14 @@ to it unchanged:
 - GET/POST/PUT/PATCH/DELETE of objects, the `status` subresource (PUT and merge
   PATCH), optimistic concurrency (a stale `metadata.resourceVersion` → 409 Conflict,
   creating an existing name → 409 AlreadyExists);
-- injected failures (`fail`) for retry tests, and a log of every request.
+- `managedFields` on every write, naming its manager as the real server does: the
+  `fieldManager` query parameter, else the User-Agent up to its first `/`;
+- a restart (`restart`): every watch stream breaks mid-stream and the history is gone,
+  and each resource comes back on its own schedule (`restore`), answering 503 until
+  then; any resource's watches can also be dropped (`drop`) and restored on their own,
+  so that tests choose the order in which informers re-list;
+- injected failures (`fail`) for retry tests, and a log of every request (method,
+  path, query, User-Agent, field manager).
 
 Tests change objects server-side with `apply`/`delete`, as other controllers would.
 """
@@ -93,6 +100,44 @@ class Request:
     user_agent: str = ""
     status: int = 0
 
+    @property
+    def field_manager(self) -> str:
+        """The manager the real server records for this request's writes."""
+        return manager_of(self.query, self.user_agent)
+
+    @property
+    def authorization(self) -> tuple[str, str, str]:
+        """What RBAC checks for this request: (apiGroup, resource[/subresource], verb)."""
+        parts = [p for p in self.path.split("/") if p]
+        if parts[:1] == ["api"]:
+            group, rest = "", parts[2:]
+        else:
+            group, rest = parts[1], parts[3:]
+        if rest[:1] == ["namespaces"] and len(rest) >= 3:
+            rest = rest[2:]
+        resource = "/".join(rest[0:1] + rest[2:3])
+        named = len(rest) >= 2
+        verbs = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+        if self.method == "GET":
+            watching = self.query.get("watch") in ("1", "true", "True")
+            verb = "get" if named else "watch" if watching else "list"
+        else:
+            verb = verbs[self.method]
+        return group, resource, verb
+
+
+def manager_of(query: Mapping[str, str], user_agent: str) -> str:
+    """`fieldManager`, else the User-Agent's first part (apiserver's prefixFromUserAgent)."""
+    return query.get("fieldManager") or user_agent.split("/", 1)[0][:128]
+
+
+_DROP = object()
+"""A watch queue item that breaks the stream without its last chunk, as a crash does."""
+
+
+class _Dropped(Exception):
+    pass
+
 
 @dataclass
 class _Failure:
@@ -125,7 +170,7 @@ class _Watcher:
     namespace: str | None
     labels: list[tuple[str, str, str]]
     fields: list[tuple[str, str, str]]
-    queue: asyncio.Queue[Obj | None] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
 
     def offer(self, event: _Event) -> None:
         if event.kind != self.kind:
@@ -235,6 +280,8 @@ class FakeKube:
         self._pages: dict[str, list[Obj]] = {}
         self._tokens = itertools.count(1)
         self._runner: web.AppRunner | None = None
+        self._down: set[str] = set()
+        """Plurals of the resources that answer 503 to lists and watches."""
         self.port = 0
         self.on_request: Callable[[Request], None] | None = None
         """Called as each request arrives, before it is answered."""
@@ -335,6 +382,33 @@ class FakeKube:
             count += 1
         return count
 
+    def drop(self, *plurals: str) -> None:
+        """Break the open watch streams of these resources (all when none is named) mid-
+        stream, and answer 503 to their lists and watches until `restore`."""
+        names = set(plurals) or {k.plural for k in KINDS}
+        self._down |= names
+        for watcher in list(self._watchers):
+            if watcher.kind.plural in names:
+                watcher.queue.put_nowait(_DROP)
+
+    def restore(self, *plurals: str) -> None:
+        """Serve these resources again (all when none is named)."""
+        if plurals:
+            self._down -= set(plurals)
+        else:
+            self._down.clear()
+
+    def restart(self) -> None:
+        """As the API server restarting: every watch breaks, the history is gone (a
+        watch from an older version gets 410), every resource is down until restored."""
+        self._next_rv()
+        self.compact()
+        self.drop()
+
+    @property
+    def down(self) -> frozenset[str]:
+        return frozenset(self._down)
+
     def close_watches(self) -> int:
         """End every open watch cleanly (as a server-side timeout does)."""
         for watcher in list(self._watchers):
@@ -379,7 +453,31 @@ class FakeKube:
         for watcher in list(self._watchers):
             watcher.offer(event)
 
-    def _create(self, kind: Kind, namespace: str, body: Obj) -> Obj:
+    def _manage(self, obj: Obj, manager: str | None, subresource: str = "") -> None:
+        """Record `manager`'s write in `managedFields`, one entry per manager, operation
+        and subresource, as the real server keeps them."""
+        if not manager:
+            return
+        meta = obj["metadata"]
+        entry = {
+            "manager": manager,
+            "operation": "Update",
+            "apiVersion": obj.get("apiVersion", ""),
+            "time": _utc_now(),
+            "fieldsType": "FieldsV1",
+            "fieldsV1": {},
+        }
+        if subresource:
+            entry["subresource"] = subresource
+        same = (manager, "Update", subresource)
+        kept = [
+            e
+            for e in meta.get("managedFields") or []
+            if (e.get("manager"), e.get("operation"), e.get("subresource", "")) != same
+        ]
+        meta["managedFields"] = [*kept, entry]
+
+    def _create(self, kind: Kind, namespace: str, body: Obj, manager: str | None = None) -> Obj:
         meta = body.setdefault("metadata", {})
         name = meta.get("name")
         if not name:
@@ -395,6 +493,7 @@ class FakeKube:
         meta["creationTimestamp"] = _utc_now()
         meta["generation"] = 1
         meta["resourceVersion"] = str(self._next_rv())
+        self._manage(body, manager)
         self._objects[kind][(namespace, name)] = body
         self._record(kind, "ADDED", copy.deepcopy(body), None)
         return copy.deepcopy(body)
@@ -408,7 +507,14 @@ class FakeKube:
         return current
 
     def _replace(
-        self, kind: Kind, namespace: str, name: str, body: Obj, *, keep_status: bool
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        body: Obj,
+        *,
+        keep_status: bool,
+        manager: str | None = None,
     ) -> Obj:
         current = self._current(kind, namespace, name)
         wanted = (body.get("metadata") or {}).get("resourceVersion")
@@ -435,6 +541,8 @@ class FakeKube:
             k: v for k, v in current.items() if k not in ("metadata", "status")
         }
         meta["generation"] = old_meta.get("generation", 1) + (1 if changed else 0)
+        meta["managedFields"] = copy.deepcopy(old_meta.get("managedFields") or [])
+        self._manage(new, manager)
         return self._store(kind, namespace, name, new, current)
 
     def _store(self, kind: Kind, namespace: str, name: str, new: Obj, old: Obj) -> Obj:
@@ -443,7 +551,9 @@ class FakeKube:
         self._record(kind, "MODIFIED", copy.deepcopy(new), copy.deepcopy(old))
         return copy.deepcopy(new)
 
-    def _replace_status(self, kind: Kind, namespace: str, name: str, body: Obj) -> Obj:
+    def _replace_status(
+        self, kind: Kind, namespace: str, name: str, body: Obj, manager: str | None = None
+    ) -> Obj:
         current = self._current(kind, namespace, name)
         wanted = (body.get("metadata") or {}).get("resourceVersion")
         if wanted and wanted != current["metadata"]["resourceVersion"]:
@@ -453,9 +563,19 @@ class FakeKube:
             new["status"] = copy.deepcopy(body["status"])
         else:
             new.pop("status", None)
+        self._manage(new, manager, "status")
         return self._store(kind, namespace, name, new, current)
 
-    def _patch(self, kind: Kind, namespace: str, name: str, patch: Obj, *, status: bool) -> Obj:
+    def _patch(
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        patch: Obj,
+        *,
+        status: bool,
+        manager: str | None = None,
+    ) -> Obj:
         current = self._current(kind, namespace, name)
         wanted = (patch.get("metadata") or {}).get("resourceVersion")
         if wanted and wanted != current["metadata"]["resourceVersion"]:
@@ -465,9 +585,10 @@ class FakeKube:
             new = copy.deepcopy(current)
             if "status" in merged:
                 new["status"] = merged["status"]
+            self._manage(new, manager, "status")
             return self._store(kind, namespace, name, new, current)
         merged["metadata"].pop("resourceVersion", None)
-        return self._replace(kind, namespace, name, merged, keep_status=True)
+        return self._replace(kind, namespace, name, merged, keep_status=True, manager=manager)
 
     def _delete(self, kind: Kind, namespace: str, name: str) -> Obj:
         current = self._current(kind, namespace, name)
@@ -506,7 +627,7 @@ class FakeKube:
                 record.status = failure.status
                 return _status_response(failure.status, "InternalError", "injected failure")
         try:
-            response = await self._route(request, query, body, watching)
+            response = await self._route(request, query, body, watching, record.field_manager)
         except _Error as err:
             record.status = err.code
             return _status_response(err.code, err.reason, err.message)
@@ -542,11 +663,18 @@ class FakeKube:
         return kind, namespace, name, sub
 
     async def _route(
-        self, request: web.Request, query: dict[str, str], body: Any, watching: bool
+        self,
+        request: web.Request,
+        query: dict[str, str],
+        body: Any,
+        watching: bool,
+        manager: str,
     ) -> web.StreamResponse:
         kind, namespace, name, sub = self._parse_path(request.path)
         ns = namespace or ""
         method = request.method
+        if method == "GET" and name is None and kind.plural in self._down:
+            raise _Error(503, "ServiceUnavailable", f"{kind.plural} are not served yet")
         if name is None:
             if method == "GET" and watching:
                 return await self._watch(request, kind, namespace, query)
@@ -560,7 +688,8 @@ class FakeKube:
                     raise _Error(400, "BadRequest", "the namespace of the object does not match")
                 if kind != self._kind_of(body):
                     raise _Error(400, "BadRequest", "kind does not match the collection")
-                return web.json_response(self._create(kind, ns, copy.deepcopy(body)), status=201)
+                created = self._create(kind, ns, copy.deepcopy(body), manager)
+                return web.json_response(created, status=201)
             raise _Error(405, "MethodNotAllowed", f"{method} is not allowed on a collection")
         if method == "GET":
             return web.json_response(copy.deepcopy(self._current(kind, ns, name)))
@@ -572,15 +701,19 @@ class FakeKube:
             if (body.get("metadata") or {}).get("name") not in (None, name):
                 raise _Error(400, "BadRequest", "the name of the object does not match the URL")
             if sub == "status":
-                return web.json_response(self._replace_status(kind, ns, name, body))
-            return web.json_response(self._replace(kind, ns, name, body, keep_status=True))
+                return web.json_response(self._replace_status(kind, ns, name, body, manager))
+            return web.json_response(
+                self._replace(kind, ns, name, body, keep_status=True, manager=manager)
+            )
         if method == "PATCH":
             content_type = request.headers.get("Content-Type", "")
             if "merge-patch" not in content_type:
                 raise _Error(
                     415, "UnsupportedMediaType", f"the fake takes merge patches, got {content_type}"
                 )
-            return web.json_response(self._patch(kind, ns, name, body, status=sub == "status"))
+            return web.json_response(
+                self._patch(kind, ns, name, body, status=sub == "status", manager=manager)
+            )
         raise _Error(405, "MethodNotAllowed", f"{method} is not allowed")
 
     def _list(self, kind: Kind, namespace: str | None, query: dict[str, str]) -> Obj:
@@ -657,6 +790,9 @@ class FakeKube:
             await response.write_eof()
         except ConnectionResetError:
             pass
+        except _Dropped:
+            if request.transport is not None:
+                request.transport.abort()
         finally:
             self._watchers.discard(watcher)
         return response
@@ -694,6 +830,8 @@ class FakeKube:
                 }
             if event is None:
                 return
+            if event is _DROP:
+                raise _Dropped
             await response.write(json.dumps(event).encode() + b"\n")
 
 

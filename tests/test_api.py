@@ -4,9 +4,11 @@ bad input gets a clear one-line error and leaves the served config unchanged."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -16,6 +18,7 @@ import yaml
 from tests.support.backends import Backend, free_port, get, launch_backend
 from tests.support.envoy import running_envoy
 from wakegate.api import Api
+from wakegate.data_dir import TOKEN_FILE, write_owner_only
 from wakegate.reconciler.local.manifests import ManifestReconciler
 from wakegate.xds.controlplane import ControlPlane
 from wakegate.xds.translate import GatewayConfig
@@ -64,22 +67,28 @@ def manifest(port: int, *, percent: int = 100, visibility: str = "ExternalIP") -
     return yaml.safe_dump_all([ingress, endpoints])
 
 
+TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
 @dataclass
 class Stack:
     api_url: str
     gateway_url: str
     api_port: int
     backend: Backend
+    data_dir: Path
 
 
 @pytest_asyncio.fixture
-async def stack() -> AsyncIterator[Stack]:
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     backend = await launch_backend("echo")
     config = GatewayConfig(
         external_port=free_port(), internal_port=free_port(), bind_address="127.0.0.1"
     )
     cp = ControlPlane(config, group="api-test", debounce_s=0.01)
-    api = Api(cp, ManifestReconciler(cp))
+    api = Api(cp, ManifestReconciler(cp), token=TOKEN)
+    write_owner_only(tmp_path / TOKEN_FILE, TOKEN)
     xds_port = await cp.start()
     api_port = await api.start("127.0.0.1", 0)
     try:
@@ -89,6 +98,7 @@ async def stack() -> AsyncIterator[Stack]:
                 gateway_url=f"http://127.0.0.1:{config.external_port}",
                 api_port=api_port,
                 backend=backend,
+                data_dir=tmp_path,
             )
     finally:
         await api.stop()
@@ -99,7 +109,7 @@ async def stack() -> AsyncIterator[Stack]:
 async def _put(stack: Stack, body: str, wait: bool = True) -> tuple[int, dict]:
     async with aiohttp.ClientSession() as session:
         url = stack.api_url + "/v1/manifests" + ("?wait=1" if wait else "")
-        async with session.put(url, data=body) as resp:
+        async with session.put(url, data=body, headers=AUTH) as resp:
             return resp.status, await resp.json()
 
 
@@ -165,6 +175,8 @@ async def test_cli_apply_reports_errors_with_exit_code_2(stack: Stack, tmp_path)
             *args,
             "--api-port",
             str(stack.api_port),
+            "--data-dir",
+            str(stack.data_dir),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -179,3 +191,97 @@ async def test_cli_apply_reports_errors_with_exit_code_2(stack: Stack, tmp_path)
     assert err.count("\n") == 1 and "percents sum to 90" in err
     code, _, err = await cli("apply", "-f", str(tmp_path / "missing.yaml"))
     assert code == 2 and "missing.yaml" in err
+
+
+async def _call(
+    stack: Stack, method: str, path: str, *, body: str | None = None, **headers: str
+) -> tuple[int, dict[str, str], str]:
+    async with aiohttp.ClientSession() as session:
+        async with session.request(
+            method, stack.api_url + path, data=body, headers=headers
+        ) as resp:
+            return resp.status, dict(resp.headers), await resp.text()
+
+
+async def _version(stack: Stack) -> str | None:
+    status, _, text = await _call(stack, "GET", "/v1/status")
+    assert status == 200, text
+    return json.loads(text)["version"]
+
+
+async def test_a_foreign_host_is_refused_for_get_and_put_and_nothing_is_applied(
+    stack: Stack,
+) -> None:
+    """DNS rebinding: a page whose name now resolves to 127.0.0.1 still sends its own
+    name as Host."""
+    before = await _version(stack)
+    foreign = f"attacker.example:{stack.api_port}"
+    for method, path, body in [
+        ("PUT", "/v1/manifests?wait=1", manifest(stack.backend.port)),
+        ("GET", "/v1/ingresses", None),
+        ("GET", "/v1/status", None),
+        ("DELETE", "/v1/ingresses/default/api", None),
+    ]:
+        status, _, text = await _call(
+            stack, method, path, body=body, Host=foreign, Authorization=AUTH["Authorization"]
+        )
+        assert status == 403, (method, path, text)
+        assert "attacker.example" in json.loads(text)["error"]
+    assert await _version(stack) == before
+    status, _, text = await _call(stack, "GET", "/v1/ingresses")
+    assert status == 200 and json.loads(text) == []
+
+    for host in ("localhost", f"localhost:{stack.api_port}", "127.0.0.1", "[::1]:1", "127.1.2.3"):
+        status, _, text = await _call(stack, "GET", "/v1/ingresses", Host=host)
+        assert status == 200, (host, text)
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong", f"Basic {TOKEN}", TOKEN])
+async def test_a_call_that_changes_state_needs_the_token(
+    stack: Stack, authorization: str | None
+) -> None:
+    before = await _version(stack)
+    headers = {"Authorization": authorization} if authorization else {}
+    status, _, text = await _call(
+        stack, "PUT", "/v1/manifests?wait=1", body=manifest(stack.backend.port), **headers
+    )
+    assert status == 401, text
+    assert "token" in json.loads(text)["error"]
+    assert await _version(stack) == before
+    status, _, _ = await _call(stack, "DELETE", "/v1/ingresses/default/api", **headers)
+    assert status == 401
+    # With it, the same call applies.
+    status, reply = await _put(stack, manifest(stack.backend.port))
+    assert status == 200 and reply["served"] is True
+
+
+async def test_no_cors_headers_are_sent(stack: Stack) -> None:
+    origin = {"Origin": "http://attacker.example"}
+    status, headers, _ = await _call(stack, "GET", "/v1/status", **origin)
+    assert status == 200
+    status, preflight, _ = await _call(
+        stack,
+        "OPTIONS",
+        "/v1/manifests",
+        **origin,
+        **{"Access-Control-Request-Method": "PUT"},
+    )
+    assert status >= 400
+    for answer in (headers, preflight):
+        assert not [h for h in answer if h.lower().startswith("access-control-")], answer
+
+
+async def test_cli_without_the_token_is_refused_with_one_line(stack: Stack, tmp_path) -> None:
+    path = tmp_path / "good.yaml"
+    path.write_text(manifest(stack.backend.port))
+    before = await _version(stack)
+    elsewhere = tmp_path / "not-the-data-dir"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "wakegate.cli", "apply", "-f", str(path),
+        "--api-port", str(stack.api_port), "--data-dir", str(elsewhere),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert err.decode().count("\n") == 1 and str(elsewhere / TOKEN_FILE) in err.decode()
+    assert await _version(stack) == before

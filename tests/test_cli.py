@@ -82,7 +82,7 @@ async def test_up_serves_the_hello_world_example(tmp_path: Path) -> None:
     up = await asyncio.create_subprocess_exec(
         *WAKEGATE, "up", "-f", str(ROOT / "examples/helloworld/helloworld-go.yaml"),
         "--data-dir", str(tmp_path), "--port", str(port), "--internal-port", str(free_port()),
-        "--tls-port", str(free_port()), "--admin-port", "0", "--xds-port", "0", "--api-port", "0",
+        "--tls-port", str(free_port()), "--xds-port", "0", "--api-port", "0",
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -106,10 +106,9 @@ async def test_up_stopped_while_starting_exits_cleanly(tmp_path: Path) -> None:
     """SIGTERM while the manifests are still being applied: a clean stop, no pod left."""
     mark = f"stop-while-starting-{os.getpid()}-{tmp_path.name}"
     up = await asyncio.create_subprocess_exec(
-        *WAKEGATE, "up", "-f", str(ROOT / "examples/helloworld/helloworld-go.yaml"),
+        *WAKEGATE, "up", "-f", str(hello_manifest(tmp_path, {"WAKEGATE_TEST_MARK": mark})),
         "--data-dir", str(tmp_path), "--port", str(free_port()), "--internal-port",
-        str(free_port()), "--tls-port", str(free_port()), "--admin-port", "0", "--xds-port", "0",
-        "--api-port", "0",
+        str(free_port()), "--tls-port", str(free_port()), "--xds-port", "0", "--api-port", "0",
         stdout=asyncio.subprocess.PIPE, env={**os.environ, "WAKEGATE_TEST_MARK": mark},
     )  # fmt: skip
     assert up.stdout is not None
@@ -125,8 +124,24 @@ async def test_up_stopped_while_starting_exits_cleanly(tmp_path: Path) -> None:
     assert processes_marked(mark) == []
 
 
+def hello_manifest(tmp_path: Path, env: dict[str, str], annotations: dict | None = None) -> Path:
+    """The hello-world Service with more container `env` (and template annotations),
+    written next to a copy of its app."""
+    doc = yaml.safe_load((ROOT / "examples/helloworld/helloworld-go.yaml").read_text())
+    doc["spec"]["template"]["spec"]["containers"][0]["env"] += [
+        {"name": k, "value": v} for k, v in env.items()
+    ]
+    doc["spec"]["template"]["metadata"]["annotations"].update(annotations or {})
+    app = tmp_path / "app"
+    shutil.copytree(ROOT / "examples/helloworld", app, dirs_exist_ok=True)
+    path = app / "hello.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
 def processes_marked(mark: str) -> list[int]:
-    """Live processes whose environment carries `WAKEGATE_TEST_MARK=mark`."""
+    """Live processes whose environment carries `WAKEGATE_TEST_MARK=mark` (the stack's
+    own processes inherit it from `up`, its pods get it from their container's env)."""
     found = []
     needle = f"WAKEGATE_TEST_MARK={mark}".encode()
     for proc in Path("/proc").iterdir():
@@ -141,15 +156,7 @@ def processes_marked(mark: str) -> list[int]:
 
 def zero_scale_manifest(tmp_path: Path) -> Path:
     """The hello-world Service annotated `initial-scale: "0"`, written next to its app."""
-    doc = yaml.safe_load((ROOT / "examples/helloworld/helloworld-go.yaml").read_text())
-    doc["spec"]["template"]["metadata"]["annotations"]["autoscaling.knative.dev/initial-scale"] = (
-        "0"
-    )
-    app = tmp_path / "app"
-    shutil.copytree(ROOT / "examples/helloworld", app)
-    path = app / "zero.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    return hello_manifest(tmp_path, {}, {"autoscaling.knative.dev/initial-scale": "0"})
 
 
 @pytest.mark.envoy
@@ -158,8 +165,7 @@ def test_up_refuses_zero_initial_scale_unless_allowed(tmp_path: Path) -> None:
     result = subprocess.run(
         [*WAKEGATE, "up", "-f", str(manifest), "--data-dir", str(tmp_path / "data"),
          "--port", str(free_port()), "--internal-port", str(free_port()),
-         "--tls-port", str(free_port()), "--admin-port", "0", "--xds-port", "0",
-         "--api-port", "0"],
+         "--tls-port", str(free_port()), "--xds-port", "0", "--api-port", "0"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -180,7 +186,7 @@ async def test_up_with_allow_zero_initial_scale_wakes_on_the_first_request(
         *WAKEGATE, "up", "--allow-zero-initial-scale", "-f", str(manifest),
         "--data-dir", str(tmp_path / "data"), "--port", str(port),
         "--internal-port", str(free_port()), "--tls-port", str(free_port()),
-        "--admin-port", "0", "--xds-port", "0", "--api-port", str(api_port),
+        "--xds-port", "0", "--api-port", str(api_port),
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
 

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import contextlib
 import copy
+import importlib.metadata
 import itertools
 import socket
 import ssl
@@ -26,6 +27,7 @@ import aiohttp
 import grpc
 import pytest
 import pytest_asyncio
+from envoy.config.cluster.v3 import cluster_pb2
 
 from tests.fake_kube import FakeKube, Request
 from tests.support.backends import Backend, free_port, get, launch_backend
@@ -44,7 +46,7 @@ from wakegate.reconciler.cluster.reconciler import ClusterReconciler
 from wakegate.xds.bootstrap import XdsTls
 from wakegate.xds.controlplane import ControlPlane
 from wakegate.xds.readiness import STATUS_DOMAIN, ready_path
-from wakegate.xds.resources import CLUSTER, LISTENER, ROUTE
+from wakegate.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from wakegate.xds.translate import EXTERNAL_TLS, GatewayConfig
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -106,6 +108,12 @@ def endpoint_slice(
         ],
         "ports": ports,
     }
+
+
+def known_backend(kube: FakeKube, name: str, address: str = "127.0.0.99") -> None:
+    """A Service and an EndpointSlice of it: a backend whose endpoints are known."""
+    kube.apply(service(name))
+    kube.apply(endpoint_slice(name, [address], 8080))
 
 
 def sks(name: str, mode: str, private: str, protocol: str = "http1") -> dict[str, Any]:
@@ -195,7 +203,7 @@ async def fake_cluster(
     gateway: GatewayConfig | None = None,
     group: str = "fake-kube-gateway",
     may_write_status: Callable[[], bool] = lambda: True,
-    user_agent: str = "wakegate-test",
+    user_agent: str | None = None,
     credentials: grpc.ServerCredentials | None = None,
     gateway_service: GatewayService | None = None,
 ) -> AsyncIterator[Cluster]:
@@ -203,7 +211,8 @@ async def fake_cluster(
         if kube is None:
             kube = await stack.enter_async_context(FakeKube(bookmark_interval_s=0.2))
         api = KubeApi.for_host(kube.url)
-        api.api_client.user_agent = user_agent
+        if user_agent is not None:
+            api.api_client.user_agent = user_agent
         stack.push_async_callback(api.close)
         cp = ControlPlane(gateway or GatewayConfig(bind_address="127.0.0.1"), group=group)
         await cp.start("127.0.0.1", 0, credentials=credentials)
@@ -281,9 +290,29 @@ async def test_fake_kube_kingress_create_update_delete_reaches_control_plane() -
         await eventually(lambda: c.endpoints("default/hello-00001:80") is None)
 
 
+async def test_fake_kube_requests_carry_our_user_agent_and_field_manager() -> None:
+    """The API server (and its audit log) sees `wakegate/<version>`, and the status
+    writes in `managedFields` are ours, not the client library's default."""
+    async with fake_cluster() as c:
+        known_backend(c.kube, "svc")
+        c.kube.apply(simple_kingress("who", "who.example.com", "svc"))
+        await eventually(lambda: c.condition("who").get("status") == "Unknown")
+        assert {r.user_agent for r in c.kube.requests} == {
+            f"wakegate/{importlib.metadata.version('wakegate')}"
+        }
+        writes = [r for r in c.kube.requests if r.method in ("POST", "PUT", "PATCH")]
+        assert writes and {r.field_manager for r in writes} == {"wakegate"}
+        stored = c.kube.get(KIN, "Ingress", "default", "who")
+        assert stored is not None
+        managers = [
+            (e["manager"], e.get("subresource")) for e in stored["metadata"]["managedFields"]
+        ]
+        assert managers == [("wakegate", "status")]
+
+
 async def test_fake_kube_other_ingress_class_is_ignored() -> None:
     async with fake_cluster() as c:
-        c.kube.apply(service("svc"))
+        known_backend(c.kube, "svc")
         other = "kourier.ingress.networking.knative.dev"
         c.kube.apply(simple_kingress("theirs", "theirs.example.com", "svc", cls=other))
         c.kube.apply(simple_kingress("ours", "ours.example.com", "svc"))
@@ -299,7 +328,7 @@ async def test_fake_kube_other_ingress_class_is_ignored() -> None:
 
 async def test_fake_kube_invalid_kingress_keeps_previous_rules_and_reports_why() -> None:
     async with fake_cluster() as c:
-        c.kube.apply(service("shop-00001"))
+        known_backend(c.kube, "shop-00001")
         c.kube.apply(simple_kingress("shop", "shop.example.com", "shop-00001"))
         await eventually(lambda: c.ingress("shop"), what="valid generation applied")
         broken = kingress(
@@ -325,8 +354,8 @@ async def test_fake_kube_invalid_kingress_keeps_previous_rules_and_reports_why()
 
 async def test_fake_kube_host_conflict_reported_from_translator() -> None:
     async with fake_cluster() as c:
-        c.kube.apply(service("a"))
-        c.kube.apply(service("b"))
+        known_backend(c.kube, "a")
+        known_backend(c.kube, "b")
         c.kube.apply(simple_kingress("first", "same.example.com", "a"))
         await eventually(lambda: c.ingress("first"))
         c.kube.apply(simple_kingress("second", "same.example.com", "b"))
@@ -446,7 +475,7 @@ async def test_fake_kube_endpoint_slice_changes_update_endpoints() -> None:
 
 async def test_fake_kube_tls_secret_becomes_the_certificate() -> None:
     async with fake_cluster() as c:
-        c.kube.apply(service("svc"))
+        known_backend(c.kube, "svc")
         host = "secure.example.com"
         c.kube.apply(
             kingress(
@@ -480,7 +509,7 @@ async def test_fake_kube_410_gone_relists_and_converges(gone_as_http: bool) -> N
     async with FakeKube(bookmark_interval_s=0.2, gone_as_http=gone_as_http) as kube:
         async with fake_cluster(kube) as c:
             for name in ("a", "b", "c"):
-                kube.apply(service(name))
+                known_backend(kube, name)
             for name in ("a", "b"):
                 kube.apply(simple_kingress(name, f"{name}.example.com", name))
             await eventually(lambda: c.ingress("a") and c.ingress("b"))
@@ -511,7 +540,7 @@ async def test_fake_kube_410_gone_relists_and_converges(gone_as_http: bool) -> N
 
 async def test_fake_kube_api_errors_are_retried_with_backoff() -> None:
     async with FakeKube(bookmark_interval_s=0.2) as kube:
-        kube.apply(service("svc"))
+        known_backend(kube, "svc")
         kube.apply(simple_kingress("retry", "retry.example.com", "svc"))
         kube.fail(3, method="GET", path_contains="/ingresses", watch=False)
         async with fake_cluster(kube) as c:
@@ -680,7 +709,7 @@ def _port_open(port: int) -> bool:
 
 async def test_fake_kube_controller_serves_health_metrics_and_xds(tmp_path: Path) -> None:
     async with FakeKube(bookmark_interval_s=0.2) as kube:
-        kube.apply(service("svc"))
+        known_backend(kube, "svc")
         kube.apply(simple_kingress("hello", "hello.example.com", "svc"))
         parser = argparse.ArgumentParser()
         add_controller_parser(parser.add_subparsers(), "controller")
@@ -688,7 +717,8 @@ async def test_fake_kube_controller_serves_health_metrics_and_xds(tmp_path: Path
         args = parser.parse_args(
             ["controller", "--kubeconfig", str(kube.kubeconfig(tmp_path / "kubeconfig")),
              "--xds-host", "127.0.0.1", "--xds-port", str(xds),
-             "--health-port", str(health), "--metrics-port", str(metrics),
+             "--health-host", "127.0.0.1", "--health-port", str(health),
+             "--metrics-host", "127.0.0.2", "--metrics-port", str(metrics),
              "--gateway-external-address", "gw.wakegate-system",
              "--leader-election-namespace", "knative-serving"]
         )  # fmt: skip
@@ -710,8 +740,10 @@ async def test_fake_kube_controller_serves_health_metrics_and_xds(tmp_path: Path
                     await asyncio.sleep(0.05)
                 assert (await fetch(health, "/readyz"))[0] == 200
                 assert _port_open(xds), "xDS serves once ready"
-                status, text = await fetch(metrics, "/metrics")
-                assert status == 200 and "wakegate_kube_relists_total" in text
+                async with session.get(f"http://127.0.0.2:{metrics}/metrics") as resp:
+                    assert resp.status == 200
+                    assert "wakegate_kube_relists_total" in await resp.text()
+                assert not _port_open(metrics), "--metrics-host 127.0.0.2 only"
             await eventually(lambda: lease_holder(kube), what="leader elected")
             ready = await eventually(
                 lambda: condition_of(
@@ -732,7 +764,7 @@ async def test_fake_kube_controller_with_gateway_service_waits_for_its_pods(
     tmp_path: Path,
 ) -> None:
     async with FakeKube(bookmark_interval_s=0.2) as kube:
-        kube.apply(service("svc"))
+        known_backend(kube, "svc")
         kube.apply(simple_kingress("hello", "hello.example.com", "svc"))
         parser = argparse.ArgumentParser()
         add_controller_parser(parser.add_subparsers(), "controller")
@@ -892,7 +924,7 @@ async def test_fake_kube_end_to_end_envoy_serves_kingress_and_ready_follows_ack(
 async def test_fake_kube_unknown_backend_is_false_until_its_service_exists() -> None:
     async with fake_cluster() as c:
         k = c.kube
-        k.apply(service("known"))
+        known_backend(k, "known")
         k.apply(
             kingress(
                 "late",
@@ -925,7 +957,25 @@ async def test_fake_kube_unknown_backend_is_false_until_its_service_exists() -> 
         assert c.ingress("late") is None
 
         k.apply(service("missing"))
-        ingress = await eventually(lambda: c.ingress("late"), what="applied once the port exists")
+        balancer = await eventually(
+            lambda: (
+                "endpoints" in c.condition("late", "LoadBalancerReady").get("message", "")
+                and c.condition("late", "LoadBalancerReady")
+            ),
+            what="the Service's unknown endpoints in the status",
+        )
+        assert balancer["status"] == "Unknown" and balancer["reason"] == "Uninitialized"
+        assert balancer["message"] == (
+            "Waiting for load balancer to be ready: generation 1 waits for the endpoints of "
+            f"its splits: {split_1}: the endpoints of service default/missing are not known "
+            "yet (no EndpointSlice)"
+        )
+        assert c.condition("late", "NetworkConfigured")["status"] == "True"
+        assert c.condition("late")["status"] == "Unknown"
+        assert c.ingress("late") is None, "held back until its endpoints are known"
+
+        k.apply(endpoint_slice("missing", ["127.0.0.98"], 8080))
+        ingress = await eventually(lambda: c.ingress("late"), what="applied once all is known")
         assert ingress.generation == 1
         network = await eventually(
             lambda: (
@@ -935,12 +985,64 @@ async def test_fake_kube_unknown_backend_is_false_until_its_service_exists() -> 
             what="NetworkConfigured once the Service has the port",
         )
         assert "reason" not in network and "message" not in network
-        ready = c.condition("late")
-        assert ready["status"] == "Unknown" and "no gateway is connected" in ready["message"]
+        ready = await eventually(
+            lambda: (
+                "no gateway is connected" in c.condition("late").get("message", "")
+                and c.condition("late")
+            ),
+            what="waiting for a gateway, the endpoints known",
+        )
+        assert ready["status"] == "Unknown"
         stored = k.get(KIN, "Ingress", "default", "late")
         assert stored is not None
         assert stored["metadata"]["generation"] == 1, "the KIngress itself did not change"
         assert stored["status"]["observedGeneration"] == 1
+
+
+async def test_fake_kube_external_name_service_is_a_dns_backend_or_not_found() -> None:
+    """An ExternalName Service has no EndpointSlices: its split goes to its
+    `externalName` on the Service port, resolved by the gateway; without one, it is a
+    backend that cannot be served, never Ready."""
+    async with fake_cluster() as c:
+        k = c.kube
+        external = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "elsewhere", "namespace": "default"},
+            "spec": {"type": "ExternalName", "ports": [{"name": "http", "port": 80}]},
+        }
+        k.apply(external)
+        k.apply(simple_kingress("far", "far.example.com", "elsewhere"))
+        ready = await eventually(
+            lambda: c.condition("far").get("reason") == "BackendNotFound" and c.condition("far"),
+            what="no externalName: not found",
+        )
+        assert ready["status"] == "False"
+        assert "ExternalName without externalName" in ready["message"]
+        assert c.ingress("far") is None
+
+        external["spec"]["externalName"] = "elsewhere.example.org"
+        external["spec"]["ports"] = [{"name": "h2c", "port": 80}]
+        k.apply(external)
+        await eventually(lambda: c.ingress("far"), what="applied with its DNS name")
+        backend = c.cp.state().backends["default/elsewhere:80"]
+        assert backend.dns and backend.http2
+        assert backend.endpoints == (Endpoint("elsewhere.example.org", 80),)
+        await c.cp.flush()
+        snapshot = c.cp.cache.get_snapshot(c.cp.group)
+        assert snapshot is not None
+        cluster = cluster_pb2.Cluster.FromString(
+            snapshot.resources[CLUSTER]["default/elsewhere:80"]
+        )
+        assert cluster.type == cluster_pb2.Cluster.LOGICAL_DNS
+        assert cluster.dns_lookup_family == cluster_pb2.Cluster.V4_PREFERRED
+        address = cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
+        assert (address.socket_address.address, address.socket_address.port_value) == (
+            "elsewhere.example.org",
+            80,
+        )
+        assert "default/elsewhere:80" not in snapshot.resources[ENDPOINT], "no EDS for it"
+        assert snapshot.eds_names(["default/elsewhere:80"]) == set()
 
 
 @pytest.mark.envoy

@@ -31,8 +31,13 @@ from tests.support.conformance import (
     Case,
     Driver,
     backend_names,
+    backend_of,
     gateway_config,
+    kingress,
+    path,
+    rule,
     running_backends,
+    split,
 )
 from tests.support.envoy import running_envoy
 from wakegate.controller import start_control_plane
@@ -58,8 +63,10 @@ Obj = dict[str, Any]
 
 LB = LoadBalancers(
     external="wakegate-gateway.knative-serving.svc.cluster.local",
-    internal="wakegate-gateway-internal.knative-serving.svc.cluster.local",
+    internal="localhost",
 )
+"""`internal`: the name of the gateway's cluster-local listener, as this machine resolves
+it (in a cluster, the cluster-local gateway Service's DNS name)."""
 
 
 # --- Kubernetes objects ----------------------------------------------------------------
@@ -260,3 +267,57 @@ async def gw(backends: dict[str, Backend]) -> AsyncIterator[FakeKubeDriver]:
 @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
 async def test_fake_kube_conformance(gw: FakeKubeDriver, case: Case) -> None:
     await case(gw)
+
+
+async def test_fake_kube_conformance_rewrite_host_to_an_external_name_service(
+    gw: FakeKubeDriver,
+) -> None:
+    """Knative networking's TestRewriteHost (test/conformance/ingress/rewrite.go): a
+    cluster-local KIngress serves a runtime Service under its private host name; an
+    ExternalName Service of that name points at the gateway's private load balancer
+    (read from that KIngress's status), with a port named h2c; a second KIngress sends
+    vanity hosts there, rewriting Host to the private name. The gateway resolves the
+    ExternalName by DNS and the request goes round through its own cluster-local
+    listener over h2c. Here the Service port is that listener's port, where the case's
+    cluster has the gateway Service's port 80 in front of it."""
+    runtime, private = "b7", "rewrite-private"
+    private_host = f"{private}.{NAMESPACE}.svc.cluster.local"
+    await gw.apply(
+        kingress("rewrite-private", rule([private_host], path(split(runtime)),
+                                         visibility="ClusterLocal"))
+    )  # fmt: skip
+    status = gw._status(NAMESPACE, "rewrite-private")
+    gateway_domain = status["privateLoadBalancer"]["ingress"][0]["domainInternal"]
+    port = gw.config.internal_port
+    await gw._write(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": private, "namespace": NAMESPACE},
+            "spec": {
+                "type": "ExternalName",
+                "externalName": gateway_domain,
+                "sessionAffinity": "None",
+                "ports": [{"name": "h2c", "port": port, "targetPort": port}],
+            },
+        }
+    )
+    gw.published.add(private)
+    hosts = [f"{runtime}.vanity.ismy.name", f"{runtime}.vanity.isalsomy.number"]
+    await gw.apply(
+        kingress(
+            "rewrite-vanity",
+            rule(hosts, path({**split(private), "servicePort": port}, rewriteHost=private_host)),
+        )
+    )
+    backend = gw.cp.state().backends[f"{NAMESPACE}/{private}:{port}"]
+    assert backend.dns and backend.http2
+    assert [(e.address, e.port) for e in backend.endpoints] == [(gateway_domain, port)]
+    for host in hosts:
+        code, body = await backend_of(gw, host)
+        assert code == 200 and body["name"] == runtime, (host, code, body)
+        assert body["host"] == private_host
+    code, _ = await backend_of(gw, private_host)
+    assert code == 404, "the private host stays off the external listener"
+    for name in ("rewrite-vanity", "rewrite-private"):
+        await gw.delete(name)

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -463,7 +464,9 @@ async def test_running_envoy_exposes_admin_and_log(control_plane: ControlPlane) 
         control_plane.set(GROUP, snapshot(listen, "hi", port_one))
         async with running_envoy(control_plane.port, node_cluster=GROUP) as envoy:
             assert isinstance(envoy, RunningEnvoy)
-            assert envoy.admin_port > 0
+            assert stat.S_ISSOCK(envoy.admin_socket.stat().st_mode)
+            assert stat.S_IMODE(envoy.admin_socket.stat().st_mode) == 0o600
+            assert envoy.gateway.admin_port is None
             assert (await envoy.admin_get("/ready")).strip() == "LIVE"
             dump = await envoy.config_dump()
             assert any("ListenersConfigDump" in c["@type"] for c in dump["configs"])

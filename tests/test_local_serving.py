@@ -41,17 +41,20 @@ class Client:
         self.api = f"http://127.0.0.1:{stack.api_port}"
         self.gateway = f"http://127.0.0.1:{stack.config.port}"
         self.internal = f"http://127.0.0.1:{stack.config.internal_port}"
+        self.auth = {"Authorization": f"Bearer {stack.api_token}"}
 
     async def apply(self, *docs: dict | str, wait: bool = True) -> tuple[int, dict]:
         body = "---\n".join(d if isinstance(d, str) else yaml.safe_dump(d) for d in docs)
         query = {"dir": str(EXAMPLE), "timeout": "30", **({"wait": "1"} if wait else {})}
         async with aiohttp.ClientSession() as session:
-            async with session.put(self.api + "/v1/manifests", params=query, data=body) as resp:
+            async with session.put(
+                self.api + "/v1/manifests", params=query, data=body, headers=self.auth
+            ) as resp:
                 return resp.status, await resp.json()
 
     async def read(self, path: str, method: str = "GET") -> tuple[int, Any]:
         async with aiohttp.ClientSession() as session:
-            async with session.request(method, self.api + path) as resp:
+            async with session.request(method, self.api + path, headers=self.auth) as resp:
                 return resp.status, await resp.json()
 
     async def hello(self, host: str = HOST, base: str | None = None) -> tuple[int, str]:
@@ -67,7 +70,6 @@ def stack_config(data_dir: Path) -> StackConfig:
         tls_port=free_port(),
         xds_port=0,
         api_port=0,
-        admin_port=0,
     )
 
 

@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import os
 import re
 import shutil
-import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +18,7 @@ import pytest
 import pytest_asyncio
 
 from tests.support.backends import get, probing
+from tests.support.chaos import in_flight, kill_process, unexplained
 from tests.test_local_serving import HOST, Client, service, stack_config
 from wakegate.autoscaler.config import AutoscalerConfig
 from wakegate.ingress.model import BackendRef
@@ -158,9 +157,10 @@ async def test_proxy_serve_switches_under_load_drop_nothing(client: Client) -> N
 
 
 async def test_a_pod_killed_under_load_is_replaced(client: Client) -> None:
-    """SIGKILL one of two pods under load. Requests in flight on that pod at the
-    moment it dies can fail (the connection is reset under them); every other request
-    is served by the remaining pod until the runtime has replaced the dead one."""
+    """SIGKILL one of two pods under load from 4 sequential clients. Only requests in
+    flight on it when it dies may fail (their connections are reset under them, which
+    is not safe to retry): those sent to it afterwards, while it is still among the
+    endpoints, never reached it and the gateway retries them on the other pod."""
     spec = service()
     annotations = spec["spec"]["template"]["metadata"]["annotations"]
     annotations["autoscaling.knative.dev/min-scale"] = "2"
@@ -168,40 +168,24 @@ async def test_a_pod_killed_under_load_is_replaced(client: Client) -> None:
     status, reply = await client.apply(spec)
     assert status == 200 and reply["served"], reply
     await wait_pods(client, 2, 15)
-    async with aiohttp.ClientSession() as session:
-        async with session.get(client.api + "/v1/pods") as resp:
-            victim = (await resp.json())[0]
+    _, pods = await client.read("/v1/pods")
+    victim = pods[0]
 
-    results: collections.Counter[str] = collections.Counter()
-    stop = asyncio.Event()
-
-    async def prober(session: aiohttp.ClientSession) -> None:
-        while not stop.is_set():
-            try:
-                code, _, _ = await get(client.gateway + "/", host=HOST, session=session)
-                results[str(code)] += 1
-            except Exception as exc:
-                results[type(exc).__name__] += 1
-
-    async with aiohttp.ClientSession() as session:
-        probers = [asyncio.create_task(prober(session)) for _ in range(4)]
+    expected = (200, "Hello World!\n")
+    async with probing(client.gateway + "/", HOST, lambda *a: a == expected) as probes:
         await asyncio.sleep(1.0)
-        os.kill(victim["pid"], signal.SIGKILL)
+        kill = await kill_process(victim["pid"], "pod")
         await asyncio.sleep(0.5)
         await wait_pods(client, 2, 20)
         await asyncio.sleep(1.0)
-        stop.set()
-        await asyncio.gather(*probers)
-    failed = sum(n for code, n in results.items() if code != "200")
-    print(f"pod crash under load: {dict(results)}")
-    assert results["200"] > 200
-    # Only requests already sent to the killed pod may fail: their connections are
-    # reset mid-request, which is not safe to retry. Requests that never reached it
-    # are retried by the gateway on the other pod. Observed: 2 to 12 per run.
-    assert failed <= 20, dict(results)
-    async with aiohttp.ClientSession() as session:
-        async with session.get(client.api + "/v1/pods") as resp:
-            pods = await resp.json()
+    flying = in_flight(probes.attempts, kill)
+    print(f"pod crash under load: {probes.summary()}; {len(flying)} in flight between the kill "
+          f"and the pod seen gone ({(kill.gone - kill.signalled) * 1000:.1f} ms)")  # fmt: skip
+    assert probes.served > 200
+    # Each client has one request in flight at a time: at most 4 were on the pod.
+    assert len(probes.failures) <= 4, probes.summary()
+    assert unexplained(probes.attempts, [kill]) == [], probes.summary()
+    _, pods = await client.read("/v1/pods")
     assert victim["name"] in {p["name"] for p in pods}
     assert next(p for p in pods if p["name"] == victim["name"])["restarts"] == 1
 

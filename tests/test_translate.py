@@ -420,6 +420,11 @@ def test_default_timeout_is_a_time_to_first_byte_of_300s() -> None:
     # Without retries asked for, only requests that never reached a pod are retried.
     assert action.retry_policy.num_retries.value == 2
     assert action.retry_policy.retry_on == "connect-failure,refused-stream,reset-before-request"
+    # ... on another endpoint than the one that failed, when there is one.
+    [predicate] = action.retry_policy.retry_host_predicate
+    assert predicate.name == "envoy.retry_host_predicates.previous_hosts"
+    assert predicate.typed_config.type_url.endswith(".v3.PreviousHostsPredicate")
+    assert action.retry_policy.host_selection_retry_max_attempts == 3
 
 
 def test_path_timeout_and_configured_default() -> None:

@@ -27,16 +27,24 @@ GET    /metrics | /healthz          /metrics includes the activator's (cold star
 
 The live view's page and its data are only read with GET; it holds no state of its own
 and uses relative URLs, so it is served wherever the API is.
+
+Only requests addressed to a loopback name are answered (`Host: localhost`, 127.0.0.1,
+[::1], with any port; anything else is 403 with nothing done), so a web page cannot
+reach the API by rebinding its own name to 127.0.0.1. Every call but GET and HEAD also
+needs the stack's token (`Authorization: Bearer <token>`, else 401): the API can start
+any command, and a page can send a simple cross-origin POST to 127.0.0.1. No CORS
+headers are sent, so a page cannot read a reply either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import ipaddress
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
@@ -89,6 +97,51 @@ def _error(status: int, message: str) -> web.Response:
 
 def _event(kind: str, data: Any) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a Host header names `localhost` or a loopback address (any port)."""
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1 : name.find("]")] if "]" in name else ""
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    if name.rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+
+def guard(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Middleware: a loopback Host on every request, and `token` on every call that is
+    not a GET or HEAD, compared in constant time."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        host = request.headers.get("Host", "")
+        if not is_loopback_host(host):
+            return _error(
+                403, f"Host {host!r}: this API answers only localhost or a loopback address"
+            )
+        if request.method not in SAFE_METHODS:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return _error(
+                    401,
+                    "this call needs the stack's token: Authorization: Bearer <token> "
+                    "(the CLI reads it from the data dir's api.token)",
+                )
+        return await handler(request)
+
+    return middleware
 
 
 def _jsonable(value: Any) -> Any:
@@ -159,12 +212,16 @@ class Api:
         manifests: ManifestReconciler,
         serving: LocalServing | None = None,
         live: LiveState | None = None,
+        *,
+        token: str,
+        processes: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.cp = control_plane
         self.manifests = manifests
         self.serving = serving
         self.live = live or LiveState(control_plane, serving)
-        self.app = web.Application(client_max_size=MAX_BODY)
+        self.processes = processes
+        self.app = web.Application(client_max_size=MAX_BODY, middlewares=[guard(token)])
         self.app.add_routes(
             [
                 web.get("/", self.get_ui),
@@ -444,6 +501,7 @@ class Api:
                 "gateways": _jsonable(self.cp.server.nodes()),
                 "current": self.cp.server.current(),
                 "errors": _jsonable(self.cp.translator.errors),
+                "processes": await self.processes() if self.processes else {},
             }
         )
 

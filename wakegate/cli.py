@@ -65,8 +65,22 @@ def _xds_protocol_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _api_arg(p: argparse.ArgumentParser) -> None:
+DEFAULT_DATA_DIR = Path(".wakegate")
+
+
+def _api_arg(p: argparse.ArgumentParser, *, stack: bool = False) -> None:
+    """--api-port, and --data-dir: the stack's state (`up`), or where a client finds
+    the running stack's API token."""
     p.add_argument("--api-port", type=int, default=DEFAULT_API_PORT, help="the stack's API port")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help="where the stack keeps its state, owner-only (default %(default)s)"
+        if stack
+        else "the running stack's data directory, where calls that change state find "
+        "its API token (default %(default)s)",
+    )
 
 
 def _kind(value: str) -> tuple[str, str]:
@@ -138,14 +152,18 @@ def build_parser(command: str | None = "controller") -> argparse.ArgumentParser:
         default=[],
         help="manifests to apply once the stack is up",
     )
-    p.add_argument("--data-dir", type=Path, default=Path(".wakegate"))
     p.add_argument("--domain", default="example.com", help="domain of service hosts")
     p.add_argument("--port", type=int, default=8080, help="gateway's external HTTP port")
     p.add_argument("--internal-port", type=int, default=8081, help="cluster-local listener")
     p.add_argument("--tls-port", type=int, default=8443, help="external HTTPS listener")
     p.add_argument("--bind", default="127.0.0.1", help="gateway listener address")
-    p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
-    p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT, help="Envoy admin")
+    p.add_argument(
+        "--xds-port",
+        type=int,
+        default=None,
+        help="also serve xDS on 127.0.0.1:PORT, for gateways run apart (`wakegate gateway`); "
+        "the stack's own use the owner-only socket DATA_DIR/xds.sock",
+    )
     _xds_protocol_arg(p)
     p.add_argument("--no-gateway", action="store_true", help="serve xDS, start no Envoy")
     p.add_argument(
@@ -154,7 +172,7 @@ def build_parser(command: str | None = "controller") -> argparse.ArgumentParser:
         help='accept autoscaling.knative.dev/initial-scale: "0": the revision is Ready '
         "without a pod and its first request wakes it (Knative's allow-zero-initial-scale)",
     )
-    _api_arg(p)
+    _api_arg(p, stack=True)
     p.set_defaults(handler=cmd_up)
 
     p = sub.add_parser("apply", help="apply manifests (Knative Services or KIngress)")
@@ -232,7 +250,13 @@ def build_parser(command: str | None = "controller") -> argparse.ArgumentParser:
     p.add_argument("--node-cluster", default="wakegate-gateway")
     p.add_argument("--xds-host", default="127.0.0.1")
     p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
-    p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT)
+    admin = p.add_mutually_exclusive_group()
+    admin.add_argument(
+        "--admin-port", type=int, default=DEFAULT_ADMIN_PORT, help="Envoy admin on 127.0.0.1"
+    )
+    admin.add_argument(
+        "--admin-socket", type=Path, default=None, help="Envoy admin on this unix socket (0600)"
+    )
     _xds_protocol_arg(p)
     p.add_argument("-o", "--output", choices=["json", "yaml"], default="yaml")
     p.set_defaults(handler=cmd_bootstrap)
@@ -242,13 +266,12 @@ def build_parser(command: str | None = "controller") -> argparse.ArgumentParser:
     p.add_argument("--node-cluster", default="wakegate-gateway")
     p.add_argument("--xds-host", default="127.0.0.1")
     p.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
-    p.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT)
     _xds_protocol_arg(p)
     p.add_argument(
         "--workdir",
         type=Path,
         default=Path(".wakegate/gateway"),
-        help="where the bootstrap and Envoy's log are written",
+        help="where the bootstrap, Envoy's log and its admin socket (admin.sock, 0600) are",
     )
     p.set_defaults(handler=cmd_gateway)
 
@@ -309,7 +332,6 @@ def cmd_up(args: argparse.Namespace) -> int:
             tls_port=args.tls_port,
             xds_port=args.xds_port,
             api_port=args.api_port,
-            admin_port=args.admin_port,
             delta=args.xds_protocol == "delta",
             gateway=not args.no_gateway,
             allow_zero_initial_scale=args.allow_zero_initial_scale,
@@ -321,10 +343,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         await stack.start()
         print(f"api      http://127.0.0.1:{stack.api_port}", flush=True)
         print(f"ui       http://127.0.0.1:{stack.api_port}/", flush=True)
-        print(f"xds      grpc://{stack.config.xds_host}:{stack.xds_port}", flush=True)
+        print(f"xds      unix:{stack.xds_socket}", flush=True)
+        if stack.config.xds_port is not None:
+            print(f"xds      grpc://{stack.config.xds_host}:{stack.xds_port}", flush=True)
         if stack.gateway is not None:
             print(f"gateway  http://{args.bind}:{args.port}  "
-                  f"(cluster-local :{args.internal_port}, admin {stack.gateway.admin_url})",
+                  f"(cluster-local :{args.internal_port}, admin {stack.gateway.admin_address})",
                   flush=True)  # fmt: skip
         print(f"data     {args.data_dir}", flush=True)
         for path, text in manifests:
@@ -351,7 +375,11 @@ async def _apply_in_process(stack: Any, text: str, path: Path) -> list[str]:
 
     query = urllib.parse.urlencode({"wait": "1", "dir": str(path.parent)})
     url = f"http://127.0.0.1:{stack.api_port}/v1/manifests?{query}"
-    async with aiohttp.ClientSession() as session, session.put(url, data=text) as resp:
+    headers = {"Authorization": f"Bearer {stack.api_token}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.put(url, data=text, headers=headers) as resp,
+    ):
         reply = await resp.json()
     if resp.status >= 400 and "error" in reply:
         raise CliError(f"-f {path}: {reply['error']}")
@@ -380,8 +408,27 @@ def _applied_lines(reply: dict[str, Any], *, port: int | None, wait: bool) -> li
 # --- the client commands -----------------------------------------------------------------
 
 
-def _api(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method)
+def _token(args: argparse.Namespace) -> str:
+    """The running stack's API token, from its data directory."""
+    from wakegate.data_dir import read_token, token_path
+
+    token = read_token(args.data_dir)
+    if token is None:
+        raise CliError(
+            f"api: cannot read the stack's token {token_path(args.data_dir)}: pass the "
+            "--data-dir of the running `wakegate up`"
+        )
+    return token
+
+
+def _api(
+    port: int, method: str, path: str, body: bytes | None = None, *, token: str | None = None
+) -> tuple[int, Any]:
+    """One call to the API; `token` is needed for any call but a GET."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=body, method=method, headers=headers
+    )
     try:
         with urllib.request.urlopen(req, timeout=600) as resp:
             raw, status, ctype = resp.read(), resp.status, resp.headers.get("Content-Type", "")
@@ -433,12 +480,15 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if args.wait:
         query["wait"] = "1"
     path = "/v1/manifests?" + urllib.parse.urlencode(query)
+    token = _token(args)
+
+    def put() -> tuple[int, Any]:
+        return _api(args.api_port, "PUT", path, body, token=token)
+
     if args.wait and sys.stdout.isatty():
-        status, reply = _with_progress(
-            args.api_port, lambda: _api(args.api_port, "PUT", path, body), _service_keys(body)
-        )
+        status, reply = _with_progress(args.api_port, put, _service_keys(body))
     else:
-        status, reply = _api(args.api_port, "PUT", path, body)
+        status, reply = put()
     if status == 504 and isinstance(reply, dict):
         for line in _applied_lines(reply, port=None, wait=False):
             print(line)
@@ -743,7 +793,14 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     path = "ingresses" if args.kind == "ingress" else "services"
-    reply = _check(*_api(args.api_port, "DELETE", f"/v1/{path}/{args.namespace}/{args.name}"))
+    reply = _check(
+        *_api(
+            args.api_port,
+            "DELETE",
+            f"/v1/{path}/{args.namespace}/{args.name}",
+            token=_token(args),
+        )
+    )
     print(f"{args.kind} {reply['deleted']} deleted")
     return 0
 
@@ -825,7 +882,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 # --- the gateway on its own ------------------------------------------------------------------
 
 
-def _bootstrap(args: argparse.Namespace) -> dict[str, object]:
+def _bootstrap(args: argparse.Namespace, admin_socket: Path | None = None) -> dict[str, object]:
     from wakegate.xds.bootstrap import build_bootstrap
 
     return build_bootstrap(
@@ -833,13 +890,14 @@ def _bootstrap(args: argparse.Namespace) -> dict[str, object]:
         node_cluster=args.node_cluster,
         xds_host=args.xds_host,
         xds_port=args.xds_port,
-        admin_port=args.admin_port,
+        admin_port=getattr(args, "admin_port", 0),
+        admin_socket=str(admin_socket) if admin_socket is not None else None,
         delta=args.xds_protocol == "delta",
     )
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
-    config = _bootstrap(args)
+    config = _bootstrap(args, args.admin_socket and args.admin_socket.absolute())
     if args.output == "json":
         print(json.dumps(config, indent=2))
     else:
@@ -852,10 +910,11 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         stop = _stop_on_signals()
-        gateway = EnvoyGateway(_bootstrap(args), args.workdir, supervise=True)
+        admin = args.workdir.absolute() / "admin.sock"
+        gateway = EnvoyGateway(_bootstrap(args, admin), args.workdir, supervise=True)
         try:
             await gateway.start(wait_live=False)
-            print(f"envoy gateway running (admin {gateway.admin_url}, log {gateway.log_path})")
+            print(f"envoy gateway running (admin {gateway.admin_address}, log {gateway.log_path})")
             await stop.wait()
         finally:
             await gateway.stop()

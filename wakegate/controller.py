@@ -77,7 +77,17 @@ def add_controller_parser(
         help="directory with ca.crt, tls.crt, tls.key: serve xDS over mutual TLS",
     )
     p.add_argument(
+        "--metrics-host",
+        default="0.0.0.0",
+        help="Prometheus /metrics listen address (default all interfaces, as in a pod)",
+    )
+    p.add_argument(
         "--metrics-port", type=int, default=DEFAULT_METRICS_PORT, help="Prometheus /metrics port"
+    )
+    p.add_argument(
+        "--health-host",
+        default="0.0.0.0",
+        help="/healthz and /readyz listen address (default all interfaces, as in a pod)",
     )
     p.add_argument(
         "--health-port", type=int, default=DEFAULT_HEALTH_PORT, help="/healthz and /readyz port"
@@ -198,13 +208,13 @@ def cluster_gateway(*, readiness_probes: bool = False) -> GatewayConfig:
 
 
 @contextlib.asynccontextmanager
-async def _http(port: int, routes: list[web.RouteDef]) -> AsyncIterator[None]:
+async def _http(host: str, port: int, routes: list[web.RouteDef]) -> AsyncIterator[None]:
     app = web.Application()
     app.add_routes(routes)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, "0.0.0.0", port).start()
+        await web.TCPSite(runner, host, port).start()
         yield
     finally:
         await runner.cleanup()
@@ -298,10 +308,15 @@ async def run_controller(args: argparse.Namespace, stop: asyncio.Event | None = 
         stack.push_async_callback(api.close)
         stack.push_async_callback(cp.stop)
         await stack.enter_async_context(
-            _http(args.health_port, [web.get("/healthz", healthz), web.get("/readyz", readyz)])
+            _http(
+                args.health_host,
+                args.health_port,
+                [web.get("/healthz", healthz), web.get("/readyz", readyz)],
+            )
         )
         await stack.enter_async_context(
             _http(
+                args.metrics_host,
                 args.metrics_port,
                 [
                     web.get("/metrics", metrics),

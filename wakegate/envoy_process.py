@@ -1,4 +1,11 @@
-"""Run and supervise a real Envoy gateway process with a generated bootstrap."""
+"""Run and supervise a real Envoy gateway process with a generated bootstrap.
+
+Envoy's admin interface may listen on a unix socket (the bootstrap's `admin.address.pipe`,
+as the local stack does) or on TCP; every use of it here (readiness, `admin_get`, the
+sessions the stats sampler and the API use) goes through `admin_session()`, which
+connects to whichever it is. The workdir is owner-only (0700), the bootstrap and
+Envoy's log 0600.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +22,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
@@ -23,6 +30,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 log = logging.getLogger("wakegate.envoy")
 
 _PR_SET_PDEATHSIG = 1
+_MAX_UNIX_PATH = 107
+"""sun_path holds 108 bytes, the terminating NUL included."""
 _LOG_PREFIX = re.compile(r"^(\[[^\]]*\]\s*)+")
 
 
@@ -145,6 +154,8 @@ class EnvoyGateway:
         self.stable_after = stable_after
         self.die_with_parent = die_with_parent and sys.platform.startswith("linux")
         self.restarts = 0
+        self.last_exit = ""
+        """Why the last Envoy process exited on its own, once one did."""
         self._admin_port: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -165,17 +176,51 @@ class EnvoyGateway:
         return self.workdir / "admin.address"
 
     @property
+    def admin_socket(self) -> Path | None:
+        """The unix socket Envoy's admin listens on, when the bootstrap puts it on one."""
+        pipe = self.bootstrap.get("admin", {}).get("address", {}).get("pipe")
+        return Path(pipe["path"]) if pipe else None
+
+    @property
     def admin_port(self) -> int | None:
-        """The port Envoy's admin listens on, once it is up."""
-        if self._admin_port is None and self.running:
+        """The TCP port Envoy's admin listens on, once it is up (None on a unix socket)."""
+        if self._admin_port is None and self.running and self.admin_socket is None:
             self._admin_port = self._read_admin_port()
         return self._admin_port
 
     @property
+    def admin_up(self) -> bool:
+        """Whether Envoy's admin listens (it writes `--admin-address-path` once it does)."""
+        if self.admin_socket is not None:
+            return self.running and self.admin_address_path.exists()
+        return self.admin_port is not None
+
+    @property
     def admin_url(self) -> str:
-        if self.admin_port is None:
+        """Base URL of the admin interface, for a session from `admin_session()`."""
+        if not self.admin_up:
             raise GatewayError("Envoy is not running")
+        if self.admin_socket is not None:
+            return "http://localhost"
         return f"http://{self._admin_host}:{self.admin_port}"
+
+    @property
+    def admin_address(self) -> str:
+        """Where admin listens, for people: `unix:PATH` or `http://HOST:PORT`."""
+        if self.admin_socket is not None:
+            return f"unix:{self.admin_socket}"
+        return self.admin_url
+
+    def admin_session(self, timeout: float = 10.0) -> aiohttp.ClientSession:
+        """A client session that reaches the admin interface (unix socket or TCP)."""
+        connector = (
+            aiohttp.UnixConnector(path=str(self.admin_socket))
+            if self.admin_socket is not None
+            else None
+        )
+        return aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
+        )
 
     @property
     def pid(self) -> int | None:
@@ -215,7 +260,13 @@ class EnvoyGateway:
         if self.running:
             raise GatewayError("Envoy is already running")
         self._stopping = False
-        if self.preflight:
+        socket_path = self.admin_socket
+        if socket_path is not None and len(os.fsencode(socket_path.absolute())) > _MAX_UNIX_PATH:
+            raise GatewayError(
+                f"Envoy admin socket path {socket_path} is longer than {_MAX_UNIX_PATH} "
+                "bytes: use a shorter data directory"
+            )
+        if self.preflight and socket_path is None:
             check_port_free(self._admin_port_config, self._admin_host, purpose="Envoy admin")
             for host, port in self.check_ports:
                 check_port_free(port, host, purpose="gateway listener")
@@ -241,14 +292,14 @@ class EnvoyGateway:
 
     async def is_live(self) -> bool:
         """Whether the admin `/ready` endpoint reports LIVE."""
-        if not self.running or self.admin_port is None:
+        if not self.running or not self.admin_up:
             return False
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        async with self.admin_session(2) as session:
             return await _is_live(session, self.admin_url)
 
     async def admin_get(self, path: str) -> str:
         """GET an admin endpoint (e.g. "/config_dump") and return its body."""
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        async with self.admin_session() as session:
             async with session.get(f"{self.admin_url}{path}") as response:
                 return await response.text()
 
@@ -272,17 +323,21 @@ class EnvoyGateway:
         return args + self.extra_args
 
     async def _launch(self, timeout: float, *, wait_live: bool = True) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.bootstrap_path.write_text(json.dumps(self.bootstrap, indent=2))
+        self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.workdir, 0o700)
+        _write_owner_only(self.bootstrap_path, json.dumps(self.bootstrap, indent=2).encode())
         self.admin_address_path.unlink(missing_ok=True)
+        if self.admin_socket is not None:
+            self.admin_socket.unlink(missing_ok=True)
         self._admin_port = None
-        with self.log_path.open("ab") as log_file:
+        with _open_owner_only_log(self.log_path) as log_file:
             self._log_offset = log_file.tell()
             self._proc = await asyncio.create_subprocess_exec(
                 *self._command(),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
+                umask=0o077,  # what Envoy writes (admin.address, the socket) is owner-only
             )
         log.info("Envoy started (pid %d), log %s", self._proc.pid, self.log_path)
         try:
@@ -295,20 +350,22 @@ class EnvoyGateway:
         assert self._proc is not None
         proc = self._proc
         deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        async with self.admin_session(2) as session:
             while True:
                 if proc.returncode is not None:
                     raise GatewayError(f"Envoy {self._exit_reason(proc.returncode)}")
-                if self.admin_port is not None and (
-                    not wait_live or await _is_live(session, self.admin_url)
-                ):
+                if self.admin_up and (not wait_live or await _is_live(session, self.admin_url)):
                     self._live_since = time.monotonic()
-                    log.info("Envoy is up (admin %s)", self.admin_url)
+                    log.info("Envoy is up (admin %s)", self.admin_address)
                     return
                 if time.monotonic() >= deadline:
-                    admin = self.admin_port if self.admin_port is not None else "not up"
+                    if self.admin_socket is not None:
+                        admin = f"socket {self.admin_socket}" + ("" if self.admin_up else " not up")
+                    else:
+                        port = self.admin_port if self.admin_port is not None else "not up"
+                        admin = f"port {port}"
                     raise GatewayError(
-                        f"Envoy not ready after {timeout:g}s (admin port {admin}): "
+                        f"Envoy not ready after {timeout:g}s (admin {admin}): "
                         f"{self._reason() or 'no log output'}"
                     )
                 await asyncio.sleep(0.05)
@@ -366,12 +423,26 @@ class EnvoyGateway:
                             return
                         lived = time.monotonic() - self._live_since
                         message = f"Envoy {self._exit_reason(code)}"
+                        self.last_exit = message
                         if lived < self.stable_after:
                             raise GatewayError(message)
                         log.error("%s; restarting it", message)
                         raise _StableRunEnded
             except _StableRunEnded:
                 continue
+
+
+def _open_owner_only_log(path: Path) -> BinaryIO:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return open(fd, "ab")
+
+
+def _write_owner_only(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with open(fd, "wb") as f:
+        f.write(data)
 
 
 class _StableRunEnded(Exception):

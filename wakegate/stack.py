@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from wakegate import data_dir
+from wakegate.activator_process import ActivatorProcess
 from wakegate.api import Api
 from wakegate.autoscaler.config import AutoscalerConfig
 from wakegate.autoscaler.gateway_stats import GatewayStats
 from wakegate.autoscaler.scaler import Autoscaler
 from wakegate.autoscaler.service import AutoscalerService
-from wakegate.envoy_process import EnvoyGateway, GatewayError, check_port_free
+from wakegate.envoy_process import EnvoyGateway, check_port_free
 from wakegate.ingress.model import Endpoint
 from wakegate.reconciler.local.live import LiveState
 from wakegate.reconciler.local.manifests import ManifestReconciler
@@ -44,9 +44,10 @@ class StackConfig:
     internal_port: int = 8081
     tls_port: int = 8443
     xds_host: str = "127.0.0.1"
-    xds_port: int = 18000
+    xds_port: int | None = None
+    """Also serve xDS on xds_host:xds_port, for gateways run apart (`wakegate gateway`);
+    the stack's own gateway and activator use the owner-only socket in the data dir."""
     api_port: int = 18001
-    admin_port: int = 9901
     gate_port: int = 0
     """Loopback port of the gateway's gate listener (per-pod `containerConcurrency`);
     0 picks a free one."""
@@ -69,47 +70,6 @@ class StackConfig:
         return self.allow_zero_initial_scale or bool(
             self.autoscaler and self.autoscaler.allow_zero_initial_scale
         )
-
-
-class ActivatorProcess:
-    """The activator, run as its own process next to the control plane."""
-
-    def __init__(self, control_plane: str, hold_timeout_s: float) -> None:
-        self.control_plane = control_plane
-        self.hold_timeout_s = hold_timeout_s
-        self.port = 0
-        self.h2c_port = 0
-        self._proc: asyncio.subprocess.Process | None = None
-
-    async def start(self, timeout_s: float = 20.0) -> int:
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "wakegate.activator.main",
-            "--listen", "127.0.0.1:0", "--listen-h2c", "127.0.0.1:0",
-            "--control-plane", self.control_plane,
-            "--hold-timeout", str(self.hold_timeout_s), "--stop-on-stdin-eof",
-            "--log-level", "WARNING",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        assert self._proc.stdout is not None
-        async with asyncio.timeout(timeout_s):
-            while line := await self._proc.stdout.readline():
-                if line.startswith(b"READY "):
-                    self.port, self.h2c_port = (int(p) for p in line.split()[1:3])
-                    return self.port
-        raise GatewayError(
-            f"activator exited with code {await self._proc.wait()} before it was ready"
-        )
-
-    async def stop(self) -> None:
-        if self._proc is None or self._proc.returncode is not None:
-            return
-        self._proc.terminate()
-        try:
-            async with asyncio.timeout(10):
-                await self._proc.wait()
-        except TimeoutError:
-            self._proc.kill()
-            await self._proc.wait()
 
 
 class LocalStack:
@@ -138,34 +98,42 @@ class LocalStack:
         self._stats: GatewayStats | None = None
         self.xds_port = 0
         self.api_port = 0
+        self.api_token = ""
 
     def preflight(self) -> None:
-        """Fail with one line naming the port if a port the stack needs is taken."""
+        """Fail with one line naming the port if a port the stack needs is taken (or the
+        data directory's path is too long for its sockets)."""
         c = self.config
+        data_dir.socket_path(c.data_dir, "gateway/admin.sock")
         check_port_free(c.api_port, "127.0.0.1", purpose="api (--api-port)")
-        check_port_free(c.xds_port, c.xds_host, purpose="xDS (--xds-port)")
+        if c.xds_port is not None:
+            check_port_free(c.xds_port, c.xds_host, purpose="xDS (--xds-port)")
         if c.gateway:
             check_port_free(c.port, c.bind, purpose="gateway listener (--port)")
             check_port_free(c.internal_port, c.bind, purpose="gateway listener (--internal-port)")
-            check_port_free(c.admin_port, "127.0.0.1", purpose="Envoy admin (--admin-port)")
             check_port_free(self.gate_port, "127.0.0.1", purpose="gate listener")
 
     async def start(self) -> None:
         c = self.config
         self.preflight()
+        data_dir.prepare(c.data_dir)
+        xds_socket = self.xds_socket
+        admin_socket = data_dir.socket_path(c.data_dir, "gateway/admin.sock")
         self.store = Store.in_dir(c.data_dir)
         pods_feed = AutoscalerService()
         self.xds_port = await self.cp.start(
-            c.xds_host, c.xds_port, services=[pods_feed.add_to_server]
+            c.xds_host,
+            c.xds_port,
+            services=[pods_feed.add_to_server],
+            unix_socket=str(xds_socket),
         )
         if c.gateway:
             self.gateway = EnvoyGateway(
                 build_bootstrap(
                     node_id=c.node_id,
                     node_cluster=c.node_cluster,
-                    xds_host=c.xds_host,
-                    xds_port=self.xds_port,
-                    admin_port=c.admin_port,
+                    xds_socket=str(xds_socket),
+                    admin_socket=str(admin_socket),
                     delta=c.delta,
                 ),
                 c.data_dir / "gateway",
@@ -179,11 +147,9 @@ class LocalStack:
         allow_zero = c.zero_initial_scale
         if c.autoscaler is not None and self.gateway is not None:
             autoscaling = replace(c.autoscaler, allow_zero_initial_scale=allow_zero).validate()
-            self.activator = ActivatorProcess(
-                f"127.0.0.1:{self.xds_port}", c.activator_hold_timeout_s
-            )
+            self.activator = ActivatorProcess(f"unix:{xds_socket}", c.activator_hold_timeout_s)
             port = await self.activator.start()
-            self._stats = GatewayStats(self.gateway.admin_url)
+            self._stats = GatewayStats(self.gateway.admin_url, unix_socket=str(admin_socket))
             self.autoscaler = Autoscaler(autoscaling, self._stats, self._on_decision)
             pods_feed.on_poke = lambda ns, rev: (
                 self.autoscaler and self.autoscaler.poke(f"{ns}/{rev}", 1.0)
@@ -209,14 +175,42 @@ class LocalStack:
             self.cp,
             self.serving,
             gateway_admin=self.gateway.admin_url if self.gateway is not None else None,
+            gateway_admin_socket=(
+                str(admin_socket) if self.gateway is not None else None
+            ),
             activator=f"http://127.0.0.1:{self.activator.port}" if self.activator else None,
         )
-        self.api = Api(self.cp, self.manifests, self.serving, self.live)
+        self.api_token = data_dir.new_token(c.data_dir)
+        self.api = Api(self.cp, self.manifests, self.serving, self.live, token=self.api_token,
+                       processes=self.processes)  # fmt: skip
         self.api_port = await self.api.start("127.0.0.1", c.api_port)
         await self.serving.start()
         if self.autoscaler is not None:
             self.autoscaler.start()
         await self.live.start()
+
+    @property
+    def xds_socket(self) -> Path:
+        """The control plane's xDS (and autoscaler) socket, for the stack's own gateway
+        and activator: in the owner-only data directory, itself 0600."""
+        return data_dir.socket_path(self.config.data_dir, "xds.sock")
+
+    async def processes(self) -> dict[str, Any]:
+        """The gateway's and the activator's processes, for `wakegate status`."""
+        out: dict[str, Any] = {}
+        gateway = self.gateway
+        if gateway is not None:
+            out["gateway"] = {
+                "running": gateway.running,
+                "pid": gateway.pid,
+                "live": await gateway.is_live(),
+                "admin": gateway.admin_address,
+                "restarts": gateway.restarts,
+                "lastExit": gateway.last_exit,
+            }
+        if self.activator is not None:
+            out["activator"] = self.activator.status()
+        return out
 
     def _on_decision(self, revision_key: str, decision: Any) -> None:
         if self.serving is not None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 XDS_CLUSTER = "xds_cluster"
+ADMIN_SOCKET_MODE = 0o600
 
 _TLS_CONTEXT = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -48,10 +49,12 @@ def build_bootstrap(
     *,
     node_id: str,
     node_cluster: str,
-    xds_host: str,
-    xds_port: int,
-    admin_port: int,
+    xds_host: str = "127.0.0.1",
+    xds_port: int = 0,
+    xds_socket: str | None = None,
+    admin_port: int = 0,
     admin_host: str = "127.0.0.1",
+    admin_socket: str | None = None,
     delta: bool = True,
     xds_tls: XdsTls | None = None,
     node_metadata: Mapping[str, Any] | None = None,
@@ -62,15 +65,24 @@ def build_bootstrap(
 ) -> dict[str, Any]:
     """A JSON-able Envoy bootstrap: listeners and clusters from ADS, admin on loopback.
 
-    `admin_port` may be 0 to let Envoy pick one (see `--admin-address-path`).
+    `admin_port` may be 0 to let Envoy pick one (see `--admin-address-path`). With
+    `admin_socket`, admin listens on that unix socket instead, mode 0600: admin can
+    stop and reconfigure the gateway and has no authentication of its own, so only
+    its owner may reach it (on TCP loopback, any local user and any web page the user
+    visits could post to it). With `xds_socket`, the control plane is reached on that
+    unix socket rather than on `xds_host:xds_port`.
     """
     node: dict[str, Any] = {"id": node_id, "cluster": node_cluster}
     if node_metadata:
         node["metadata"] = dict(node_metadata)
     ads_source = {"ads": {}, "resource_api_version": "V3"}
+    xds_address = (
+        {"pipe": {"path": xds_socket}} if xds_socket else _address(xds_host, xds_port)
+    )
+    dns = not xds_socket and not _is_ip(xds_host)
     xds_cluster: dict[str, Any] = {
         "name": XDS_CLUSTER,
-        "type": "STATIC" if _is_ip(xds_host) else "STRICT_DNS",
+        "type": "STRICT_DNS" if dns else "STATIC",
         "connect_timeout": _duration(connect_timeout),
         "typed_extension_protocol_options": {
             _HTTP_OPTIONS: {
@@ -82,27 +94,30 @@ def build_bootstrap(
                 },
             }
         },
-        "upstream_connection_options": {
+        "load_assignment": {
+            "cluster_name": XDS_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": xds_address}}]}],
+        },
+    }
+    if not xds_socket:
+        xds_cluster["upstream_connection_options"] = {
             "tcp_keepalive": {
                 "keepalive_time": 30,
                 "keepalive_interval": 10,
                 "keepalive_probes": 3,
             }
-        },
-        "load_assignment": {
-            "cluster_name": XDS_CLUSTER,
-            "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": _address(xds_host, xds_port)}}]}
-            ],
-        },
-    }
-    if not _is_ip(xds_host):
+        }
+    if dns:
         xds_cluster["dns_lookup_family"] = "V4_PREFERRED"
     if xds_tls is not None:
         xds_cluster["transport_socket"] = _tls_socket(xds_tls)
     return {
         "node": node,
-        "admin": {"address": _address(admin_host, admin_port)},
+        "admin": {
+            "address": {"pipe": {"path": admin_socket, "mode": ADMIN_SOCKET_MODE}}
+            if admin_socket is not None
+            else _address(admin_host, admin_port)
+        },
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "DELTA_GRPC" if delta else "GRPC",

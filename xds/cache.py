@@ -255,7 +255,8 @@ class Snapshot:
         return cached  # type: ignore[return-value]
 
     def eds_names(self, clusters: Iterable[str]) -> set[str]:
-        """The endpoint (ClusterLoadAssignment) names that these clusters use."""
+        """The endpoint (ClusterLoadAssignment) names that these clusters use (EDS
+        clusters only)."""
         key = ("eds-name", CLUSTER)
         known: dict[str, str] = self._encoded.setdefault(key, {})  # type: ignore[assignment]
         bodies = self.resources[CLUSTER]
@@ -267,10 +268,14 @@ class Snapshot:
                 body = bodies.get(name)
                 if body is not None:
                     with contextlib.suppress(DecodeError):
-                        service = cluster_pb2.Cluster.FromString(body).eds_cluster_config
-                        eds_name = service.service_name or name
+                        cluster = cluster_pb2.Cluster.FromString(body)
+                        service = cluster.eds_cluster_config.service_name
+                        # A DNS-resolved cluster carries its endpoints inline.
+                        is_eds = cluster.type == cluster_pb2.Cluster.EDS
+                        eds_name = (service or name) if is_eds else ""
                 known[name] = eds_name
-            out.add(eds_name)
+            if eds_name:
+                out.add(eds_name)
         return out
 
 

@@ -3,7 +3,8 @@
 Clusters are reference-counted by the ingresses that name them: a cluster exists while
 one does, and its encoded Cluster and ClusterLoadAssignment are rebuilt only when its
 backend changes (by identity first, then by value). A state whose backends mapping is
-the same object as before only looks at clusters that were just added.
+the same object as before only looks at clusters that were just added. A backend Envoy
+resolves by DNS gets a DNS cluster with its target inline, and no ClusterLoadAssignment.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Mapping
 
-from wakegate.ingress.model import Backend
+from wakegate.ingress.model import Backend, Endpoint
 from wakegate.xds.clusters import ClusterEncoder
 from wakegate.xds.endpoints import encode_endpoints, load_assignment_bytes
 
@@ -26,7 +27,8 @@ class ClusterTable:
         self._new: set[str] = set()
         self._last_backends: Mapping[str, Backend] | None = None
         self._seen_backend: dict[str, Backend | None] = {}
-        self._http2: dict[str, bool] = {}
+        self._shape: dict[str, tuple[bool, Endpoint | None]] = {}
+        """Key → what its encoded Cluster was built from: h2c, and the DNS target."""
         self._clusters: dict[str, bytes] = {}
         self._endpoints: dict[str, bytes] = {}
         self._clusters_out: dict[str, bytes] = {}
@@ -53,7 +55,7 @@ class ClusterTable:
             del refs[key]
             self._new.discard(key)
             self._seen_backend.pop(key, None)
-            self._http2.pop(key, None)
+            self._shape.pop(key, None)
             self._clusters.pop(key, None)
             self._endpoints.pop(key, None)
             self._clusters_dirty = self._endpoints_dirty = True
@@ -73,10 +75,20 @@ class ClusterTable:
                 continue
             seen[key] = backend
             http2 = backend is not None and backend.http2
-            if self._http2.get(key) is not http2:
-                self._http2[key] = http2
-                self._clusters[key] = self._encoder.encode(key, http2)
+            dns = backend.endpoints[0] if backend and backend.dns and backend.endpoints else None
+            shape = (http2, dns)
+            if self._shape.get(key) != shape:
+                self._shape[key] = shape
+                self._clusters[key] = (
+                    self._encoder.encode(key, http2)
+                    if dns is None
+                    else self._encoder.encode_dns(key, dns, http2)
+                )
                 self._clusters_dirty = True
+            if dns is not None:
+                if self._endpoints.pop(key, None) is not None:
+                    self._endpoints_dirty = True
+                continue
             assignment = load_assignment_bytes(key, self._endpoint_bytes(backend))
             if self._endpoints.get(key) != assignment:
                 self._endpoints[key] = assignment

@@ -89,16 +89,19 @@ class ControlPlane:
     async def start(
         self,
         host: str = "127.0.0.1",
-        port: int = 0,
+        port: int | None = 0,
         *,
         credentials: grpc.ServerCredentials | None = None,
         services: Sequence[Callable[[grpc.aio.Server], None]] = (),
+        unix_socket: str | None = None,
     ) -> int:
-        """Serve xDS (and `services`) on host:port (0 = any free port), over TLS when
-        given server `credentials` (mutual TLS if they require client certificates);
-        returns the bound port."""
+        """Serve xDS (and `services`) on host:port (0 = any free port, None = no TCP),
+        over TLS when given server `credentials` (mutual TLS if they require client
+        certificates), and on `unix_socket` if given; returns the bound TCP port."""
         self.publish()
-        bound = await self.server.start(host, port, credentials=credentials, services=services)
+        bound = await self.server.start(
+            host, port, credentials=credentials, services=services, unix_socket=unix_socket
+        )
         self._task = asyncio.create_task(self._publisher(), name="wakegate-publisher")
         return bound
 

@@ -16,7 +16,11 @@ Knative semantics kept here:
   whole exchange. Envoy's per-try timeout is exactly that (it stops once response
   headers arrive), so it carries the timeout while the route timeout is disabled and
   long streams and websockets live on.
-- Retries only when the ingress asks for them.
+- Retries only when the ingress asks for them; a request that never reached an upstream
+  (the connection was refused or reset before the request went out) is always tried
+  again, on another endpoint when there is one (`previous_hosts`): a pod that has just
+  died stays in the endpoints until the runtime notices, and only the requests it was
+  handling may fail.
 
 Both plain-HTTP listeners share one route configuration, so a change is decoded and
 built once by Envoy. The internal listener marks every request with `INTERNAL_HEADER`
@@ -34,6 +38,8 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from google.protobuf import any_pb2
 
 from wakegate.ingress.model import Headers, Ingress, Path, Split
 from wakegate.xds.common import INTERNAL_HEADER, length_delimited
@@ -152,6 +158,18 @@ def weighted_clusters(splits: Iterable[Split], shared: Headers = ()) -> Fields:
 
 UNSENT_RETRY_ON = "connect-failure,refused-stream,reset-before-request"
 UNSENT_RETRIES = 2
+HOST_SELECTION_ATTEMPTS = 3
+"""Picks per retry that avoid the endpoints already tried; with one endpoint, the last
+pick is that endpoint again."""
+
+
+def _previous_hosts() -> Fields:
+    config = any_pb2.Any()
+    config.Pack(previous_hosts_pb2.PreviousHostsPredicate())
+    return {"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": config}
+
+
+_PREVIOUS_HOSTS = _previous_hosts()
 
 
 def retry_policy(path: Path, default_timeout_s: float) -> Fields | None:
@@ -167,6 +185,8 @@ def retry_policy(path: Path, default_timeout_s: float) -> Fields | None:
         # A request that never reached a pod (one that had just stopped) is always
         # safe to send again, whatever the ingress asked for.
         policy = {"num_retries": {"value": UNSENT_RETRIES}, "retry_on": UNSENT_RETRY_ON}
+    policy["retry_host_predicate"] = [_PREVIOUS_HOSTS]
+    policy["host_selection_retry_max_attempts"] = HOST_SELECTION_ATTEMPTS
     if timeout_s > 0:
         policy["per_try_timeout"] = _duration(timeout_s)
     return policy

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -70,12 +72,14 @@ class XdsServer:
     async def start(
         self,
         host: str = "127.0.0.1",
-        port: int = 0,
+        port: int | None = 0,
         *,
         credentials: grpc.ServerCredentials | None = None,
         services: Sequence[Callable[[grpc.aio.Server], None]] = (),
+        unix_socket: str | None = None,
     ) -> int:
-        """Listen on `host:port` (0 picks a free port); returns the bound port.
+        """Listen on `host:port` (0 picks a free port; None: no TCP) and on `unix_socket`
+        if given (plain gRPC, made 0600); returns the bound TCP port (0 without one).
 
         `services` add further gRPC services to the same server (and port).
         """
@@ -101,23 +105,36 @@ class XdsServer:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         for add_service in services:
             add_service(server)
-        address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
-        try:
-            if credentials is None:
-                bound = server.add_insecure_port(address)
-            else:
-                bound = server.add_secure_port(address, credentials)
-        except RuntimeError:
-            bound = 0
-        if not bound:
-            raise OSError(f"cannot listen for xDS on {address}: address in use or unavailable")
+        bound = 0
+        if port is not None:
+            address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+            try:
+                if credentials is None:
+                    bound = server.add_insecure_port(address)
+                else:
+                    bound = server.add_secure_port(address, credentials)
+            except RuntimeError:
+                bound = 0
+            if not bound:
+                raise OSError(f"cannot listen for xDS on {address}: address in use or unavailable")
+        if unix_socket is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(unix_socket)
+            try:
+                listening = server.add_insecure_port(f"unix:{unix_socket}")
+            except RuntimeError:
+                listening = 0
+            if not listening:
+                raise OSError(f"cannot listen for xDS on unix socket {unix_socket}")
         await server.start()
+        if unix_socket is not None:
+            os.chmod(unix_socket, 0o600)
         serving = health_pb2.HealthCheckResponse.SERVING
         await self._health.set("", serving)
         await self._health.set(ADS_SERVICE, serving)
         self._server = server
         self.port = bound
-        log.info("xDS server listening on %s:%d", host, bound)
+        log.info("xDS server listening on %s", f"{host}:{bound}" if bound else unix_socket)
         return bound
 
     async def stop(self, grace: float | None = None) -> None:

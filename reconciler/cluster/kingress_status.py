@@ -4,7 +4,8 @@ Pure functions, no I/O. The condition set is knative.dev/networking's IngressSta
 `NetworkConfigured` (the spec was translated into gateway config, every split naming
 an existing Service port), `LoadBalancerReady`
 (every gateway serves that config: each ready gateway pod answers its readiness probe,
-or without probes each gateway connected to this replica ACKed it) and `Ready`, their
+or without probes each gateway connected to this replica ACKed it; and the endpoints
+behind every split are known) and `Ready`, their
 conjunction, which takes its reason and message from the first False condition, else
 the first Unknown one. As in net-kourier, a served ingress gets the gateway Services'
 DNS names as `publicLoadBalancer` and `privateLoadBalancer`. `lastTransitionTime` only
@@ -82,8 +83,12 @@ class Observation:
     missing: tuple[str, ...] = ()
     """Splits of the latest valid generation whose Service, or its port, does not exist:
     one line each, naming the split (`spec.rules[0].http.paths[0].splits[1]: …`)."""
+    unknown: tuple[str, ...] = ()
+    """Splits of the latest valid generation whose endpoints are not known yet (no
+    EndpointSlice of their Service seen): one line each, as `missing`."""
     held_back: bool = False
-    """The latest valid generation is not handed to the gateways (because of `missing`);
+    """The latest valid generation is not handed to the gateways (because of `missing`
+    or `unknown`);
     `applied_generation`, if any, keeps serving. LoadBalancerReady is then Unknown, never
     True: a stored True for a generation means the gateways have it."""
 
@@ -119,10 +124,17 @@ def _network_configured(obs: Observation) -> dict[str, str]:
 
 def _load_balancer_ready(obs: Observation) -> dict[str, str]:
     if obs.held_back and obs.invalid is None:
-        message = f"{WAITING}: generation {obs.generation} waits for the Services it names"
+        if obs.unknown and not obs.missing:
+            why = f"waits for the endpoints of its splits: {'; '.join(obs.unknown)}"
+        else:
+            why = "waits for the Services it names"
+        message = f"{WAITING}: generation {obs.generation} {why}"
         return _condition(LOAD_BALANCER_READY, "Unknown", UNINITIALIZED, message)
     if obs.applied_generation is None:
         return _condition(LOAD_BALANCER_READY, "Unknown", UNINITIALIZED, WAITING)
+    if obs.unknown and obs.invalid is None:
+        message = f"{WAITING}: {'; '.join(obs.unknown)}"
+        return _condition(LOAD_BALANCER_READY, "Unknown", UNINITIALIZED, message)
     if obs.served:
         return _condition(LOAD_BALANCER_READY, "True")
     if obs.rejected:

@@ -12,6 +12,7 @@ from the same expired version, where an informer has to re-list.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import logging
 import os
@@ -27,6 +28,17 @@ from kubernetes.aio import config as kube_config
 from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("wakegate")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+USER_AGENT = f"wakegate/{_version()}"
+FIELD_MANAGER = "wakegate"
 
 Obj = dict[str, Any]
 T = TypeVar("T")
@@ -203,6 +215,7 @@ class KubeApi:
 
     def __init__(self, api_client: kube_client.ApiClient, *, timeout_s: float = 30.0) -> None:
         self.api_client = api_client
+        self.api_client.user_agent = USER_AGENT
         self.timeout_s = timeout_s
 
     @classmethod
@@ -227,7 +240,10 @@ class KubeApi:
         content_type: str = "application/json",
         timeout: aiohttp.ClientTimeout | None = None,
     ) -> aiohttp.ClientResponse:
-        params = [(k, v) for k, v in (query or {}).items() if v is not None]
+        query = dict(query or {})
+        if method in ("POST", "PUT", "PATCH"):
+            query.setdefault("fieldManager", FIELD_MANAGER)
+        params = [(k, v) for k, v in query.items() if v is not None]
         headers = {"Accept": "application/json", "Content-Type": content_type}
         serialized = await self.api_client.param_serialize(
             method=method,
@@ -335,9 +351,11 @@ class KubeApi:
         label_selector: str | None = None,
         field_selector: str | None = None,
         timeout_s: int = 300,
+        opened: Callable[[], None] | None = None,
     ) -> AsyncIterator[Obj]:
         """Watch events after `resource_version`, BOOKMARKs included, until the server
-        ends the stream. Raises `Gone` on 410 (HTTP or ERROR event), `ApiError` else."""
+        ends the stream. Raises `Gone` on 410 (HTTP or ERROR event), `ApiError` else.
+        `opened()` is called once the server accepted the watch."""
         response = await self._send(
             "GET",
             resource.path(namespace),
@@ -351,6 +369,8 @@ class KubeApi:
             },
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_s + 30),
         )
+        if opened is not None:
+            opened()
         try:
             async for line in response.content:
                 if not line.strip():
@@ -375,6 +395,13 @@ class Informer:
     `410 Gone` re-lists, and the difference between the store and the new list is
     reported as ADDED/MODIFIED/DELETED, so handlers only ever see a consistent stream.
     API errors are retried with exponential back-off.
+
+    The store is *current* (`synced` set) from a complete list for as long as a watch
+    continues it: a watch that ends or breaks makes it stale until the next watch
+    from where it stopped is accepted, or until a re-list after `410 Gone` completes.
+    `on_sync(current)` is called at each change, so that nothing is derived from a
+    store that may be missing changes (after an API server restart, say, each resource
+    re-lists on its own schedule).
     """
 
     def __init__(
@@ -389,6 +416,7 @@ class Informer:
         transform: Callable[[Obj], Obj] | None = None,
         backoff: Backoff | None = None,
         watch_timeout_s: int = 300,
+        on_sync: Callable[[bool], None] | None = None,
     ) -> None:
         self.api = api
         self.resource = resource
@@ -399,9 +427,11 @@ class Informer:
         self.transform = transform or (lambda obj: obj)
         self.backoff = backoff or Backoff()
         self.watch_timeout_s = watch_timeout_s
+        self.on_sync = on_sync
         self.store: dict[str, Obj] = {}
         self.resource_version = ""
         self.synced = asyncio.Event()
+        """Set while the store is current (see the class docstring)."""
         self.relists = 0
 
     @property
@@ -410,10 +440,26 @@ class Informer:
 
     async def run(self) -> None:
         """List, then watch for ever (until cancelled)."""
-        while True:
-            if not self.resource_version:
-                await self.backoff.call(f"list {self.name}", self._relist, retry_all=True)
-            await self.backoff.call(f"watch {self.name}", self._watch, retry_all=True)
+        try:
+            while True:
+                if not self.resource_version:
+                    await self.backoff.call(f"list {self.name}", self._relist, retry_all=True)
+                await self.backoff.call(f"watch {self.name}", self._watch, retry_all=True)
+        finally:
+            self._set_synced(False)
+
+    def _set_synced(self, current: bool) -> None:
+        if current == self.synced.is_set():
+            return
+        if current:
+            self.synced.set()
+        else:
+            self.synced.clear()
+        if self.on_sync is not None:
+            try:
+                self.on_sync(current)
+            except Exception:
+                log.exception("sync callback for %s failed", self.name)
 
     async def _relist(self) -> None:
         try:
@@ -440,7 +486,7 @@ class Informer:
             elif _version(before) != _version(obj) or not _version(obj):
                 self._emit("MODIFIED", obj)
         self.resource_version = version
-        self.synced.set()
+        self._set_synced(True)
 
     async def _watch(self) -> None:
         received = False
@@ -452,13 +498,17 @@ class Informer:
                 label_selector=self.label_selector,
                 field_selector=self.field_selector,
                 timeout_s=self.watch_timeout_s,
+                opened=lambda: self._set_synced(True),
             ):
                 received = True
                 self._apply(event)
+            self._set_synced(False)
         except Gone:
             log.info("watch of %s expired (410 Gone); re-listing", self.name)
+            self._set_synced(False)
             self.resource_version = ""
         except ApiError:
+            self._set_synced(False)
             API_ERRORS.labels(resource=self.name).inc()
             if not received:
                 raise

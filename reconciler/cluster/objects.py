@@ -7,9 +7,16 @@ Objects are kept trimmed to what routing reads. Endpoints of a split's backend
 - an SKS in mode Proxy, or in Serve with no ready pod → the activator's ready
   addresses, port 8012 (HTTP/1) or 8013 (h2c), the ports Knative's activator serves;
 - no SKS → the Service's own ready EndpointSlice addresses, on the slice port named
-  like the Service port (so a named or numbered targetPort resolves per pod).
+  like the Service port (so a named or numbered targetPort resolves per pod);
+- a Service of `type: ExternalName` → its `externalName` on the Service port, which
+  the gateways resolve by DNS (net-kourier's LOGICAL_DNS cluster). Knative's
+  DomainMapping and the host-rewrite conformance case send splits to such Services.
 The upstream speaks h2c when the Service port is named `h2c`/`grpc`, has
 appProtocol `kubernetes.io/h2c`, or the SKS's protocolType is `h2c`.
+
+The endpoints are *unknown* while no EndpointSlice of the Service they come from
+(the split's own, the SKS's private one, or the activator's) has been seen: an empty
+endpoint set would then say "no pod" where the truth is "not read yet".
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ ACTIVATOR_SERVICE = "knative-serving/activator-service"
 ACTIVATOR_HTTP1_PORT = 8012
 ACTIVATOR_H2C_PORT = 8013
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+EXTERNAL_NAME = "ExternalName"
 TLS_SECRET_TYPE = "kubernetes.io/tls"
 
 
@@ -53,7 +61,12 @@ def trim_ingress(obj: Obj) -> Obj:
 
 
 def trim_service(obj: Obj) -> Obj:
-    return {"metadata": _meta(obj), "spec": {"ports": (obj.get("spec") or {}).get("ports") or []}}
+    spec = obj.get("spec") or {}
+    trimmed: Obj = {"ports": spec.get("ports") or []}
+    if spec.get("type") == EXTERNAL_NAME:
+        trimmed["type"] = EXTERNAL_NAME
+        trimmed["externalName"] = str(spec.get("externalName") or "")
+    return {"metadata": _meta(obj), "spec": trimmed}
 
 
 def trim_slice(obj: Obj) -> Obj:
@@ -203,17 +216,33 @@ class ClusterObjects:
         if find_port(service, ref.port) is None:
             port = ref.port if isinstance(ref.port, int) else f"named {ref.port!r}"
             return f"service {ref.namespace}/{ref.name} has no port {port}"
+        spec = service.get("spec") or {}
+        if spec.get("type") == EXTERNAL_NAME and not spec.get("externalName"):
+            return f"service {ref.namespace}/{ref.name} is an ExternalName without externalName"
         return None
 
-    def resolve(self, ref: BackendRef) -> tuple[Backend | None, frozenset[str]]:
-        """Where `ref`'s traffic goes now, and the object keys that decided it."""
+    def _unknown(self, service: str) -> str | None:
+        if self.slices.get(service):
+            return None
+        return f"the endpoints of service {service} are not known yet (no EndpointSlice)"
+
+    def resolve(self, ref: BackendRef) -> Resolution:
+        """Where `ref`'s traffic goes now, the object keys that decided it, and whether
+        its endpoints are known."""
         key = f"{ref.namespace}/{ref.name}"
         deps = {key}
-        public = find_port(self.services.get(key), ref.port)
-        sks = self.sks.get(key)
+        service = self.services.get(key)
+        public = find_port(service, ref.port)
         http2 = (public is not None and public.http2) or (
             isinstance(ref.port, str) and ref.port in H2C_PORT_NAMES
         )
+        spec = (service or {}).get("spec") or {}
+        if spec.get("type") == EXTERNAL_NAME:
+            if public is None or not spec.get("externalName"):
+                return Resolution(None, frozenset(deps))
+            target = Endpoint(str(spec["externalName"]), public.port)
+            return Resolution(Backend((target,), http2, dns=True), frozenset(deps))
+        sks = self.sks.get(key)
         if sks is not None:
             http2 = http2 or (sks.get("spec") or {}).get("protocolType") == "h2c"
             queue_port = ACTIVATOR_H2C_PORT if http2 else ACTIVATOR_HTTP1_PORT
@@ -232,15 +261,29 @@ class ClusterObjects:
                     fallback_port=queue_port,
                 )
                 if endpoints:
-                    return Backend(endpoints, http2), frozenset(deps)
+                    return Resolution(Backend(endpoints, http2), frozenset(deps))
             deps.add(self.activator)
             endpoints = ready_endpoints(self._slices(self.activator), fixed_port=queue_port)
-            return Backend(endpoints, http2), frozenset(deps)
+            return Resolution(
+                Backend(endpoints, http2), frozenset(deps), self._unknown(self.activator)
+            )
         if public is None:
-            return None, frozenset(deps)
+            return Resolution(None, frozenset(deps))
         target = public.target if isinstance(public.target, int) else None
         endpoints = ready_endpoints(self._slices(key), port_name=public.name, fallback_port=target)
-        return Backend(endpoints, http2), frozenset(deps)
+        return Resolution(Backend(endpoints, http2), frozenset(deps), self._unknown(key))
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """A split's backend as resolved from the objects seen."""
+
+    backend: Backend | None
+    """None when its Service (or port) does not exist."""
+    deps: frozenset[str]
+    """The keys of the objects that decided it."""
+    unknown: str | None = None
+    """Why its endpoints are not known yet, if they are not."""
 
 
 def backend_refs(ingress: Ingress | None) -> set[BackendRef]:
@@ -268,6 +311,21 @@ def missing_backends(ingress: Ingress, objects: ClusterObjects) -> tuple[str, ..
     return tuple(found)
 
 
+def unknown_backends(ingress: Ingress, objects: ClusterObjects) -> tuple[str, ...]:
+    """One line per split of `ingress` whose Service exists but whose endpoints are not
+    known yet, naming the split by its place in the KIngress spec."""
+    found = []
+    for i, rule in enumerate(ingress.rules):
+        for j, path in enumerate(rule.paths):
+            for k, split in enumerate(path.splits):
+                if objects.missing(split.backend) is not None:
+                    continue
+                unknown = objects.resolve(split.backend).unknown
+                if unknown is not None:
+                    found.append(f"spec.rules[{i}].http.paths[{j}].splits[{k}]: {unknown}")
+    return tuple(found)
+
+
 @dataclass
 class IngressBook:
     """What the reconciler made of each KIngress of our class, keyed namespace/name;
@@ -278,7 +336,8 @@ class IngressBook:
     latest: dict[str, Ingress] = field(default_factory=dict)
     """The latest valid generation, applied once the Services it names exist."""
     held_back: set[str] = field(default_factory=set)
-    """Keys whose latest valid generation waits for the Services it names."""
+    """Keys whose latest valid generation waits for the Services it names, or for their
+    endpoints to be known."""
     applied: dict[str, Ingress] = field(default_factory=dict)
     """The generation handed to the control plane."""
     applied_at: dict[str, float] = field(default_factory=dict)

@@ -4,8 +4,18 @@ Informers keep local copies of the KIngress of our class, the Services, Endpoint
 and ServerlessServices (SKS) they lead to, and the TLS Secrets (`objects`). Level-triggered:
 each change re-derives only what depends on it (an index maps every object to the backends
 whose endpoints were read from it) and sets the result in the ControlPlane, which
-publishes whole snapshots. Nothing is pushed before every informer has listed once,
-so a restarted controller never serves gateways a half-known state.
+publishes whole snapshots. Nothing is pushed, and no status written, unless every
+informer's store is current (listed, and its watch running since): not before every
+informer has listed once, so a restarted controller never serves gateways a half-known
+state, and not after an API server restart until every resource has re-listed or
+resumed its watch, each on its own schedule. Changes seen meanwhile wait, and go out
+together once all are current.
+
+A split is Ready only once the endpoints behind it are known: an EndpointSlice of the
+Service whose addresses it takes was seen (or the Service is an ExternalName, which
+the gateways resolve by DNS). Until then its generation is held back as for a missing
+Service, with LoadBalancerReady Unknown, as net-kourier skips an ingress whose
+EndpointSlices are not there yet.
 
 An invalid KIngress is not applied: the previous valid generation keeps serving and
 the status says why. Status is written by `status.StatusWriter`, only while
@@ -78,6 +88,7 @@ from wakegate.reconciler.cluster.objects import (
     trim_service,
     trim_sks,
     trim_slice,
+    unknown_backends,
 )
 from wakegate.reconciler.cluster.status import StatusWriter
 from wakegate.xds.controlplane import ControlPlane
@@ -126,8 +137,9 @@ class ClusterReconciler:
         self._ref_users: dict[str, set[str]] = {}
         """Backend key → the ingress keys whose applied or latest generation names it."""
         self._refs: dict[str, BackendRef] = {}
-        self._ref_problems: dict[str, str] = {}
-        """Backend key → why it names no Service port, as last resolved."""
+        self._ref_problems: dict[str, tuple[str | None, str | None]] = {}
+        """Backend key → why it names no Service port, and why its endpoints are not
+        known, as last resolved (None, None when neither)."""
         self._tracked: dict[str, tuple[frozenset[BackendRef], frozenset[str]]] = {}
         """Ingress key → the backends and secrets registered for it."""
         self._deps: dict[str, frozenset[str]] = {}
@@ -149,6 +161,7 @@ class ClusterReconciler:
             self.objects,
             load_balancers=load_balancers,
             may_write_status=may_write_status,
+            current=self.current,
             backoff=self.backoff,
             ack_poll_s=ack_poll_s,
             concurrency=status_concurrency,
@@ -168,6 +181,7 @@ class ClusterReconciler:
                 transform=transform,
                 backoff=self.backoff,
                 watch_timeout_s=watch_timeout_s,
+                on_sync=self._on_sync,
                 **kw,
             )
 
@@ -190,7 +204,7 @@ class ClusterReconciler:
         before any status is written; it is where the ControlPlane gets started, if
         it is not running yet (statuses wait for its snapshots)."""
         tasks = [asyncio.create_task(i.run(), name=f"informer-{i.name}") for i in self.informers]
-        listed = asyncio.gather(*(i.synced.wait() for i in self.informers))
+        listed = asyncio.ensure_future(self._all_current())
         try:
             await asyncio.wait([*tasks, listed], return_when=asyncio.FIRST_COMPLETED)
             for task in tasks:
@@ -224,6 +238,26 @@ class ClusterReconciler:
             self.ingress_class,
             len(self.book.invalid),
         )
+
+    async def _all_current(self) -> None:
+        """Until every informer has listed and none is stale."""
+        while not self.current():
+            await asyncio.gather(*(i.synced.wait() for i in self.informers))
+
+    def current(self) -> bool:
+        """Whether every informer's store is current (see the module docstring)."""
+        return all(informer.synced.is_set() for informer in self.informers)
+
+    def _on_sync(self, current: bool) -> None:
+        if not self._live:
+            return
+        if not current:
+            stale = [i.name for i in self.informers if not i.synced.is_set()]
+            log.info("%s not current: changes wait", ", ".join(stale))
+        elif self.current():
+            log.info("every source is current again")
+            self._push()
+            self.status.wake()
 
     def resync_status(self) -> None:
         """Re-check every status (on gaining leadership)."""
@@ -274,9 +308,9 @@ class ClusterReconciler:
         if latest is None or latest == self.book.applied.get(key):
             self.book.held_back.discard(key)
             return
-        if missing_backends(latest, self.objects) and not reported_served(
-            self.book.stored.get(key), latest.generation
-        ):
+        if (
+            missing_backends(latest, self.objects) or unknown_backends(latest, self.objects)
+        ) and not reported_served(self.book.stored.get(key), latest.generation):
             self.book.held_back.add(key)
             return
         self.book.held_back.discard(key)
@@ -401,7 +435,7 @@ class ClusterReconciler:
     # --- into the control plane ---------------------------------------------------------
 
     def _push(self) -> None:
-        if not self._live:
+        if not self._live or not self.current():
             return
         changed = False
         while self._dirty_refs or self._dirty_latest or self._dirty_ingresses or self._dirty_certs:
@@ -425,15 +459,15 @@ class ClusterReconciler:
             ref = self._refs.get(ref_key)
             if ref is None:
                 continue
-            backend, deps = self.objects.resolve(ref)
-            self._depend(ref_key, deps)
-            if backend is None:
+            resolved = self.objects.resolve(ref)
+            self._depend(ref_key, resolved.deps)
+            if resolved.backend is None:
                 self.cp.delete_backend(ref_key)
             else:
-                self.cp.set_backend(ref_key, backend)
-            problem = self.objects.missing(ref)
-            if problem != self._ref_problems.get(ref_key):
-                if problem is None:
+                self.cp.set_backend(ref_key, resolved.backend)
+            problem = (self.objects.missing(ref), resolved.unknown)
+            if problem != self._ref_problems.get(ref_key, (None, None)):
+                if problem == (None, None):
                     del self._ref_problems[ref_key]
                 else:
                     self._ref_problems[ref_key] = problem

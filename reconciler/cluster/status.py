@@ -10,8 +10,9 @@ the stored status already reports LoadBalancerReady (written by an earlier leade
 as served, so a new leader or a restarted one does not flip Ready while it re-learns.
 
 The writer reads what the reconciler made of each KIngress (`IngressBook`) and writes
-only while `may_write_status()` (the leader), a bounded number of writes at a time,
-skipping writes that would change nothing.
+only while `may_write_status()` (the leader) and while `current()` (every cache the
+reconciler reads is current; writes due meanwhile wait), a bounded number of writes at
+a time, skipping writes that would change nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ from wakegate.reconciler.cluster.kingress_status import (
     same_status,
 )
 from wakegate.reconciler.cluster.kubernetes import KINGRESSES, ApiError, Backoff, KubeApi
-from wakegate.reconciler.cluster.objects import ClusterObjects, IngressBook, missing_backends
+from wakegate.reconciler.cluster.objects import (
+    ClusterObjects,
+    IngressBook,
+    missing_backends,
+    unknown_backends,
+)
 from wakegate.xds.controlplane import ControlPlane
 from wakegate.xds.resources import SHORT_NAMES
 from wakegate.xds.status import NodeStatus
@@ -71,6 +77,7 @@ class StatusWriter:
         *,
         load_balancers: LoadBalancers,
         may_write_status: Callable[[], bool],
+        current: Callable[[], bool] = lambda: True,
         backoff: Backoff,
         ack_poll_s: float,
         concurrency: int,
@@ -83,6 +90,7 @@ class StatusWriter:
         self.objects = objects
         self.load_balancers = load_balancers
         self.may_write_status = may_write_status
+        self.current = current
         self.backoff = backoff
         self.ack_poll_s = ack_poll_s
         self.gateway_service = gateway_service
@@ -198,6 +206,7 @@ class StatusWriter:
                 waiting = "no gateway is connected"
         latest = self.book.latest.get(key)
         missing = missing_backends(latest, self.objects) if latest is not None else ()
+        unknown = unknown_backends(latest, self.objects) if latest is not None else ()
         return Observation(
             generation=generation,
             invalid=self.book.invalid.get(key),
@@ -207,6 +216,7 @@ class StatusWriter:
             rejected=rejected,
             waiting=waiting,
             missing=missing,
+            unknown=unknown,
             held_back=key in self.book.held_back,
         )
 
@@ -233,6 +243,8 @@ class StatusWriter:
         if not self.may_write_status():
             self._dirty.clear()
             return
+        if not self.current():
+            return
         keys, self._dirty = self._dirty, set()
         await asyncio.gather(*(self._write(key) for key in sorted(keys)))
 
@@ -248,6 +260,9 @@ class StatusWriter:
         writes = Backoff(self.backoff.initial_s, self.backoff.max_s, attempts=3)
         async with self._limit:
             if not self.may_write_status():
+                return
+            if not self.current():
+                self._dirty.add(key)
                 return
             try:
                 updated = await writes.call(

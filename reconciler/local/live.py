@@ -66,14 +66,17 @@ class LiveState:
         serving: LocalServing | None,
         *,
         gateway_admin: str | None = None,
+        gateway_admin_socket: str | None = None,
         activator: str | None = None,
         interval_s: float = 1.0,
         keep_s: float = 600.0,
     ) -> None:
-        """`gateway_admin` is the Envoy admin URL, `activator` the activator's base URL."""
+        """`gateway_admin` is the Envoy admin URL (reached through the unix socket
+        `gateway_admin_socket` when given), `activator` the activator's base URL."""
         self.cp = control_plane
         self.serving = serving
         self.gateway_admin = gateway_admin
+        self.gateway_admin_socket = gateway_admin_socket
         self.activator = activator
         self.interval_s = interval_s
         self.timeline = Timeline(keep_s)
@@ -83,12 +86,17 @@ class LiveState:
         self._last_tick: float | None = None
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._session: aiohttp.ClientSession | None = None
+        self._admin_session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
 
     # --- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
+        timeout = aiohttp.ClientTimeout(total=2)
+        self._session = aiohttp.ClientSession(timeout=timeout)
+        if self.gateway_admin_socket is not None:
+            connector = aiohttp.UnixConnector(path=self.gateway_admin_socket)
+            self._admin_session = aiohttp.ClientSession(connector=connector, timeout=timeout)
         self._task = asyncio.create_task(self._run(), name="wakegate-live")
 
     async def stop(self) -> None:
@@ -99,8 +107,9 @@ class LiveState:
                 await self._task
         for queue in list(self._subscribers):
             self._end(queue)
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._admin_session):
+            if session is not None:
+                await session.close()
 
     @contextlib.contextmanager
     def subscribe(self) -> Iterator[asyncio.Queue[dict[str, Any] | None]]:
@@ -128,11 +137,12 @@ class LiveState:
                 log.exception("live view sample failed")
             await asyncio.sleep(self.interval_s)
 
-    async def _get(self, url: str) -> str | None:
-        if self._session is None or self._session.closed:
+    async def _get(self, url: str, *, admin: bool = False) -> str | None:
+        session = self._admin_session if admin and self._admin_session else self._session
+        if session is None or session.closed:
             return None
         try:
-            async with self._session.get(url) as resp:
+            async with session.get(url) as resp:
                 return await resp.text() if resp.status == 200 else None
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.debug("GET %s: %s", url, exc)
@@ -143,7 +153,7 @@ class LiveState:
         no admin or does not answer."""
         if self.gateway_admin is None:
             return None
-        text = await self._get(self.gateway_admin + "/config_dump?include_eds")
+        text = await self._get(self.gateway_admin + "/config_dump?include_eds", admin=True)
         try:
             return json.loads(text) if text else None
         except ValueError:
@@ -160,7 +170,7 @@ class LiveState:
         counters; None until there are two readings to compare."""
         if self.gateway_admin is None:
             return None
-        text = await self._get(self.gateway_admin + RQ_TOTAL_PATH)
+        text = await self._get(self.gateway_admin + RQ_TOTAL_PATH, admin=True)
         if text is None:
             return None
         totals = parse_request_totals(text)

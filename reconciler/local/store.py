@@ -5,6 +5,9 @@ status as the JSON the reconciler last wrote. Every method is one transaction of
 own, or a part of the caller's `transaction()`, so an apply that creates a revision and
 stores the service commits both or neither.
 
+The database is owner-only (0600); SQLite gives its -wal and -shm files the mode of the
+database file.
+
 WAL mode with `synchronous=NORMAL`: a committed transaction survives the process
 crashing; only a power loss can take the last ones back. Calls take well under a
 millisecond, but they block: keep them off request paths (`asyncio.to_thread` is fine,
@@ -96,12 +99,22 @@ def _service_key(manifest: Mapping[str, Any]) -> tuple[str, str]:
     return str(namespace), name
 
 
+def _owner_only(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (with the umask's mode), and
+    take group and other access from the files of an existing one."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(name, 0o600)
+
+
 class Store:
     """The SQLite store; `Store.in_dir(data_dir)` opens `<data_dir>/wakegate.db`."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _owner_only(self.path)
         self._lock = threading.RLock()
         self._depth = 0
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)

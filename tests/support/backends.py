@@ -17,6 +17,7 @@ import json
 import signal
 import socket
 import sys
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -379,38 +380,77 @@ async def grpc_ping_stream(
         return replies
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One request of a prober: when it was sent and answered (time.monotonic()), and
+    whether the answer was as expected (`what` says what it was otherwise)."""
+
+    sent: float
+    answered: float
+    ok: bool
+    what: str = ""
+
+
 @dataclass
 class Probes:
     """What background probers saw: answers as expected, and everything else."""
 
     served: int = 0
     failures: list[str] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+    refused: list[float] = field(default_factory=list)
+    """When connections were refused, with `retry_refused` (not counted as attempts)."""
 
     def summary(self) -> str:
         total = self.served + len(self.failures)
         return f"{len(self.failures)} of {total} failed: {self.failures[:5]}"
 
 
+def _refused(exc: BaseException) -> bool:
+    return isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
+        exc.os_error, ConnectionRefusedError
+    )
+
+
 @contextlib.asynccontextmanager
 async def probing(
-    url: str, host: str, expected: Callable[[int, Any], bool], *, workers: int = 4
+    url: str,
+    host: str,
+    expected: Callable[[int, Any], bool],
+    *,
+    workers: int = 4,
+    retry_refused: bool = False,
 ) -> AsyncIterator[Probes]:
     """`workers` clients requesting `url` (Host `host`) back to back until the block
-    ends; an answer `expected(status, body)` rejects, or a transport error, is a failure."""
+    ends; an answer `expected(status, body)` rejects, or a transport error, is a failure.
+    With `retry_refused`, a refused connection (nothing was sent) is noted in
+    `refused` and the request sent again 10 ms later, as a client would."""
     probes = Probes()
     stop = asyncio.Event()
 
+    def note(sent: float, ok: bool, what: str = "") -> None:
+        probes.attempts.append(Attempt(sent, time.monotonic(), ok, what))
+        if ok:
+            probes.served += 1
+        else:
+            probes.failures.append(what)
+
     async def prober(session: aiohttp.ClientSession) -> None:
         while not stop.is_set():
+            sent = time.monotonic()
             try:
                 status, body, _ = await get(url, host=host, session=session)
             except Exception as exc:  # a dropped connection is a failed request too
-                probes.failures.append(repr(exc))
+                if retry_refused and _refused(exc):
+                    probes.refused.append(time.monotonic())
+                    await asyncio.sleep(0.01)
+                else:
+                    note(sent, False, repr(exc))
                 continue
             if expected(status, body):
-                probes.served += 1
+                note(sent, True)
             else:
-                probes.failures.append(f"{status} {body!r}"[:200])
+                note(sent, False, f"{status} {body!r}"[:200])
 
     async with aiohttp.ClientSession() as session:
         tasks = [asyncio.create_task(prober(session)) for _ in range(workers)]

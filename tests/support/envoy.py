@@ -4,7 +4,7 @@ async with xds_control_plane() as cp:
     cp.set("gateway", resources)                     # a new snapshot, versions auto
     async with running_envoy(cp.port, node_cluster="gateway") as envoy:
         await cp.push("gateway", newer_resources)    # set + wait until ACKed
-        print(envoy.admin_port, envoy.log())
+        print(await envoy.admin_get("/ready"), envoy.log())
 """
 
 from __future__ import annotations
@@ -82,13 +82,10 @@ class RunningEnvoy:
     node_cluster: str
 
     @property
-    def admin_port(self) -> int:
-        assert self.gateway.admin_port is not None
-        return self.gateway.admin_port
-
-    @property
-    def admin_url(self) -> str:
-        return self.gateway.admin_url
+    def admin_socket(self) -> Path:
+        """Envoy's admin interface: a unix socket (0600) in the gateway's workdir."""
+        assert self.gateway.admin_socket is not None
+        return self.gateway.admin_socket
 
     @property
     def log_path(self) -> Path:
@@ -135,21 +132,22 @@ async def running_envoy(
 
     With `wait_live=True` (the default) the group should already have a snapshot
     with its listeners and clusters: Envoy only reports LIVE once they arrived.
+    Admin listens on a unix socket in the gateway's temporary workdir, as in the stack.
     On an error inside the block the tail of Envoy's log goes to stderr.
     """
     node_id = node_id or f"envoy-{uuid.uuid4().hex[:8]}"
+    workdir = Path(tempfile.mkdtemp(prefix="wakegate-envoy-"))
     bootstrap = build_bootstrap(
         node_id=node_id,
         node_cluster=node_cluster,
         xds_host=xds_host,
         xds_port=xds_port,
-        admin_port=0,
+        admin_socket=str(workdir / "admin.sock"),
         delta=delta,
         **bootstrap_kwargs,
     )
     if bootstrap_overrides:
         bootstrap.update(bootstrap_overrides)
-    workdir = Path(tempfile.mkdtemp(prefix="wakegate-envoy-"))
     gateway = EnvoyGateway(
         bootstrap,
         workdir,
