@@ -27,13 +27,19 @@ pytestmark = pytest.mark.envoy
 
 
 class Up:
-    def __init__(self, api_port: int, workdir: Path) -> None:
+    def __init__(self, api_port: int, data_dir: Path, workdir: Path) -> None:
         self.api_port = api_port
+        self.data_dir = data_dir
         self.workdir = workdir
+
+    @property
+    def stack(self) -> list[str]:
+        """Where the running stack is: its API port and (for its token) data dir."""
+        return ["--api-port", str(self.api_port), "--data-dir", str(self.data_dir)]
 
     def run(self, *words: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*WAKEGATE, *words, "--api-port", str(self.api_port)],
+            [*WAKEGATE, *words, *self.stack],
             capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip
 
@@ -42,7 +48,7 @@ class Up:
 
     async def start(self, *words: str) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
-            *WAKEGATE, *words, "--api-port", str(self.api_port), stdout=asyncio.subprocess.PIPE
+            *WAKEGATE, *words, *self.stack, stdout=asyncio.subprocess.PIPE
         )
 
     def manifest(self, doc: dict) -> Path:
@@ -58,7 +64,7 @@ async def up(tmp_path: Path) -> AsyncIterator[Up]:
         *WAKEGATE, "up", "-f", str(EXAMPLE / "helloworld-go.yaml"),
         "--data-dir", str(tmp_path / "data"), "--port", str(free_port()),
         "--internal-port", str(free_port()), "--tls-port", str(free_port()),
-        "--admin-port", "0", "--xds-port", "0", "--api-port", str(api_port),
+        "--api-port", str(api_port),
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -73,7 +79,7 @@ async def up(tmp_path: Path) -> AsyncIterator[Up]:
         workdir.mkdir()
         for name in ("app.py",):
             (workdir / name).write_text((EXAMPLE / name).read_text())
-        yield Up(api_port, workdir)
+        yield Up(api_port, tmp_path / "data", workdir)
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
@@ -182,7 +188,7 @@ async def test_logs_follow_get_watch_and_apply_progress(up: Up) -> None:
         container = doc["spec"]["template"]["spec"]["containers"][0]
         container["readinessProbe"] = {"tcpSocket": {}, "initialDelaySeconds": 1}
         changed = up.manifest(doc)
-        words = [*WAKEGATE, "apply", "-f", str(changed), "--wait", "--api-port", str(up.api_port)]
+        words = [*WAKEGATE, "apply", "-f", str(changed), "--wait", *up.stack]
         code, shown = await asyncio.to_thread(_run_on_a_terminal, words)
         assert code == 0, shown
         assert "pods ready" in shown and "gateways serving" in shown, shown

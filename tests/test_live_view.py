@@ -141,7 +141,12 @@ async def test_the_view_only_reads_and_fetches_nothing_from_elsewhere(client: Cl
                 assert "http://" not in await resp.text() or asset.endswith(".js")
         async with session.get(client.api + "/ui/../api.py") as resp:
             assert resp.status == 404
+        # Nothing changes state there: a POST without the stack's token is refused
+        # before any route, and with it the page has no POST to offer.
         async with session.post(client.api + "/") as resp:
+            assert resp.status == 401
+        token = {"Authorization": f"Bearer {client.stack.api_token}"}
+        async with session.post(client.api + "/", headers=token) as resp:
             assert resp.status == 405
         # The stack's /metrics carries the activator's cold-start metrics after its own.
         async with session.get(client.api + "/metrics") as resp:

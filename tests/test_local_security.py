@@ -56,6 +56,11 @@ class Up:
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
+    def api(self, path: str) -> Any:
+        """A GET of the API's own (flat) listing, which carries pids and autoscaler state."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.api_port}{path}", timeout=30) as r:
+            return json.loads(r.read())
+
     def processes(self) -> dict[str, Any]:
         return dict(self.json("status")["processes"])
 
@@ -111,7 +116,7 @@ def listening_tcp_ports(pid: int) -> set[int]:
 
 
 def test_a_pod_gets_what_a_container_would_not_the_stacks_environment(up: Up) -> None:
-    [pod] = up.json("get", "pods", "-o", "json")
+    [pod] = up.api("/v1/pods")
     env = environ_of(pod["pid"])
     assert SECRET_NAME not in env
     assert env["DECLARED"] == "by the container" and env["TARGET"] == "World"
@@ -144,15 +149,19 @@ def test_everything_in_the_data_dir_is_owner_only(up: Up) -> None:
 
 async def test_xds_and_the_gateways_admin_are_on_unix_sockets_only(up: Up) -> None:
     """Over TCP the stack itself listens for its API and (for the gateway) its
-    activator; xDS, which carries TLS keys, is on a 0600 socket in the data dir."""
+    activator's HTTP/1.1 and h2c sockets; xDS, which carries TLS keys, is on a 0600
+    socket in the data dir."""
     processes = up.processes()
-    activator_port = int(processes["activator"]["address"].rpartition(":")[2])
-    assert listening_tcp_ports(up.proc.pid) == {up.api_port, activator_port}
+    activator = processes["activator"]
+    activator_ports = {int(activator[key].rpartition(":")[2]) for key in ("address", "h2cAddress")}
+    assert listening_tcp_ports(up.proc.pid) == {up.api_port, *activator_ports}
     assert stat.S_IMODE((up.data / "xds.sock").stat().st_mode) == 0o600
     gateway = processes["gateway"]
     assert gateway["live"] is True and gateway["admin"] == f"unix:{up.data}/gateway/admin.sock"
-    # Envoy listens on TCP for the routed traffic only (TLS once a Secret is applied).
-    assert listening_tcp_ports(gateway["pid"]) <= {up.port, up.internal_port, up.tls_port}
+    # Envoy listens on TCP for the routed traffic only (TLS once a Secret is applied),
+    # and on loopback for its gate (per-pod containerConcurrency).
+    gate = int(gateway["gate"].rpartition(":")[2])
+    assert listening_tcp_ports(gateway["pid"]) <= {up.port, up.internal_port, up.tls_port, gate}
     assert up.port in listening_tcp_ports(gateway["pid"])
     connector = aiohttp.UnixConnector(path=str(up.data / "gateway/admin.sock"))
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -172,21 +181,22 @@ def test_the_cli_changes_state_with_the_token_only(up: Up, tmp_path: Path) -> No
     with pytest.raises(urllib.error.HTTPError) as refusal:
         urllib.request.urlopen(request, timeout=30)
     assert refusal.value.code == 401
-    assert [s["name"] for s in up.json("get", "ksvc", "-o", "json")] == ["helloworld-go"]
+    services = up.json("get", "ksvc", "-o", "json")["items"]
+    assert [s["metadata"]["name"] for s in services] == ["helloworld-go"]
 
     applied = up.cli("apply", "-f", str(up.manifest))
     assert applied.returncode == 0, applied.stderr
     assert "service.serving.knative.dev/default/helloworld-go applied" in applied.stdout
     deleted = up.cli("delete", "ksvc", "helloworld-go")
     assert deleted.returncode == 0, deleted.stderr
-    assert up.json("get", "ksvc", "-o", "json") == []
+    assert up.json("get", "ksvc", "-o", "json")["items"] == []
 
 
 async def test_a_killed_activator_is_restarted_and_requests_meanwhile_are_held(up: Up) -> None:
     """The revision is behind the activator (its spare capacity is below the burst
     capacity, Knative's default 211). Requests sent right after the activator is killed
     wait for the new one instead of failing."""
-    [revision] = up.json("get", "revisions", "-o", "json")
+    [revision] = up.api("/v1/revisions")
     assert revision["autoscaler"]["mode"] == "proxy", revision
     before = up.processes()["activator"]
     assert before["running"] and before["restarts"] == 0

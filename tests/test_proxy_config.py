@@ -4,12 +4,12 @@ own config dump, through the local stack's API and the CLI."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -49,10 +49,7 @@ def states(items: list[dict[str, Any]]) -> dict[str, str]:
 
 async def dump(client: Client) -> dict[str, Any]:
     assert client.stack.gateway is not None
-    async with aiohttp.ClientSession() as session:
-        url = client.stack.gateway.admin_url + "/config_dump?include_eds"
-        async with session.get(url) as resp:
-            return dict(await resp.json())
+    return dict(json.loads(await client.stack.gateway.admin_get("/config_dump?include_eds")))
 
 
 def resources(client: Client) -> Any:

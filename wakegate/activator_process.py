@@ -102,6 +102,7 @@ class ActivatorProcess:
             "running": self.running,
             "pid": self.pid,
             "address": f"{self.host}:{self.port}",
+            "h2cAddress": f"{self.host}:{self.h2c_port}",
             "restarts": self.restarts,
             "startedAt": self.started_at.isoformat() if self.started_at else None,
             "lastExit": self.last_exit,

@@ -205,6 +205,7 @@ class LocalStack:
                 "pid": gateway.pid,
                 "live": await gateway.is_live(),
                 "admin": gateway.admin_address,
+                "gate": f"127.0.0.1:{self.gate_port}",
                 "restarts": gateway.restarts,
                 "lastExit": gateway.last_exit,
             }
