@@ -94,6 +94,8 @@ class PodStatus:
     started_at: datetime | None
     reason: str
     log_path: str
+    last_exit: str = ""
+    """How the process last ended on its own (Kubernetes' `lastState.terminated`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -109,6 +111,7 @@ class PodStatus:
             "startedAt": self.started_at.isoformat() if self.started_at else None,
             "reason": self.reason,
             "logPath": self.log_path,
+            "lastExit": self.last_exit,
         }
 
 
@@ -155,6 +158,7 @@ class Pod:
         self.on_change = on_change
         self.phase = PodPhase.PENDING
         self.reason = ""
+        self.last_exit = ""
         self.restarts = 0
         self.port: int | None = None
         self.started_at: datetime | None = None
@@ -204,6 +208,7 @@ class Pod:
             started_at=self.started_at,
             reason=self.reason,
             log_path=str(self.log_path),
+            last_exit=self.last_exit,
         )
 
     def environment(self, port: int) -> dict[str, str]:
@@ -382,6 +387,7 @@ class Pod:
         if last:
             reason = f"{reason}: {last}"
         log.warning("pod %s %s", self.name, reason)
+        self.last_exit = reason
         self._set_phase(PodPhase.FAILED, reason)
         return reason
 

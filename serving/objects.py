@@ -23,6 +23,7 @@ from wakegate.serving.conditions import (
     ROUTES_READY,
     Condition,
     ConditionStatus,
+    condition_of,
     ready_condition,
     rfc3339,
 )
@@ -94,13 +95,6 @@ def service_object(
     }
 
 
-def _condition(status: Mapping[str, Any], kind: str) -> dict[str, Any]:
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == kind:
-            return dict(condition)
-    return {}
-
-
 def route_object(
     service: Service,
     status: Mapping[str, Any],
@@ -114,7 +108,7 @@ def route_object(
     unless RoutesReady names why it is not, the ingress ready once the gateways serve
     it. A Service waiting for traffic to move to its latest revision has a Ready Route.
     """
-    routes = _condition(status, ROUTES_READY)
+    routes = condition_of(status, ROUTES_READY)
     reason = routes.get("reason", "")
     stamp = routes.get("lastTransitionTime", "")
     true = {"status": "True", "lastTransitionTime": stamp}

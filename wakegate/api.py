@@ -1,9 +1,11 @@
 """The loopback-only HTTP API of a running stack.
 
 PUT    /v1/manifests?wait=1&dir=D   apply multi-document YAML, all or nothing: Knative
-                                    Services (their relative paths resolve under D), or
-                                    KIngress/Endpoints/Secret objects. `wait` returns
-                                    once every connected gateway serves the result.
+                                    Services (their relative paths resolve under D) and
+                                    ConfigMaps of knative-serving, or KIngress/Endpoints/
+                                    Secret objects. `wait` returns once every connected
+                                    gateway serves the result, or an applied Service's
+                                    newest revision fails (422).
 GET    /v1/services[/{ns}/{name}]   Knative Services (one: with revisions and pods)
 DELETE /v1/services/{ns}/{name}
 GET    /v1/revisions | /v1/routes | /v1/pods
@@ -21,6 +23,8 @@ GET    /v1/proxy-config/{kind}?host=H&service=NS/NAME
                                     host (or a Service's hosts), each marked against the
                                     gateway's own config dump
 GET    /v1/status                   snapshot version and per-gateway xDS status (ACKs, NACKs)
+GET    /v1/config                   every key of Knative's ConfigMaps local mode acts on,
+                                    with its effective value and where it comes from
 GET    /                            the live view (static files under /ui/), which reads
 GET    /v1/live | /v1/live/events   the whole state, and its updates as server-sent events
 GET    /metrics | /healthz          /metrics includes the activator's (cold starts)
@@ -44,7 +48,7 @@ import hmac
 import ipaddress
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
@@ -54,11 +58,15 @@ import prometheus_client
 import yaml
 from aiohttp import web
 
+from wakegate.ingress.configmap import ConfigError, ConfigMap
 from wakegate.ingress.manifests import ManifestError, load_manifests
 from wakegate.ingress.objects import ingress_object
+from wakegate.reconciler.local.config import configmap_objects, split_configmaps
+from wakegate.reconciler.local.config import rows as config_rows
 from wakegate.reconciler.local.live import LiveState
 from wakegate.reconciler.local.manifests import ManifestReconciler
-from wakegate.reconciler.local.services import LocalServing
+from wakegate.reconciler.local.services import FAILED, SERVED, LocalServing, Outcome
+from wakegate.serving.conditions import condition_of
 from wakegate.serving.fields import ServiceError
 from wakegate.serving.objects import (
     RevisionState,
@@ -73,7 +81,7 @@ from wakegate.xds.proxy_config import report as proxy_config_report
 
 MAX_BODY = 16 * 1024 * 1024
 SERVING_API = "serving.knative.dev/"
-OBJECT_KINDS = ("services", "routes", "revisions", "pods", "ingresses")
+OBJECT_KINDS = ("services", "routes", "revisions", "pods", "ingresses", "config")
 LOG_POLL_S = 0.25
 UI_FILES = {
     "index.html": "text/html",
@@ -168,13 +176,6 @@ def _is_serving(text: str) -> bool:
     )
 
 
-def _condition(status: Mapping[str, Any], kind: str) -> dict[str, Any]:
-    for condition in status.get("conditions", []):
-        if condition.get("type") == kind:
-            return dict(condition)
-    return {}
-
-
 @dataclass
 class _Tail:
     """One pod's log file being followed: how far it was read, and a partial line."""
@@ -243,6 +244,7 @@ class Api:
                 web.get("/v1/ingresses", self.get_ingresses),
                 web.delete("/v1/ingresses/{namespace}/{name}", self.delete_ingress),
                 web.get("/v1/status", self.get_status),
+                web.get("/v1/config", self.get_config),
                 web.get("/metrics", self.get_metrics),
                 web.get("/healthz", self.get_health),
             ]
@@ -278,6 +280,22 @@ class Api:
         wait = request.query.get("wait") in {"1", "true"}
         timeout = float(request.query.get("timeout", "60"))
         started = time.monotonic()
+        try:
+            configmaps, rest = split_configmaps(text)
+        except ConfigError as exc:
+            return _error(400, str(exc))
+        if configmaps:
+            if self.serving is None:
+                return _error(
+                    400, "ConfigMaps configure Knative Serving; this stack serves ingresses only"
+                )
+            if rest is not None and not _is_serving(rest):
+                return _error(
+                    400,
+                    "ConfigMaps are applied with Knative Services, not with KIngress objects: "
+                    "apply them in files of their own",
+                )
+            return await self._apply_services(request, rest, wait, timeout, started, configmaps)
         if _is_serving(text) and self.serving is not None:
             return await self._apply_services(request, text, wait, timeout, started)
         try:
@@ -299,50 +317,69 @@ class Api:
         return web.json_response(body)
 
     async def _apply_services(
-        self, request: web.Request, text: str, wait: bool, timeout: float, started: float
+        self,
+        request: web.Request,
+        text: str | None,
+        wait: bool,
+        timeout: float,
+        started: float,
+        configmaps: Sequence[ConfigMap] = (),
     ) -> web.Response:
+        """Apply ConfigMaps and Services; with `wait`, each Service's own outcome: served,
+        failed (at once, with why) or still waiting when `timeout` ran out (504)."""
         serving = self._serving()
         try:
-            applied = serving.apply(text, request.query.get("dir", "."))
-        except ServiceError as exc:
+            applied = serving.apply(text, request.query.get("dir", "."), configmaps)
+        except (ServiceError, ConfigError) as exc:
             return _error(400, str(exc))
-        served = True
-        if wait:
-            for item in applied:
-                remaining = max(0.0, timeout - (time.monotonic() - started))
-                served = (
-                    await serving.wait_served(item.service.key, item.generation, remaining)
-                    and served
-                )
+        names = {c.name for c in configmaps}
         body: dict[str, Any] = {
-            "applied": [
-                {
-                    "kind": "Service",
-                    "key": item.service.key,
-                    "revision": item.revision,
-                    "generation": item.generation,
-                    "url": serving.url(item.service.key),
-                }
-                for item in applied
-            ],
+            "applied": [{"kind": "ConfigMap", "key": c.key} for c in configmaps],
+            "notes": [n for n in serving.settings.notes if n.partition(":")[0] in names],
         }
+        outcomes: list[Outcome] = []
         if wait:
-            body["served"] = served
-            body["seconds"] = round(time.monotonic() - started, 4)
-            if not served:
-                for item in body["applied"]:
-                    namespace, _, name = item["key"].partition("/")
-                    status = serving.store.get_status(namespace, name) or {}
-                    item["ready"] = _condition(status, "Ready")
-                return web.json_response(body, status=504)
+            outcomes = list(
+                await asyncio.gather(
+                    *(
+                        serving.wait_outcome(item.service.key, item.generation, timeout)
+                        for item in applied
+                    )
+                )
+            )
+        for index, item in enumerate(applied):
+            entry: dict[str, Any] = {
+                "kind": "Service",
+                "key": item.service.key,
+                "revision": item.revision,
+                "generation": item.generation,
+                "url": serving.url(item.service.key),
+            }
+            if wait:
+                entry["outcome"] = outcomes[index].state
+                entry["reason"] = outcomes[index].reason
+            body["applied"].append(entry)
+        if not wait:
+            return web.json_response(body)
+        body["served"] = all(o.state == SERVED for o in outcomes)
+        body["seconds"] = round(time.monotonic() - started, 4)
+        if any(o.state == FAILED for o in outcomes):
+            return web.json_response(body, status=422)
+        if not body["served"]:
+            return web.json_response(body, status=504)
         return web.json_response(body)
+
+    # --- configuration -------------------------------------------------------------------
+
+    async def get_config(self, request: web.Request) -> web.Response:
+        return web.json_response(config_rows(self._serving().settings))
 
     # --- Knative Services ----------------------------------------------------------------
 
     async def get_services(self, request: web.Request) -> web.Response:
         out = []
         for service, status in self._serving().services():
-            ready = _condition(status, "Ready")
+            ready = condition_of(status, "Ready")
             out.append(
                 {
                     "namespace": service.namespace,
@@ -391,7 +428,7 @@ class Api:
     async def get_routes(self, request: web.Request) -> web.Response:
         out = []
         for service, status in self._serving().services():
-            routes_ready = _condition(status, "RoutesReady")
+            routes_ready = condition_of(status, "RoutesReady")
             out.append(
                 {
                     "namespace": service.namespace,
@@ -517,6 +554,12 @@ class Api:
     # --- Knative-shaped objects ------------------------------------------------------------
 
     def _objects(self, kind: str, namespace: str | None) -> list[dict[str, Any]]:
+        if kind == "config":
+            return [
+                obj
+                for obj in configmap_objects(self._serving().settings)
+                if namespace is None or obj["metadata"]["namespace"] == namespace
+            ]
         if kind == "ingresses":
             return [
                 ingress_object(i)

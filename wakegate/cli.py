@@ -42,6 +42,10 @@ KINDS = {
     "pods": "pods",
     "ingress": "ingresses",
     "ingresses": "ingresses",
+    "config": "config",
+    "configmap": "config",
+    "configmaps": "config",
+    "cm": "config",
 }
 
 
@@ -383,7 +387,8 @@ async def _apply_in_process(stack: Any, text: str, path: Path) -> list[str]:
         reply = await resp.json()
     if resp.status >= 400 and "error" in reply:
         raise CliError(f"-f {path}: {reply['error']}")
-    return _applied_lines(reply, port=stack.config.port, wait=True)
+    notes = [f"warning: {note}" for note in reply.get("notes", [])]
+    return [*notes, *_applied_lines(reply, port=stack.config.port, wait=True)]
 
 
 def _applied_lines(reply: dict[str, Any], *, port: int | None, wait: bool) -> list[str]:
@@ -398,6 +403,10 @@ def _applied_lines(reply: dict[str, Any], *, port: int | None, wait: bool) -> li
                 host = urllib.parse.urlsplit(url).hostname
                 if port is not None and host:
                     lines.append(f"  curl -H 'Host: {host}' http://127.0.0.1:{port}/")
+            if wait and item.get("outcome") == "failed":
+                lines.append(f"  failed: {item.get('reason', '')}")
+        elif item["kind"] == "ConfigMap":
+            lines.append(f"configmap/{item['key']} configured")
         else:
             lines.append(f"ingress {item['key']} applied (version {reply.get('version')})")
     if wait and reply.get("served") and "seconds" in reply:
@@ -489,19 +498,39 @@ def cmd_apply(args: argparse.Namespace) -> int:
         status, reply = _with_progress(args.api_port, put, _service_keys(body))
     else:
         status, reply = put()
-    if status == 504 and isinstance(reply, dict):
-        for line in _applied_lines(reply, port=None, wait=False):
-            print(line)
-        reasons = [
-            f"{i['key']}: {i.get('ready', {}).get('message') or i.get('ready', {}).get('reason')}"
-            for i in reply.get("applied", [])
-        ]
-        raise CliError(f"not served within {args.timeout:g} s ({'; '.join(reasons)})", code=1)
+    if isinstance(reply, dict):
+        for note in reply.get("notes", []):
+            print(f"warning: {note}", file=sys.stderr)
+    if status in (422, 504) and isinstance(reply, dict):
+        return _unserved(reply, args.timeout)
     reply = _check(status, reply)
     port = _gateway_port(args.api_port) if args.wait else None
     for line in _applied_lines(reply, port=port, wait=args.wait):
         print(line)
     return 0
+
+
+def _unserved(reply: dict[str, Any], timeout: float) -> int:
+    """What `apply --wait` prints when not every Service is served: each one's outcome,
+    then one line (stderr) naming the ones that failed or are still waiting; exit 1."""
+    problems = []
+    for item in reply.get("applied", []):
+        if item["kind"] != "Service":
+            print(f"configmap/{item['key']} configured")
+            continue
+        what = f"revision {item['revision']}" if item["revision"] else "unchanged"
+        print(f"service.serving.knative.dev/{item['key']} applied ({what})")
+        outcome, reason = item.get("outcome"), item.get("reason") or ""
+        if outcome == "served":
+            print(f"  {item.get('url', '')} is served")
+        elif outcome == "failed":
+            print(f"  failed: {reason}")
+            problems.append(f"{item['key']}: {reason}")
+        else:
+            print(f"  not served within {timeout:g} s")
+            problems.append(f"{item['key']}: not served within {timeout:g} s ({reason})")
+    print("error: " + "; ".join(problems), file=sys.stderr)
+    return 1
 
 
 PROGRESS_INTERVAL_S = 0.3
@@ -653,6 +682,10 @@ def _rows(kind: str, items: list[dict[str, Any]]) -> tuple[list[str], list[list[
              i["reason"] or ""]
             for i in items
         ]  # fmt: skip
+    if kind == "config":
+        return ["CONFIGMAP", "KEY", "VALUE", "SOURCE"], [
+            [i["name"], i["key"], i["value"] or '""', i["source"]] for i in items
+        ]
     return ["NAME", "HOSTS"], [[i["key"], ",".join(i["hosts"])] for i in items]
 
 
@@ -662,6 +695,7 @@ KIND_NAMES = {
     "routes": "route",
     "pods": "pod",
     "ingresses": "ingress",
+    "config": "configmap",
 }
 WATCH_INTERVAL_S = 1.0
 
@@ -671,7 +705,8 @@ def _target(args: argparse.Namespace, kind: str, name: str) -> tuple[str, str | 
     if name and args.name:
         raise CliError(f"name: got both {name!r} and {args.name!r}, expected one")
     name = name or args.name or ""
-    namespace = args.namespace or ("default" if name else None)
+    home = "knative-serving" if kind == "config" else "default"
+    namespace = args.namespace or (home if name else None)
     return name, namespace
 
 

@@ -26,6 +26,7 @@ import aiohttp
 from wakegate.activator.coldstart import ColdStartFigures, parse_cold_starts
 from wakegate.reconciler.local.services import LocalServing
 from wakegate.reconciler.local.timeline import Point, Timeline
+from wakegate.serving.conditions import condition_of
 from wakegate.xds.controlplane import ControlPlane
 from wakegate.xds.status import gateway_rows
 
@@ -50,13 +51,6 @@ def parse_request_totals(text: str, port_suffix: str = "_80") -> dict[str, float
             key = cluster[: -len(port_suffix)]
             out[key] = out.get(key, 0.0) + float(value)
     return out
-
-
-def _condition(status: Mapping[str, Any], kind: str) -> dict[str, Any]:
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == kind:
-            return dict(condition)
-    return {}
 
 
 class LiveState:
@@ -285,7 +279,7 @@ class LiveState:
             return []
         out = []
         for service, status in self.serving.services():
-            ready = _condition(status, "Ready")
+            ready = condition_of(status, "Ready")
             out.append(
                 {
                     "namespace": service.namespace,

@@ -12,22 +12,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from wakegate.autoscaler.config import AutoscalerConfig, RevisionScaling
+from wakegate.autoscaler.config import DEFAULT_CONFIG, AutoscalerConfig, RevisionScaling
 from wakegate.autoscaler.decider import Decision, Mode
 from wakegate.autoscaler.scaler import Autoscaler
 from wakegate.autoscaler.service import AutoscalerService
+from wakegate.ingress.configmap import ConfigError, ConfigMap
 from wakegate.ingress.model import Backend, BackendRef, Endpoint, Gate, Ingress
+from wakegate.reconciler.local.config import Baseline, Settings, resolve
 from wakegate.reconciler.local.routes import RouteConfig, route_ingress
 from wakegate.reconciler.local.store import Store
 from wakegate.runtime.pods import PodEndpoint
 from wakegate.runtime.revision_pods import RevisionPods
 from wakegate.runtime.spec import PodError, PodSpec, resolve_command
+from wakegate.serving.autoscaling import autoscaling_spec
+from wakegate.serving.conditions import condition_of
 from wakegate.serving.config import SERVING_CONFIG, ServingConfig, admitted
 from wakegate.serving.domains import default_domains
 from wakegate.serving.fields import ServiceError
@@ -40,7 +44,8 @@ from wakegate.serving.validation import parse_service, require_local_command
 log = logging.getLogger(__name__)
 
 READY_SETTING = "ready-revisions"
-CRASHES_BEFORE_FAILED = 3
+CONFIGMAPS_SETTING = "configmaps"
+"""The applied ConfigMaps' data, by name."""
 RESYNC_S = 10.0
 """Every Service is reconciled at least this often, so pod failures reach status."""
 
@@ -69,6 +74,19 @@ def initial_scale_policy(revision: Revision, routed: bool) -> int:
     if not routed:
         return spec.min_scale
     return max(spec.min_scale, spec.initial_scale, 1)
+
+
+SERVED, FAILED, WAITING = "served", "failed", "waiting"
+OUTCOME_POLL_S = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How waiting for an applied Service ended: served, failed (with why), or still
+    waiting when the time ran out (with its Ready condition's message)."""
+
+    state: str
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -120,16 +138,24 @@ class LocalServing:
         config: ServingConfig | None = None,
     ) -> None:
         self.store = store
-        self.config = config or SERVING_CONFIG
-        """Validates what is applied; stored objects are read with `admitted(config)`."""
-        self._stored_config = admitted(self.config)
         self.routing = routing
-        self.route_config = RouteConfig(default_domains(domain))
-        """Domains, host templates and features routes are built with."""
         self.scale_policy = scale_policy
         self.activation = activation
+        self.baseline = Baseline(
+            serving=config or SERVING_CONFIG,
+            autoscaler=activation.config if activation is not None else None,
+            domain=domain,
+        )
+        """What applies where no ConfigMap says otherwise."""
+        self.config = self.baseline.serving
+        """Validates what is applied; stored objects are read with `admitted(config)`."""
+        self._stored_config = admitted(self.config)
+        self.route_config = RouteConfig(default_domains(domain))
+        """Domains, host templates and features routes are built with."""
+        self.settings = resolve(self.baseline, {})
         self._service_of: dict[str, str] = {}
         """Revision key → its Service's key."""
+        self._revisions_by_key: dict[str, Revision] = {}
         self._gate_served: dict[str, set[Endpoint]] = {}
         """Revision key → the pods every gateway serves at the revision's gate."""
         self._gate_confirming: set[str] = set()
@@ -143,6 +169,12 @@ class LocalServing:
         self._stopping: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
         """Reconciles and deletes of Services never interleave."""
+        stored = store.get_setting(CONFIGMAPS_SETTING, {})
+        if stored:
+            try:
+                self._configure(resolve(self.baseline, stored))
+            except ConfigError as exc:
+                log.error("the stored ConfigMaps no longer apply, using the defaults: %s", exc)
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -196,13 +228,37 @@ class LocalServing:
 
     # --- apply / delete ----------------------------------------------------------------
 
-    def apply(self, text: str, base_dir: str | os.PathLike[str]) -> list[Applied]:
-        """Validate every Service in `text`, then store them, each with its new revision.
+    def _configure(self, settings: Settings) -> None:
+        """Use `settings` from now on: for what is applied next, for the routes and the
+        autoscaling of every revision; every Service is reconciled with them."""
+        self.settings = settings
+        self.config = settings.serving
+        self._stored_config = admitted(settings.serving)
+        self.route_config = settings.routes
+        if self.activation is not None and settings.autoscaler is not None:
+            self.activation.config = settings.autoscaler
+            self.activation.autoscaler.config = settings.autoscaler
+        for stored in self.store.list_services():
+            self.enqueue(stored.key)
 
-        Raises ServiceError (one line, naming the field) and changes nothing when
-        any document is invalid.
+    def apply(
+        self,
+        text: str | None,
+        base_dir: str | os.PathLike[str],
+        configmaps: Sequence[ConfigMap] = (),
+    ) -> list[Applied]:
+        """Validate `configmaps` and every Service in `text` (against the configuration
+        the ConfigMaps make), then store them, each Service with its new revision.
+
+        Raises ServiceError or ConfigError (one line, naming the field or key) and
+        changes nothing when any document is invalid. A ConfigMap replaces the one
+        stored under its name and takes effect on running revisions at once.
         """
-        services = load_services(text, self.config)
+        settings = self.settings
+        if configmaps:
+            data = {**self.settings.data, **{c.name: dict(c.data) for c in configmaps}}
+            settings = resolve(self.baseline, data)
+        services = load_services(text, settings.serving) if text is not None else []
         now = datetime.now(UTC)
         existing = self.revisions()
         planned: list[tuple[Service, Revision | None]] = []
@@ -218,14 +274,18 @@ class LocalServing:
             own = service_revisions(service, [*existing, *([revision] if revision else [])])
             self._check_traffic(service, own)
             planned.append((service, revision))
-        self._check_hosts(planned, existing)
+        self._check_hosts(planned, existing, settings.routes)
         applied = []
         with self.store.transaction():
+            if configmaps:
+                self.store.put_setting(CONFIGMAPS_SETTING, dict(settings.data))
             for service, revision in planned:
                 generation = self.store.put_service(service_to_dict(service))
                 if revision is not None:
                     self.store.add_revision({**revision.to_dict(), "baseDir": str(base_dir)})
                 applied.append(Applied(service, revision.name if revision else "", generation))
+        if configmaps:
+            self._configure(settings)
         for item in applied:
             self.enqueue(item.service.key)
         return applied
@@ -242,7 +302,10 @@ class LocalServing:
                 )
 
     def _check_hosts(
-        self, planned: list[tuple[Service, Revision | None]], existing: list[Revision]
+        self,
+        planned: list[tuple[Service, Revision | None]],
+        existing: list[Revision],
+        routes: RouteConfig,
     ) -> None:
         """No two Services (or KIngresses) may claim one host."""
         services = [service for service, _ in planned]
@@ -256,7 +319,7 @@ class LocalServing:
                 for host in rule.hosts:
                     claimed[host] = ingress.key
         for service in services:
-            ingress, _ = route_ingress(service, revisions, config=self.route_config)
+            ingress, _ = route_ingress(service, revisions, config=routes)
             for rule in ingress.rules:
                 for host in rule.hosts:
                     owner = claimed.setdefault(host, service.key)
@@ -284,6 +347,7 @@ class LocalServing:
                 self._gate_served.pop(revision.key, None)
                 self._ready.discard(revision.key)
                 self._service_of.pop(revision.key, None)
+                self._revisions_by_key.pop(revision.key, None)
                 if self.activation is not None:
                     self.activation.autoscaler.forget(revision.key)
                     self.activation.pods_feed.delete_revision(namespace, revision.name)
@@ -300,6 +364,43 @@ class LocalServing:
         except TimeoutError:
             return False
         return True
+
+    async def wait_outcome(self, key: str, generation: int, timeout: float) -> Outcome:
+        """Wait until the gateways serve `generation` of the Service, or its newest
+        revision cannot become ready (its container exited, or it missed its progress
+        deadline), or `timeout` runs out; whichever comes first."""
+        live = self._live.setdefault(key, _Live())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if live.served_generation >= generation:
+                return Outcome(SERVED)
+            failure = self._newest_failure(key)
+            if failure:
+                return Outcome(FAILED, failure)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                namespace, _, name = key.partition("/")
+                ready = condition_of(self.store.get_status(namespace, name) or {}, "Ready")
+                return Outcome(WAITING, ready.get("message") or ready.get("reason") or "")
+            try:
+                async with asyncio.timeout(min(remaining, OUTCOME_POLL_S)), live.served:
+                    await live.served.wait_for(lambda: live.served_generation >= generation)
+            except TimeoutError:
+                pass
+
+    def _newest_failure(self, key: str) -> str:
+        """`revision NAME: why` when the Service's newest revision cannot become ready."""
+        namespace, _, name = key.partition("/")
+        newest = latest_created(r for r in self.revisions(namespace) if r.service == name)
+        live = self._live.get(key)
+        if newest is None or live is None:
+            return ""
+        reason = self._failed(live).get(newest.name, "")
+        if not reason:
+            return ""
+        self.enqueue(key)  # so the Service's status says so too
+        return f"revision {newest.name}: {reason}"
 
     def url(self, key: str) -> str:
         namespace, _, name = key.partition("/")
@@ -358,6 +459,7 @@ class LocalServing:
         proxied: dict[str, bool] = {}
         for revision in revisions:
             self._service_of[revision.key] = key
+            self._revisions_by_key[revision.key] = revision
             pods = live.pods.get(revision.name)
             if pods is None and wanted(revision) > 0:
                 pods = self._revision_pods(key, revision, base_dirs.get(revision.name, "."))
@@ -432,17 +534,34 @@ class LocalServing:
             self._save_ready()
 
     def _failed(self, live: _Live) -> dict[str, str]:
+        """Revision name → why it cannot become Ready, for revisions that never were:
+        a container that exited (Knative marks ContainerHealthy False on the first
+        termination), or no ready pods once the progress deadline passed."""
         failed = {}
-        for revision, pods in live.pods.items():
+        now = datetime.now(UTC)
+        for name, pods in live.pods.items():
+            key = f"{pods.spec.namespace}/{name}"
             statuses = pods.status()
-            if (
-                statuses
-                and not any(s.ready for s in statuses)
-                and f"{pods.spec.namespace}/{revision}" not in self._ready
-                and any(s.restarts >= CRASHES_BEFORE_FAILED for s in statuses)
-            ):
-                failed[revision] = next(s.reason for s in statuses if s.reason)
+            if key in self._ready or any(s.ready for s in statuses):
+                continue
+            exited = [s.last_exit for s in statuses if s.last_exit]
+            if exited:
+                failed[name] = f"container {exited[0]}"
+                continue
+            revision = self._revisions_by_key.get(key)
+            if revision is not None and revision.created_at is not None:
+                deadline = self._progress_deadline(revision)
+                if (now - revision.created_at).total_seconds() > deadline:
+                    failed[name] = (
+                        f"ProgressDeadlineExceeded: no ready pod within the progress "
+                        f"deadline of {deadline:g}s"
+                    )
         return failed
+
+    def _progress_deadline(self, revision: Revision) -> float:
+        """The revision's `serving.knative.dev/progress-deadline`, else config-deployment's."""
+        config = self.settings.autoscaler or DEFAULT_CONFIG
+        return autoscaling_spec(revision.template, config.spec_defaults()).progress_deadline_s
 
     def _revision_pods(self, key: str, revision: Revision, base_dir: str) -> RevisionPods:
         def changed(endpoints: list[PodEndpoint]) -> None:
