@@ -118,7 +118,9 @@ class Timeline:
 
     events: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     reconciles: list[tuple[int, float]] = field(default_factory=list)
-    """(started, seconds) of every reconcile."""
+    """(started, seconds) of every batch of reconciles."""
+    batches: list[tuple[int, int, float]] = field(default_factory=list)
+    """(started, Services, seconds) of every batch of reconciles."""
     app_start_s: list[tuple[int, str, float]] = field(default_factory=list)
     """(when, service, spawn → ready) as the runtime logged it."""
     desired: list[tuple[int, str, int]] = field(default_factory=list)
@@ -182,20 +184,23 @@ def pod_log(timeline: Timeline) -> Iterator[None]:
 
 def mark_reconciles(stack: LocalStack, timeline: Timeline) -> None:
     """Wrap the serving reconciler so each reconcile marks `timeline` when it starts and
-    records how long it took; behaviour is unchanged."""
+    records how long its batch took; behaviour is unchanged."""
     serving = stack.serving
     assert serving is not None
-    reconcile = serving.reconcile
+    reconcile_batch = serving.reconcile_batch
 
-    async def reconciling(key: str) -> None:
+    async def reconciling(keys: Sequence[str]) -> None:
         started = time.monotonic_ns()
-        timeline.mark("reconcile", key.partition("/")[2])
+        for key in keys:
+            timeline.mark("reconcile", key.partition("/")[2])
         try:
-            await reconcile(key)
+            await reconcile_batch(keys)
         finally:
-            timeline.reconciles.append((started, (time.monotonic_ns() - started) / 1e9))
+            took = (time.monotonic_ns() - started) / 1e9
+            timeline.reconciles.append((started, took))
+            timeline.batches.append((started, len(keys), took))
 
-    serving.reconcile = reconciling  # type: ignore[method-assign]
+    serving.reconcile_batch = reconciling  # type: ignore[method-assign]
 
 
 @contextlib.asynccontextmanager

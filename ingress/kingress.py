@@ -16,6 +16,7 @@ from typing import Any, NoReturn, TypeVar
 
 import yaml
 
+from wakegate.ingress.documents import load_all
 from wakegate.ingress.kube_values import DNS_LABEL, DNS_SUBDOMAIN, HEADER_NAME, parse_go_duration
 from wakegate.ingress.model import (
     TLS,
@@ -403,7 +404,7 @@ def load_ingresses(text: str) -> list[Ingress]:
     """
     documents: list[object] = []
     try:
-        for document in yaml.safe_load_all(text):
+        for document in load_all(text):
             documents.append(document)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from wakegate.ingress.certificates import certificate_problem
+from wakegate.ingress.documents import load_all
 from wakegate.ingress.kingress import IngressError, parse_ingress
 from wakegate.ingress.model import Backend, BackendRef, Certificate, Endpoint, Ingress
 
@@ -83,7 +84,7 @@ class Manifests:
 
 def load_manifests(text: str, source: str = "<input>") -> Manifests:
     try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+        documents = [d for d in load_all(text) if d is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from wakegate.ingress.documents import load_all
 from wakegate.serving.config import ServingConfig
 from wakegate.serving.fields import ServiceError, shown
 from wakegate.serving.model import API_VERSION, KIND, Probe, RevisionTemplate, Service
@@ -16,7 +17,7 @@ from wakegate.serving.validation import parse_service
 def _yaml_documents(text: str) -> list[tuple[int, object]]:
     """(index, document) for each non-empty YAML document; syntax errors name the index."""
     documents: list[tuple[int, object]] = []
-    loader = yaml.safe_load_all(text)
+    loader = load_all(text)
     index = 0
     while True:
         try:

@@ -59,6 +59,7 @@ import yaml
 from aiohttp import web
 
 from wakegate.ingress.configmap import ConfigError, ConfigMap
+from wakegate.ingress.documents import load_all
 from wakegate.ingress.manifests import ManifestError, load_manifests
 from wakegate.ingress.objects import ingress_object
 from wakegate.reconciler.local.config import configmap_objects, split_configmaps
@@ -167,7 +168,7 @@ def _jsonable(value: Any) -> Any:
 def _is_serving(text: str) -> bool:
     """Whether a manifest holds Knative Services (rather than ingress-level objects)."""
     try:
-        documents = [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
+        documents = [d for d in load_all(text) if isinstance(d, dict)]
     except yaml.YAMLError:
         return False
     return any(

@@ -26,6 +26,8 @@ from typing import Any, NoReturn
 
 import yaml
 
+from wakegate.ingress.documents import load_all
+
 DEFAULT_API_PORT = 18001
 DEFAULT_XDS_PORT = 18000
 DEFAULT_ADMIN_PORT = 9901
@@ -540,7 +542,7 @@ def _service_keys(body: bytes) -> list[tuple[str, str]]:
     """(namespace, name) of each Knative Service in a manifest, for progress lines."""
     keys = []
     try:
-        for doc in yaml.safe_load_all(body):
+        for doc in load_all(body):
             if isinstance(doc, dict) and doc.get("kind") == "Service":
                 metadata = doc.get("metadata") or {}
                 keys.append(

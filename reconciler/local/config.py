@@ -34,6 +34,7 @@ from wakegate.ingress.configmap import (
     ConfigMap,
     parse_configmap,
 )
+from wakegate.ingress.documents import load_all
 from wakegate.ingress.network_config import DEFAULT_NETWORK, network_config
 from wakegate.ingress.network_config import NAME as NETWORK_NAME
 from wakegate.reconciler.local.routes import RouteConfig
@@ -159,7 +160,7 @@ def split_configmaps(text: str) -> tuple[list[ConfigMap], str | None]:
     the other documents (None when there are none). Text that is not YAML is returned
     whole, for the Service or KIngress parser to report."""
     try:
-        documents = list(yaml.safe_load_all(text))
+        documents = list(load_all(text))
     except yaml.YAMLError:
         return [], text
     found, rest = configmaps_in(documents)

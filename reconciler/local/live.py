@@ -181,7 +181,8 @@ class LiveState:
         }
 
     async def tick(self) -> dict[str, Any]:
-        """Take one sample, hand subscribers the update, and return it."""
+        """Take one sample, hand subscribers the update, and return it (empty when
+        nobody subscribes)."""
         now = time.time()
         rates = await self._rates(now)
         text = await self.activator_metrics()
@@ -189,19 +190,17 @@ class LiveState:
             self.cold_starts = parse_cold_starts(text)
         serving = self.serving
         if serving is not None:
-            pods = serving.pods()
+            ready_pods: dict[tuple[str, str], int] = {}
+            for p in serving.pods():
+                if p["ready"]:
+                    owner = (p["namespace"], p["revision"])
+                    ready_pods[owner] = ready_pods.get(owner, 0) + 1
             seen = set()
             for revision in serving.revisions():
                 seen.add(revision.key)
                 scaling = serving.scaling_status(revision)
                 cold = self.cold_starts.get((revision.namespace, revision.name))
-                ready = sum(
-                    1
-                    for p in pods
-                    if p["revision"] == revision.name
-                    and p["ready"]
-                    and p["namespace"] == revision.namespace
-                )
+                ready = ready_pods.get((revision.namespace, revision.name), 0)
                 self.timeline.record(
                     revision.key,
                     Point(
@@ -219,7 +218,8 @@ class LiveState:
                     ),
                 )
             self.timeline.forget(seen)
-        update = self.document(since=self._last_tick)
+        # The document reads every Service: only built when someone is watching.
+        update = self.document(since=self._last_tick) if self._subscribers else {}
         self._last_tick = now
         for queue in list(self._subscribers):
             if queue.qsize() >= SUBSCRIBER_BACKLOG:

@@ -5,11 +5,19 @@ and the live pods (revisions to run, endpoints, the route's ingress rules, statu
 so it can run any number of times. Applying validates every document before
 anything is written, and writes each Service with its new Revision in one
 transaction.
+
+Reconciles run in batches: the Services queued when the worker gets to them are
+reconciled together, their routes handed to the control plane at once and the
+gateways waited for once; then each Service's post-ACK steps and status follow, the
+statuses written in one transaction. One change costs its Service's work and one
+wait for the gateways whatever else is stored: nothing on its path reads or parses
+every Service or revision.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Coroutine, Sequence
@@ -25,6 +33,7 @@ from wakegate.autoscaler.service import AutoscalerService
 from wakegate.ingress.configmap import ConfigError, ConfigMap
 from wakegate.ingress.model import Backend, BackendRef, Endpoint, Gate, Ingress
 from wakegate.reconciler.local.config import Baseline, Settings, resolve
+from wakegate.reconciler.local.revision_index import RevisionIndex
 from wakegate.reconciler.local.routes import RouteConfig, route_ingress
 from wakegate.reconciler.local.store import Store
 from wakegate.runtime.pods import PodEndpoint
@@ -37,7 +46,7 @@ from wakegate.serving.domains import default_domains
 from wakegate.serving.fields import ServiceError
 from wakegate.serving.manifests import load_services, service_to_dict
 from wakegate.serving.model import SERVICE_PORT, Service
-from wakegate.serving.revision import Revision, latest_created, next_revision, service_revisions
+from wakegate.serving.revision import Revision, latest_created, next_revision
 from wakegate.serving.status import RouteStatus, service_status
 from wakegate.serving.validation import parse_service, require_local_command
 
@@ -47,7 +56,12 @@ READY_SETTING = "ready-revisions"
 CONFIGMAPS_SETTING = "configmaps"
 """The applied ConfigMaps' data, by name."""
 RESYNC_S = 10.0
-"""Every Service is reconciled at least this often, so pod failures reach status."""
+"""Every Service with pods, or not served yet, is reconciled at least this often, so pod
+failures and missed progress deadlines reach status."""
+MAX_BATCH = 5000
+"""Services reconciled together at most; the gateways are waited for once per batch."""
+SERVED_TIMEOUT_S = 10.0
+"""How long a reconcile (or a delete) waits for the gateways to ACK."""
 
 
 class Routing(Protocol):
@@ -122,6 +136,34 @@ class _Live:
     served_generation: int = 0
     """The Service generation whose routes and revisions the gateways serve."""
     served: asyncio.Condition = field(default_factory=asyncio.Condition)
+    status: dict[str, Any] | None = None
+    """The status last written."""
+    settled: bool = False
+    """At its last reconcile it was served, with no pods and nothing failed: until an
+    event queues it (an apply, a decision, a pod, a configuration) nothing changes."""
+
+
+@dataclass
+class _Plan:
+    """One Service's reconcile, between handing its route over and the gateways' ACK."""
+
+    key: str
+    service: Service
+    generation: int
+    live: _Live
+    revisions: list[Revision]
+    route: RouteStatus
+    ready: set[str]
+    failed: dict[str, str]
+    keep: set[str]
+    proxied: dict[str, bool]
+    newest: Revision | None
+    routed: bool
+    """Its ingress went to the control plane in this reconcile."""
+    cold: bool
+    """A routed revision has no ready pod and no activator to hold its requests."""
+    served: bool = False
+    """The gateways serve this generation: route ACKed, newest revision ready and routed."""
 
 
 class LocalServing:
@@ -163,10 +205,18 @@ class LocalServing:
         self.pod_options = pod_options or {}
         self._live: dict[str, _Live] = {}
         self._ready: set[str] = set(store.get_setting(READY_SETTING, []))
+        self._ready_saving: asyncio.Handle | None = None
+        self._index = RevisionIndex(store, self.config)
+        self._hosts: dict[str, frozenset[str]] = {}
+        """Service key → the hosts its route claims."""
+        self._host_owner: dict[str, str] = {}
+        """Host → the Service whose route claims it."""
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._pending: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping: set[asyncio.Task[None]] = set()
+        self._reconciled = asyncio.Event()
+        """Set (and replaced) each time a batch of reconciles ends."""
         self._lock = asyncio.Lock()
         """Reconciles and deletes of Services never interleave."""
         stored = store.get_setting(CONFIGMAPS_SETTING, {})
@@ -194,6 +244,9 @@ class LocalServing:
             *(pods.close() for live in self._live.values() for pods in live.pods.values())
         )
         self._live.clear()
+        if self._ready_saving is not None:
+            self._ready_saving.cancel()
+            self._write_ready()
 
     # --- reads ---------------------------------------------------------------------
 
@@ -205,7 +258,12 @@ class LocalServing:
         return out
 
     def revisions(self, namespace: str | None = None) -> list[Revision]:
-        return [Revision.from_dict(d, self.config) for d in self.store.list_revisions(namespace)]
+        """Every revision (of `namespace`), by namespace, Service and generation."""
+        return list(self._index.all(namespace))
+
+    def service_revisions(self, namespace: str, name: str) -> list[Revision]:
+        """One Service's revisions, oldest first."""
+        return list(self._index.of(f"{namespace}/{name}"))
 
     def pods(self) -> list[dict[str, Any]]:
         return [
@@ -235,6 +293,9 @@ class LocalServing:
         self.config = settings.serving
         self._stored_config = admitted(settings.serving)
         self.route_config = settings.routes
+        self._index.configure(self.config)
+        self._hosts.clear()
+        self._host_owner.clear()
         if self.activation is not None and settings.autoscaler is not None:
             self.activation.config = settings.autoscaler
             self.activation.autoscaler.config = settings.autoscaler
@@ -260,32 +321,40 @@ class LocalServing:
             settings = resolve(self.baseline, data)
         services = load_services(text, settings.serving) if text is not None else []
         now = datetime.now(UTC)
-        existing = self.revisions()
-        planned: list[tuple[Service, Revision | None]] = []
+        planned: list[tuple[Service, Revision | None, list[Revision]]] = []
         for service in services:
             require_local_command(service)
+            existing = self._index.of(service.key)
             revision = next_revision(service, existing, created_at=now)
-            candidate = revision or latest_created(service_revisions(service, existing))
+            candidate = revision or latest_created(existing)
             assert candidate is not None
             try:
                 resolve_command(PodSpec.from_revision(candidate, base_dir), os.environ)
             except PodError as exc:
                 raise ServiceError(str(exc)) from None
-            own = service_revisions(service, [*existing, *([revision] if revision else [])])
+            own = [*existing, *([revision] if revision else [])]
             self._check_traffic(service, own)
-            planned.append((service, revision))
-        self._check_hosts(planned, existing, settings.routes)
+            planned.append((service, revision, own))
+        hosts = self._check_hosts(planned, settings.routes)
         applied = []
+        added = []
         with self.store.transaction():
             if configmaps:
                 self.store.put_setting(CONFIGMAPS_SETTING, dict(settings.data))
-            for service, revision in planned:
+            for service, revision, _ in planned:
                 generation = self.store.put_service(service_to_dict(service))
                 if revision is not None:
-                    self.store.add_revision({**revision.to_dict(), "baseDir": str(base_dir)})
+                    added.append(
+                        self.store.add_revision({**revision.to_dict(), "baseDir": str(base_dir)})
+                    )
                 applied.append(Applied(service, revision.name if revision else "", generation))
+        for stored in added:
+            self._index.add(stored)
         if configmaps:
             self._configure(settings)
+        else:
+            for key, claimed in hosts.items():
+                self._claim(key, claimed)
         for item in applied:
             self.enqueue(item.service.key)
         return applied
@@ -303,41 +372,57 @@ class LocalServing:
 
     def _check_hosts(
         self,
-        planned: list[tuple[Service, Revision | None]],
-        existing: list[Revision],
+        planned: list[tuple[Service, Revision | None, list[Revision]]],
         routes: RouteConfig,
-    ) -> None:
-        """No two Services (or KIngresses) may claim one host."""
-        services = [service for service, _ in planned]
-        revisions = [*existing, *(r for _, r in planned if r is not None)]
+    ) -> dict[str, frozenset[str]]:
+        """No two Services (or KIngresses) may claim one host; the hosts each planned
+        Service's route claims."""
+        applying = {service.key for service, _, _ in planned}
+        current = routes == self.route_config
+        known = self._hosts if current else {}
         claimed: dict[str, str] = {}
-        applying = {s.key for s in services}
         for ingress in self.routing.ingresses():
-            if ingress.key in applying:
+            if ingress.key in applying or ingress.key in known:
                 continue
             for rule in ingress.rules:
                 for host in rule.hosts:
                     claimed[host] = ingress.key
-        for service in services:
-            ingress, _ = route_ingress(service, revisions, config=routes)
-            for rule in ingress.rules:
-                for host in rule.hosts:
-                    owner = claimed.setdefault(host, service.key)
-                    if owner != service.key:
-                        raise ServiceError(
-                            f"metadata.name: host {host} of service {service.key} is already "
-                            f"served by {owner}"
-                        )
+        out = {}
+        for service, _, own in planned:
+            out[service.key] = hosts = _hosts(route_ingress(service, own, config=routes)[0])
+            for host in sorted(hosts):
+                owner = claimed.setdefault(host, service.key)
+                if owner == service.key and current:
+                    other = self._host_owner.get(host, service.key)
+                    owner = service.key if other in applying else other
+                if owner != service.key:
+                    raise ServiceError(
+                        f"metadata.name: host {host} of service {service.key} is already "
+                        f"served by {owner}"
+                    )
+        return out
+
+    def _claim(self, key: str, hosts: frozenset[str]) -> None:
+        """The Service `key`'s route claims `hosts`, and no others."""
+        for host in self._hosts.pop(key, frozenset()) - hosts:
+            if self._host_owner.get(host) == key:
+                del self._host_owner[host]
+        if hosts:
+            self._hosts[key] = hosts
+            for host in hosts:
+                self._host_owner.setdefault(host, key)
 
     async def delete(self, namespace: str, name: str) -> bool:
         """Delete a Service: its route goes first, then its pods, then its backends."""
         key = f"{namespace}/{name}"
         async with self._lock:
-            revisions = [r for r in self.revisions(namespace) if r.service == name]
+            revisions = self._index.of(key)
             if not self.store.delete_service(namespace, name):
                 return False
+            self._index.drop(key)
+            self._claim(key, frozenset())
             self.routing.delete_ingress(key)
-            await self.routing.wait_served(timeout=10)
+            await self.routing.wait_served(timeout=SERVED_TIMEOUT_S)
             live = self._live.pop(key, None)
             if live is not None:
                 await asyncio.gather(*(pods.close() for pods in live.pods.values()))
@@ -369,32 +454,46 @@ class LocalServing:
         """Wait until the gateways serve `generation` of the Service, or its newest
         revision cannot become ready (its container exited, or it missed its progress
         deadline), or `timeout` runs out; whichever comes first."""
-        live = self._live.setdefault(key, _Live())
+        [outcome] = await self.wait_outcomes([(key, generation)], timeout)
+        return outcome
+
+    async def wait_outcomes(
+        self, wanted: Sequence[tuple[str, int]], timeout: float
+    ) -> list[Outcome]:
+        """`wait_outcome` for each (Service key, generation), all in one wait: it wakes
+        when a batch of reconciles ends, and every `OUTCOME_POLL_S` to look for failures."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        outcomes: dict[int, Outcome] = {}
         while True:
-            if live.served_generation >= generation:
-                return Outcome(SERVED)
-            failure = self._newest_failure(key)
-            if failure:
-                return Outcome(FAILED, failure)
+            for i, (key, generation) in enumerate(wanted):
+                if i in outcomes:
+                    continue
+                live = self._live.setdefault(key, _Live())
+                if live.served_generation >= generation:
+                    outcomes[i] = Outcome(SERVED)
+                elif failure := self._newest_failure(key):
+                    outcomes[i] = Outcome(FAILED, failure)
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if len(outcomes) == len(wanted) or remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(remaining, OUTCOME_POLL_S)):
+                    await self._reconciled.wait()
+        for i, (key, _) in enumerate(wanted):
+            if i not in outcomes:
                 namespace, _, name = key.partition("/")
                 ready = condition_of(self.store.get_status(namespace, name) or {}, "Ready")
-                return Outcome(WAITING, ready.get("message") or ready.get("reason") or "")
-            try:
-                async with asyncio.timeout(min(remaining, OUTCOME_POLL_S)), live.served:
-                    await live.served.wait_for(lambda: live.served_generation >= generation)
-            except TimeoutError:
-                pass
+                outcomes[i] = Outcome(WAITING, ready.get("message") or ready.get("reason") or "")
+        return [outcomes[i] for i in range(len(wanted))]
 
     def _newest_failure(self, key: str) -> str:
         """`revision NAME: why` when the Service's newest revision cannot become ready."""
-        namespace, _, name = key.partition("/")
-        newest = latest_created(r for r in self.revisions(namespace) if r.service == name)
         live = self._live.get(key)
-        if newest is None or live is None:
+        if live is None or not live.pods:
+            return ""
+        newest = latest_created(self._index.of(key))
+        if newest is None:
             return ""
         reason = self._failed(live).get(newest.name, "")
         if not reason:
@@ -404,7 +503,10 @@ class LocalServing:
 
     def url(self, key: str) -> str:
         namespace, _, name = key.partition("/")
-        status = self.store.get_status(namespace, name) or {}
+        live = self._live.get(key)
+        status = live.status if live is not None and live.status is not None else None
+        if status is None:
+            status = self.store.get_status(namespace, name) or {}
         return str(status.get("url", ""))
 
     # --- reconciling -------------------------------------------------------------------
@@ -416,32 +518,77 @@ class LocalServing:
 
     async def _work(self) -> None:
         while True:
-            key = await self._queue.get()
-            self._pending.discard(key)
+            keys = [await self._queue.get()]
+            while not self._queue.empty() and len(keys) < MAX_BATCH:
+                keys.append(self._queue.get_nowait())
+            self._pending.difference_update(keys)
             try:
                 async with self._lock:
-                    await self.reconcile(key)
+                    await self.reconcile_batch(keys)
             except Exception:
-                log.exception("reconciling service %s failed", key)
+                log.exception("reconciling services %s failed", ", ".join(keys[:5]))
 
     async def _resync(self) -> None:
         while True:
             await asyncio.sleep(RESYNC_S)
-            for stored in self.store.list_services():
-                self.enqueue(stored.key)
+            for key, live in list(self._live.items()):
+                if not live.settled:
+                    self.enqueue(key)
 
     async def reconcile(self, key: str) -> None:
+        """Reconcile one Service (a batch of one)."""
+        await self.reconcile_batch([key])
+
+    async def reconcile_batch(self, keys: Sequence[str]) -> None:
+        """Reconcile `keys` together: hand every route and backend to the control plane,
+        wait once for the gateways, then finish each Service."""
+        prepared = await asyncio.gather(
+            *(self._prepare(key) for key in keys), return_exceptions=True
+        )
+        plans: list[_Plan] = []
+        for key, plan in zip(keys, prepared, strict=True):
+            if isinstance(plan, BaseException):
+                log.error("reconciling service %s failed", key, exc_info=plan)
+            elif plan is not None:
+                plans.append(plan)
+        acked = False
+        if any(plan.routed for plan in plans):
+            acked = await self.routing.wait_served(timeout=SERVED_TIMEOUT_S)
+        statuses: list[tuple[_Plan, dict[str, Any]]] = []
+        for plan in plans:
+            try:
+                status = self._finish(plan, acked)
+            except Exception:
+                log.exception("reconciling service %s failed", plan.key)
+                continue
+            if status is not None:
+                statuses.append((plan, status))
+        if statuses:
+            with self.store.transaction():
+                for plan, status in statuses:
+                    self.store.put_status(plan.service.namespace, plan.service.name, status)
+        for plan in plans:
+            live = plan.live
+            if live.served_generation < plan.generation and plan.served:
+                async with live.served:
+                    live.served_generation = plan.generation
+                    live.served.notify_all()
+        reconciled, self._reconciled = self._reconciled, asyncio.Event()
+        reconciled.set()
+
+    async def _prepare(self, key: str) -> _Plan | None:
+        """Everything up to the gateways' ACK: pods to start, backends, the route."""
         namespace, _, name = key.partition("/")
         stored = self.store.get_service(namespace, name)
         if stored is None:
-            return
+            live = self._live.get(key)
+            if live is not None and not live.pods:
+                del self._live[key]
+            return None
         service = parse_service(stored.manifest, self._stored_config)
         live = self._live.setdefault(key, _Live())
-        stored_revisions = self.store.list_revisions(namespace, service.name)
-        revisions = service_revisions(
-            service, (Revision.from_dict(d, self.config) for d in stored_revisions)
-        )
-        base_dirs = {d["name"]: d.get("baseDir", ".") for d in stored_revisions}
+        revisions = self._index.of(key)
+        base_dirs = self._index.base_dirs(key)
         self._ready_without_pods(revisions)
         failed = self._failed(live)
         ready = {r.name for r in revisions if r.key in self._ready}
@@ -452,70 +599,96 @@ class LocalServing:
         newest = latest_created(revisions)
         keep = set(routed)
 
-        def wanted(revision: Revision) -> int:
-            starting = revision is newest and revision.key not in self._ready
-            return self._wanted(revision, revision.name in keep or starting)
-
         proxied: dict[str, bool] = {}
         for revision in revisions:
             self._service_of[revision.key] = key
             self._revisions_by_key[revision.key] = revision
             pods = live.pods.get(revision.name)
-            if pods is None and wanted(revision) > 0:
+            wanted = self._wanted_in(revision, keep, newest)
+            if pods is None and wanted > 0:
                 pods = self._revision_pods(key, revision, base_dirs.get(revision.name, "."))
                 live.pods[revision.name] = pods
-            if pods is not None and wanted(revision) >= len(pods.pods):
-                await pods.scale(wanted(revision))
+            if pods is not None and wanted >= len(pods.pods):
+                await pods.scale(wanted)
             proxied[revision.name] = self._publish(revision, pods)
 
         # Make before break: without an activator to hold requests, traffic moves
         # to a revision only once it has a ready pod.
-        cold = {
-            n
+        cold = any(
+            self.activation is None and not (n in live.pods and live.pods[n].ready_pods())
             for n in routed
-            if self.activation is None and not (n in live.pods and live.pods[n].ready_pods())
-        }
-        served = False
+        )
+        applied = False
         if route.traffic_assigned and (not cold or live.route is None):
             self.routing.apply_ingress(ingress)
-            served = await self.routing.wait_served(timeout=10) and not cold
+            self._claim(key, _hosts(ingress))
             live.route = route
+            applied = True
+        return _Plan(
+            key=key,
+            service=service,
+            generation=stored.generation,
+            live=live,
+            revisions=revisions,
+            route=route,
+            ready=ready,
+            failed=failed,
+            keep=keep,
+            proxied=proxied,
+            newest=newest,
+            routed=applied,
+            cold=cold,
+        )
+
+    def _finish(self, plan: _Plan, acked: bool) -> dict[str, Any] | None:
+        """After the gateways' ACK (`acked`): the activator leaves the path, pods no route
+        names drain, and the Service's status; the status if it changed."""
+        live = plan.live
+        plan.served = served = plan.routed and acked and not plan.cold
         if self.activation is not None and served:
-            for revision in revisions:
+            for revision in plan.revisions:
                 self.activation.autoscaler.set_activator_in_path(
-                    revision.key, proxied[revision.name]
+                    revision.key, plan.proxied[revision.name]
                 )
+        keep = plan.keep
         if live.route is not None:
             keep |= {t.revision_name for t in live.route.traffic}
         # Only revisions no applied route names shrink. Pods drain and stop in the
         # background, so a slow stop never holds up another Service's reconcile.
-        for revision in revisions:
+        for revision in plan.revisions:
             pods = live.pods.get(revision.name)
-            if pods is not None and wanted(revision) < len(pods.pods):
-                self._background(pods.scale(wanted(revision)))
+            if pods is not None:
+                wanted = self._wanted_in(revision, keep, plan.newest)
+                if wanted < len(pods.pods):
+                    self._background(pods.scale(wanted))
 
-        previous = self.store.get_status(namespace, name)
+        service = plan.service
+        previous = live.status
+        if previous is None:
+            previous = self.store.get_status(service.namespace, service.name)
         status = service_status(
             service,
-            revisions,
-            live.route or route,
+            plan.revisions,
+            live.route or plan.route,
             now=datetime.now(UTC),
-            ready=ready,
-            failed=failed,
+            ready=plan.ready,
+            failed=plan.failed,
             ingress_ready=served,
             previous=previous,
-            observed_generation=stored.generation,
+            observed_generation=plan.generation,
         )
-        self.store.put_status(namespace, name, status)
-        if (
+        newest = plan.newest
+        plan.served = (
             served
             and newest is not None
             and newest.key in self._ready
             and status.get("latestReadyRevisionName") == newest.name
-        ):
-            async with live.served:
-                live.served_generation = stored.generation
-                live.served.notify_all()
+        )
+        live.settled = (
+            plan.served and not plan.failed and not any(p.pods for p in live.pods.values())
+        )
+        live.status = status
+        return None if status == previous else status
 
     def _initial_pods(self, revision: Revision) -> int:
         """Ready pods the revision needs to become Ready: max(min-scale, initial scale)
@@ -597,6 +770,12 @@ class LocalServing:
     def _pods_of(self, revision: Revision) -> RevisionPods | None:
         live = self._live.get(self._service_of.get(revision.key, ""))
         return live.pods.get(revision.name) if live is not None else None
+
+    def _wanted_in(self, revision: Revision, keep: set[str], newest: Revision | None) -> int:
+        """Pods to run for a revision of a Service whose routes name `keep`: a revision
+        named there, or its newest while it has not become ready, counts as routed."""
+        starting = revision is newest and revision.key not in self._ready
+        return self._wanted(revision, revision.name in keep or starting)
 
     def _wanted(self, revision: Revision, routed: bool) -> int:
         """Pods the revision should run: the autoscaler's decision, if there is one."""
@@ -716,7 +895,24 @@ class LocalServing:
             self.enqueue(key)
 
     def _save_ready(self) -> None:
+        """Store the ready revisions soon: one write for every change in this turn of
+        the event loop (a batch of reconciles readies many at once)."""
+        if self._ready_saving is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write_ready()
+            return
+        self._ready_saving = loop.call_soon(self._write_ready)
+
+    def _write_ready(self) -> None:
+        self._ready_saving = None
         self.store.put_setting(READY_SETTING, sorted(self._ready))
+
+
+def _hosts(ingress: Ingress) -> frozenset[str]:
+    return frozenset(host for rule in ingress.rules for host in rule.hosts)
 
 
 def _backend_key(revision: Revision) -> str:
