@@ -26,6 +26,7 @@ import socket
 import sys
 from collections.abc import Callable
 
+import uvloop
 from aiohttp import web
 
 from wakegate.activator.client import ControlPlaneClient
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    asyncio.run(serve(args))
+    uvloop.run(serve(args))
     return 0
 
 

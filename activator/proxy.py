@@ -13,6 +13,10 @@ goes to another pod, as long as nothing of the request body was consumed yet; a 
 that drops an established connection before answering gets the request again only when
 its body was empty or small enough to be buffered (`buffer_limit`).
 
+Requests whose body is empty or buffered go out on the activator's own keep-alive
+connections (`upstream`), the rest (streamed bodies, HEAD, upgrades, websockets)
+through aiohttp's client.
+
 Requests without the two headers are the activator's own: `GET /healthz` and
 `GET /metrics` (Prometheus); anything else is a 400.
 """
@@ -33,6 +37,7 @@ from wakegate.activator.metrics import ActivatorMetrics
 from wakegate.activator.pods import PodSlot
 from wakegate.activator.queue import HoldTimeout, QueueFull, RevisionQueue
 from wakegate.activator.revisions import Revisions
+from wakegate.activator.upstream import ConnectFailed, Disconnected, UpstreamPool
 from wakegate.serving.headers import NAMESPACE_HEADER, REVISION_HEADER
 
 log = logging.getLogger("wakegate.activator")
@@ -81,6 +86,13 @@ class _RequestBody:
     def replayable(self) -> bool:
         return self._buffered is not None or not self._request.body_exists
 
+    @property
+    def in_memory(self) -> bytes | None:
+        """The whole body when it is empty or buffered, else None."""
+        if self._buffered is not None:
+            return self._buffered
+        return None if self._request.body_exists else b""
+
     def data(self) -> bytes | AsyncIterator[bytes] | None:
         if self._buffered is not None:
             return self._buffered
@@ -128,6 +140,7 @@ class Activator:
         self.buffer_limit = buffer_limit
         self.connect_timeout_s = connect_timeout_s
         self._session: aiohttp.ClientSession | None = None
+        self._pool = UpstreamPool(connect_timeout_s=connect_timeout_s)
 
     def application(self) -> web.Application:
         app = web.Application(
@@ -152,6 +165,7 @@ class Activator:
         )
 
     async def _close(self, _: web.Application) -> None:
+        self._pool.close()
         if self._session is not None:
             await self._session.close()
 
@@ -243,6 +257,9 @@ class Activator:
             headers["X-Forwarded-For"] = ", ".join([*forwarded, request.remote])
         if request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request, url, headers)
+        data = body.in_memory
+        if data is not None and request.method != "HEAD" and "Upgrade" not in request.headers:
+            return await self._forward_pooled(request, gate or slot.authority, headers, data)
         try:
             upstream = await self.session.request(
                 request.method,
@@ -264,6 +281,53 @@ class Activator:
             return _text(502, f"pod {slot.authority}: {exc or type(exc).__name__}")
         try:
             return await self._relay(request, upstream)
+        finally:
+            upstream.release()
+
+    async def _forward_pooled(
+        self, request: web.Request, authority: str, headers: CIMultiDict[str], body: bytes
+    ) -> web.StreamResponse:
+        """Forward over the activator's own keep-alive connections (see `upstream`)."""
+        host, _, port = authority.rpartition(":")
+        if body:
+            headers["Content-Length"] = str(len(body))
+        lines = [f"{request.method} {request.raw_path} HTTP/1.1"]
+        lines.extend(f"{name}: {value}" for name, value in headers.items())
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+        try:
+            upstream = await self._pool.request(host.strip("[]"), int(port), head, body)
+        except ConnectFailed as exc:
+            raise _PodUnreachable(str(exc)) from exc
+        except Disconnected as exc:
+            if not exc.answered:
+                raise _PodUnreachable(str(exc)) from exc
+            return _text(502, f"pod {authority}: {exc}")
+        try:
+            out: CIMultiDict[str] = CIMultiDict(
+                (name.decode("latin-1"), value.decode("latin-1"))
+                for name, value in upstream.headers
+            )
+            out = _end_to_end(out)
+            whole = upstream.body_now()
+            if whole is not None:
+                return web.Response(
+                    status=upstream.status, reason=upstream.reason, headers=out, body=whole
+                )
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            response.headers.extend(out)
+            await response.prepare(request)
+            try:
+                async for chunk in upstream.chunks():
+                    await response.write(chunk)
+            except Disconnected as exc:
+                log.warning("pod response for %s broke off: %s", request.path, exc)
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            except ConnectionError:
+                return response  # the client went away
+            await response.write_eof()
+            return response
         finally:
             upstream.release()
 
