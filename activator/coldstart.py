@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -57,18 +58,22 @@ class ColdStarts:
         )
         self.last = Gauge(LAST, "The latest cold start, in seconds.", _LABELS, registry=registry)
 
-    def arrived(self, request: web.Request, queue: RevisionQueue) -> None:
+    def arrived(self, request: MutableMapping[str, Any], queue: RevisionQueue) -> None:
         """A request for `queue`'s revision came in: a cold start if it has no ready pod."""
         if not queue.pods:
             request[_ARRIVED] = (queue.namespace, queue.revision, time.monotonic())
             self.requests.labels(queue.namespace, queue.revision).inc()
 
     @staticmethod
-    def forwarding(request: web.Request) -> None:
+    def forwarding(request: MutableMapping[str, Any]) -> None:
         """The request goes to a pod: its response, when it starts, ends the cold start."""
         request[_FORWARDED] = True
 
     async def on_response_prepare(self, request: web.Request, _: web.StreamResponse) -> None:
+        self.on_response(request)
+
+    def on_response(self, request: MutableMapping[str, Any]) -> None:
+        """The response to `request` starts."""
         arrived = request.get(_ARRIVED)
         if arrived is None or not request.get(_FORWARDED):
             return

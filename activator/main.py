@@ -31,6 +31,7 @@ from aiohttp import web
 
 from wakegate.activator.client import ControlPlaneClient
 from wakegate.activator.h2c import H2Proxy
+from wakegate.activator.http1 import Http1Server
 from wakegate.activator.metrics import ActivatorMetrics
 from wakegate.activator.proxy import DEFAULT_BUFFER_LIMIT, DEFAULT_CONNECT_TIMEOUT_S, Activator
 from wakegate.activator.revisions import DEFAULT_HOLD_TIMEOUT_S, DEFAULT_MAX_QUEUED, Revisions
@@ -176,16 +177,17 @@ async def serve(args: argparse.Namespace) -> None:
         shutdown_timeout=args.drain_timeout,
     )
     await runner.setup()
-    site: web.BaseSite
     if args.listen_fd is not None:
         sock = socket.socket(fileno=args.listen_fd)
-        host = str(sock.getsockname()[0])
-        site = web.SockSite(runner, sock)
     else:
-        host, port = args.listen
-        site = web.TCPSite(runner, host, port, backlog=1024)
-    await site.start()
-    bound = int(runner.addresses[0][1])
+        sock = socket.create_server(args.listen, backlog=1024)
+    host = str(sock.getsockname()[0])
+    bound = int(sock.getsockname()[1])
+    assert runner.server is not None
+    http1 = Http1Server(
+        revisions, metrics, activator.pool, runner.server, buffer_limit=args.buffer_limit
+    )
+    await http1.start(sock)
     h2c: H2Proxy | None = None
     ports = [str(bound)]
     if args.listen_h2c is not None or args.listen_h2c_fd is not None:
@@ -201,10 +203,10 @@ async def serve(args: argparse.Namespace) -> None:
         await stop.wait()
         log.info("stopping; draining requests for up to %gs", args.drain_timeout)
     finally:
+        stops = [http1.stop(args.drain_timeout), runner.cleanup()]
         if h2c is not None:
-            await asyncio.gather(runner.cleanup(), h2c.stop(args.drain_timeout))
-        else:
-            await runner.cleanup()
+            stops.append(h2c.stop(args.drain_timeout))
+        await asyncio.gather(*stops)
         await client.close()
 
 

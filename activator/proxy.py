@@ -140,7 +140,7 @@ class Activator:
         self.buffer_limit = buffer_limit
         self.connect_timeout_s = connect_timeout_s
         self._session: aiohttp.ClientSession | None = None
-        self._pool = UpstreamPool(connect_timeout_s=connect_timeout_s)
+        self.pool = UpstreamPool(connect_timeout_s=connect_timeout_s)
 
     def application(self) -> web.Application:
         app = web.Application(
@@ -165,7 +165,7 @@ class Activator:
         )
 
     async def _close(self, _: web.Application) -> None:
-        self._pool.close()
+        self.pool.close()
         if self._session is not None:
             await self._session.close()
 
@@ -295,7 +295,7 @@ class Activator:
         lines.extend(f"{name}: {value}" for name, value in headers.items())
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
         try:
-            upstream = await self._pool.request(host.strip("[]"), int(port), head, body)
+            upstream = await self.pool.request(host.strip("[]"), int(port), head, body)
         except ConnectFailed as exc:
             raise _PodUnreachable(str(exc)) from exc
         except Disconnected as exc:

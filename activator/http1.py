@@ -1,0 +1,450 @@
+"""The activator's HTTP/1.1 listener: a lean path for plain requests, aiohttp for the rest.
+
+Nearly every request the gateway sends the activator is plain: HTTP/1.1, a body with a
+Content-Length small enough to buffer (`buffer_limit`) or none, no upgrade, no
+`Expect`. Those are parsed here with httptools and forwarded on the activator's own
+keep-alive connections to pods (see `upstream`), with the same hold, pod choice,
+retries, headers, metrics and cold-start accounting as `proxy.Activator`, at a
+fraction of aiohttp's cost per request. The first request of a connection that is
+not plain (a streamed or chunked body, HEAD, an upgrade or websocket, HTTP/1.0, the
+activator's own `/healthz` and `/metrics`) hands the connection, from that request on,
+to aiohttp's server, which serves it as `proxy.Activator` does.
+
+Requests on one connection are answered in order. A request pipelined behind another
+on the same read is served here only if it is plain; otherwise it is answered 400 and
+the connection closed (the gateway never pipelines).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import httptools
+
+from wakegate.activator.metrics import ActivatorMetrics
+from wakegate.activator.queue import HoldTimeout, QueueFull, RevisionQueue
+from wakegate.activator.revisions import Revisions
+from wakegate.activator.upstream import ConnectFailed, Disconnected, Response, UpstreamPool
+from wakegate.serving.headers import NAMESPACE_HEADER, REVISION_HEADER
+
+log = logging.getLogger("wakegate.activator")
+
+MAX_ATTEMPTS = 5
+MAX_HEAD = 65536
+"""Request line and headers, in bytes, beyond which a request is not plain."""
+_NAMESPACE = NAMESPACE_HEADER.lower().encode()
+_REVISION = REVISION_HEADER.lower().encode()
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+_NOT_PLAIN = frozenset({b"upgrade", b"expect", b"transfer-encoding"})
+_PLAIN_METHODS = frozenset({b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"})
+
+
+class _HandOver(Exception):
+    """The request is not plain: aiohttp takes the connection from it on."""
+
+
+@dataclass
+class _Request:
+    method: bytes = b""
+    target: bytearray = field(default_factory=bytearray)
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: list[bytes] = field(default_factory=list)
+    size: int = 0
+    keep_alive: bool = True
+    namespace: str = ""
+    revision: str = ""
+    state: dict[str, Any] = field(default_factory=dict)
+    """What the cold-start accounting keeps per request."""
+
+
+def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
+    return {
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == b"connection"
+        for token in value.split(b",")
+    }
+
+
+def _end_to_end(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> list[bytes]:
+    """`Name: value` lines without hop-by-hop headers (and those Connection names)."""
+    named = _connection_tokens(headers)
+    return [
+        name + b": " + value
+        for name, value in headers
+        if (lower := name.lower()) not in _HOP_BY_HOP and lower not in named and lower not in drop
+    ]
+
+
+def _text(status: int, reason: str, message: str, keep_alive: bool) -> bytes:
+    body = (message + "\n").encode()
+    connection = b"keep-alive" if keep_alive else b"close"
+    return b"".join(
+        (
+            f"HTTP/1.1 {status} {reason}\r\n".encode(),
+            b"Content-Type: text/plain; charset=utf-8\r\n",
+            f"Content-Length: {len(body)}\r\n".encode(),
+            b"Connection: " + connection + b"\r\n\r\n",
+            body,
+        )
+    )
+
+
+class Http1(asyncio.Protocol):
+    """One client connection (see the module's docstring)."""
+
+    def __init__(
+        self,
+        revisions: Revisions,
+        metrics: ActivatorMetrics,
+        pool: UpstreamPool,
+        fallback: Callable[[], asyncio.Protocol],
+        connections: set[Http1],
+        *,
+        buffer_limit: int,
+    ) -> None:
+        self.revisions = revisions
+        self.metrics = metrics
+        self.pool = pool
+        self.fallback = fallback
+        self.connections = connections
+        self.buffer_limit = buffer_limit
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = ""
+        self._request: _Request | None = None
+        self._raw: bytearray | None = None
+        """The bytes of the current request since it began, while it may be handed over."""
+        self._feeding = False
+        self._completed_in_feed = False
+        self._current = b""
+        self._ready: deque[_Request] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._handover: bytes | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.closing = False
+
+    # --- asyncio ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses; they behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if peer else ""
+        self.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.discard(self)
+        self._writable.set()
+        if self._task is not None:
+            self._task.cancel()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def data_received(self, data: bytes) -> None:
+        if self._handover is not None:
+            self._handover += data
+            return
+        if self._request is not None and self._raw is not None:
+            self._raw += data
+        self._current = data
+        self._feeding, self._completed_in_feed = True, False
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._hand_over_when_idle()  # an upgrade the headers did not show
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HandOver):
+                self._hand_over_when_idle()
+            else:
+                message = "malformed HTTP/1.1 request"
+                self._reply_and_close(_text(400, "Bad Request", message, False))
+        finally:
+            self._feeding = False
+            self._current = b""
+        self._next()
+
+    # --- httptools callbacks -----------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._request = _Request()
+        # A request that began inside a read after another one ended (pipelined)
+        # cannot be handed over: where it starts in the read is not known.
+        self._raw = None if self._completed_in_feed else bytearray(self._current)
+
+    def on_url(self, url: bytes) -> None:
+        assert self._request is not None
+        self._request.target += url
+        if len(self._request.target) > MAX_HEAD:
+            raise _HandOver
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        request = self._request
+        assert request is not None
+        request.headers.append((name, value))
+        lower = name.lower()
+        if lower in _NOT_PLAIN or len(request.headers) > 100:
+            raise _HandOver
+        if lower == _NAMESPACE:
+            request.namespace = value.decode("latin-1")
+        elif lower == _REVISION:
+            request.revision = value.decode("latin-1")
+        elif lower == b"content-length":
+            try:
+                too_big = int(value) > self.buffer_limit
+            except ValueError:
+                too_big = True
+            if too_big:
+                raise _HandOver
+
+    def on_headers_complete(self) -> None:
+        request = self._request
+        assert request is not None
+        request.method = self.parser.get_method()
+        request.keep_alive = self.parser.should_keep_alive()
+        plain = (
+            request.method in _PLAIN_METHODS
+            and self.parser.get_http_version() == "1.1"
+            and request.namespace
+            and request.revision
+        )
+        if not plain:
+            raise _HandOver
+
+    def on_body(self, body: bytes) -> None:
+        assert self._request is not None
+        self._request.body.append(body)
+
+    def on_message_complete(self) -> None:
+        request = self._request
+        assert request is not None
+        self._request = None
+        self._raw = None
+        self._completed_in_feed = self._feeding
+        self._ready.append(request)
+
+    # --- serving -------------------------------------------------------------------------
+
+    def _next(self) -> None:
+        if self._task is not None or self.transport is None or self.transport.is_closing():
+            return
+        if self._ready:
+            self._task = asyncio.get_running_loop().create_task(self._serve(self._ready.popleft()))
+            self._task.add_done_callback(self._served)
+        elif self._handover is not None:
+            self._hand_over()
+        elif self.closing:
+            self.transport.close()
+
+    def _served(self, task: asyncio.Task[None]) -> None:
+        self._task = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("serving a request failed", exc_info=task.exception())
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self._next()
+
+    def _hand_over_when_idle(self) -> None:
+        if self._raw is None:
+            message = "pipelined requests must each have a plain HTTP/1.1 body"
+            self._reply_and_close(_text(400, "Bad Request", message, False))
+            return
+        self._handover = bytes(self._raw)
+        self._raw = None
+
+    def _hand_over(self) -> None:
+        assert self.transport is not None and self._handover is not None
+        data, self._handover = self._handover, None
+        self.connections.discard(self)
+        protocol = self.fallback()
+        self.transport.set_protocol(protocol)
+        protocol.connection_made(self.transport)
+        protocol.data_received(data)
+
+    def _reply_and_close(self, data: bytes) -> None:
+        self._ready.clear()
+        self._handover = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+            self.transport.close()
+
+    async def _serve(self, request: _Request) -> None:
+        queue = self.revisions.get(request.namespace, request.revision)
+        self.metrics.cold_starts.arrived(request.state, queue)
+        queue.request_started()
+        code = 0
+        try:
+            code = await self._forward(request, queue)
+        except asyncio.CancelledError:
+            code = 499  # the client went away
+            raise
+        finally:
+            queue.request_finished()
+            self.metrics.responses.labels(request.namespace, request.revision, str(code)).inc()
+
+    async def _forward(self, request: _Request, queue: RevisionQueue) -> int:
+        loop = asyncio.get_running_loop()
+        arrived = loop.time()
+        deadline = arrived + queue.hold_timeout_s
+        body = b"".join(request.body)
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                slot = await queue.acquire(deadline)
+            except QueueFull:
+                return self._answer(request, 503, f"activator queue full for {queue.name}")
+            except HoldTimeout:
+                reason = "no ready pod" if not queue.pods else "no pod with room"
+                message = f"{reason} for {queue.name} within {queue.hold_timeout_s:g}s"
+                return self._answer(request, 504, message)
+            if attempt == 1:
+                self.metrics.hold_seconds.observe(loop.time() - arrived)
+            try:
+                authority = queue.gate or slot.authority
+                self.metrics.cold_starts.forwarding(request.state)
+                try:
+                    upstream = await self.pool.request(
+                        *_host_port(authority), self._head(request, body), body
+                    )
+                except (ConnectFailed, Disconnected) as exc:
+                    if isinstance(exc, Disconnected) and exc.answered:
+                        return self._answer(request, 502, f"pod {authority}: {exc}")
+                    queue.unreachable(slot)
+                    if attempt == MAX_ATTEMPTS:
+                        message = f"cannot reach a pod of {queue.name}: {exc}"
+                        return self._answer(request, 502, message)
+                    self.metrics.retries.inc()
+                    log.info("%s: pod %s unreachable (%s); retrying", queue.name, authority, exc)
+                    continue
+                try:
+                    await self._relay(request, upstream)
+                finally:
+                    upstream.release()
+                return upstream.status
+            finally:
+                queue.release(slot)
+        raise AssertionError("unreachable")
+
+    def _head(self, request: _Request, body: bytes) -> bytes:
+        forwarded = [v for n, v in request.headers if n.lower() == b"x-forwarded-for"]
+        lines = [request.method + b" " + bytes(request.target) + b" HTTP/1.1"]
+        lines += _end_to_end(request.headers, frozenset({b"x-forwarded-for"}))
+        if self.peer:
+            lines.append(b"X-Forwarded-For: " + b", ".join([*forwarded, self.peer.encode()]))
+        elif forwarded:
+            lines.append(b"X-Forwarded-For: " + b", ".join(forwarded))
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
+    def _answer(self, request: _Request, status: int, message: str) -> int:
+        reason = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+        assert self.transport is not None
+        self.transport.write(_text(status, reason[status], message, request.keep_alive))
+        if not request.keep_alive:
+            self.closing = True
+        return status
+
+    async def _relay(self, request: _Request, upstream: Response) -> None:
+        transport = self.transport
+        assert transport is not None
+        self.metrics.cold_starts.on_response(request.state)
+        lines = [f"HTTP/1.1 {upstream.status} {upstream.reason}".encode()]
+        lines += _end_to_end(upstream.headers, frozenset({b"content-length"}))
+        lines.append(b"Connection: keep-alive" if request.keep_alive else b"Connection: close")
+        whole = upstream.body_now()
+        if whole is not None:
+            if upstream.status not in (204, 304):
+                lines.append(b"Content-Length: " + str(len(whole)).encode())
+            transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + whole)
+        else:
+            length = next((v for n, v in upstream.headers if n.lower() == b"content-length"), None)
+            lines.append(
+                b"Content-Length: " + length
+                if length is not None
+                else b"Transfer-Encoding: chunked"
+            )
+            transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
+            try:
+                async for chunk in upstream.chunks():
+                    if not chunk:
+                        continue
+                    if length is None:
+                        chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+                    transport.write(chunk)
+                    if not self._writable.is_set():
+                        await self._writable.wait()
+                    if transport.is_closing():
+                        return
+            except Disconnected as exc:
+                # The status line is out: cutting the connection is the only way left to
+                # tell the client the body is not whole.
+                log.warning("pod response for %s broke off: %s", bytes(request.target), exc)
+                transport.close()
+                return
+            if length is None:
+                transport.write(b"0\r\n\r\n")
+        if not request.keep_alive:
+            self.closing = True
+
+
+def _host_port(authority: str) -> tuple[str, int]:
+    host, _, port = authority.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class Http1Server:
+    """The listener: lean connections, handed to aiohttp's `server` when not plain."""
+
+    def __init__(
+        self,
+        revisions: Revisions,
+        metrics: ActivatorMetrics,
+        pool: UpstreamPool,
+        fallback: Callable[[], asyncio.Protocol],
+        *,
+        buffer_limit: int,
+    ) -> None:
+        self._factory = lambda: Http1(
+            revisions, metrics, pool, fallback, self.connections, buffer_limit=buffer_limit
+        )
+        self.connections: set[Http1] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self, sock: Any) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._factory, sock=sock)
+
+    async def stop(self, timeout_s: float) -> None:
+        """Stop accepting; let requests in progress finish for up to `timeout_s`."""
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            connection.closing = True
+            connection._next()
+        busy = [c._task for c in self.connections if c._task is not None]
+        if busy:
+            await asyncio.wait(busy, timeout=timeout_s)
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.close()
