@@ -52,7 +52,14 @@ _HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-_NOT_PLAIN = frozenset({b"upgrade", b"expect", b"transfer-encoding"})
+_WATCHED = {
+    _NAMESPACE: "namespace",
+    _REVISION: "revision",
+    b"content-length": "length",
+    b"upgrade": "not plain",
+    b"expect": "not plain",
+    b"transfer-encoding": "not plain",
+}
 _PLAIN_METHODS = frozenset({b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"})
 
 
@@ -74,23 +81,20 @@ class _Request:
     """What the cold-start accounting keeps per request."""
 
 
-def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
-    return {
-        token.strip().lower()
-        for name, value in headers
-        if name.lower() == b"connection"
-        for token in value.split(b",")
-    }
-
-
 def _end_to_end(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> list[bytes]:
     """`Name: value` lines without hop-by-hop headers (and those Connection names)."""
-    named = _connection_tokens(headers)
-    return [
-        name + b": " + value
-        for name, value in headers
-        if (lower := name.lower()) not in _HOP_BY_HOP and lower not in named and lower not in drop
-    ]
+    drop = drop | _HOP_BY_HOP
+    lines = []
+    named: list[bytes] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"connection":
+            named += (token.strip().lower() for token in value.split(b","))
+        if lower not in drop:
+            lines.append((lower, name + b": " + value))
+    if named:
+        return [line for lower, line in lines if lower not in named]
+    return [line for _, line in lines]
 
 
 def _text(status: int, reason: str, message: str, keep_alive: bool) -> bytes:
@@ -204,20 +208,22 @@ class Http1(asyncio.Protocol):
         request = self._request
         assert request is not None
         request.headers.append((name, value))
-        lower = name.lower()
-        if lower in _NOT_PLAIN or len(request.headers) > 100:
-            raise _HandOver
-        if lower == _NAMESPACE:
+        kind = _WATCHED.get(name.lower())
+        if kind is None:
+            return
+        if kind == "namespace":
             request.namespace = value.decode("latin-1")
-        elif lower == _REVISION:
+        elif kind == "revision":
             request.revision = value.decode("latin-1")
-        elif lower == b"content-length":
+        elif kind == "length":
             try:
                 too_big = int(value) > self.buffer_limit
             except ValueError:
                 too_big = True
             if too_big:
                 raise _HandOver
+        else:
+            raise _HandOver
 
     def on_headers_complete(self) -> None:
         request = self._request
@@ -230,7 +236,7 @@ class Http1(asyncio.Protocol):
             and request.namespace
             and request.revision
         )
-        if not plain:
+        if not plain or len(request.headers) > 100:
             raise _HandOver
 
     def on_body(self, body: bytes) -> None:
@@ -303,7 +309,7 @@ class Http1(asyncio.Protocol):
             raise
         finally:
             queue.request_finished()
-            self.metrics.responses.labels(request.namespace, request.revision, str(code)).inc()
+            self.metrics.response(request.namespace, request.revision, code)
 
     async def _forward(self, request: _Request, queue: RevisionQueue) -> int:
         loop = asyncio.get_running_loop()

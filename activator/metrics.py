@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -73,6 +74,15 @@ class ActivatorMetrics:
         )
         self.cold_starts = ColdStarts(self.registry)
         self.registry.register(_RevisionGauges(revisions, connected))
+        self._responses: dict[tuple[str, str, int], Any] = {}
+
+    def response(self, namespace: str, revision: str, code: int) -> None:
+        """Count one response (the counter of each label set is looked up once)."""
+        key = (namespace, revision, code)
+        child = self._responses.get(key)
+        if child is None:
+            child = self._responses[key] = self.responses.labels(namespace, revision, str(code))
+        child.inc()
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

@@ -192,7 +192,7 @@ class Activator:
             raise
         finally:
             queue.request_finished()
-            self.metrics.responses.labels(namespace, revision, str(code)).inc()
+            self.metrics.response(namespace, revision, code)
 
     def _own(self, request: web.Request) -> web.Response:
         if request.method in ("GET", "HEAD"):
