@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from bench import command_line
+from bench.apply_bulk import bulk, report_bulk
 from bench.local import Api, Timeline, host, local_stack, manifest, pod_log, service_of
 from bench.stack import ms, percentile, percentile_ms, table
 from bench.timing import Client, start_client
@@ -417,6 +418,31 @@ def report_loaded(loaded: Loaded, max_pods: int) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> None:
+    if "first" in args.parts:
+        await first_answer(args)
+    if "bulk" in args.parts and args.bulk > 0:
+        print(
+            f"\n== (f.2) {args.bulk:,} Services applied at once → all served, as one file "
+            f"and as {args.bulk:,} applies; baseline {args.bulk_baseline} Services =="
+        )
+        with tempfile.TemporaryDirectory(prefix="wakegate-bench-bulk-") as tmp:
+            async with start_client(args.poll_ms / 1000) as timing:
+                results = [
+                    await bulk(
+                        Path(tmp),
+                        timing,
+                        way,
+                        count=args.bulk,
+                        baseline=args.bulk_baseline,
+                        clients=args.clients,
+                        autoscaler=SHORT,
+                    )
+                    for way in ("one file", "separate")
+                ]
+        report_bulk(results, args.clients)
+
+
+async def first_answer(args: argparse.Namespace) -> None:
     sizes = sorted({n for n in args.background if n > 0})
     with_bg = f" and with {', '.join(f'{n:,}' for n in sizes)} Services at zero" if sizes else ""
     print(
@@ -494,6 +520,18 @@ def parser() -> argparse.ArgumentParser:
         "--max-timeouts", type=int, default=2, help="applies without a 200 before a part stops"
     )
     p.add_argument("--poll-ms", type=float, default=5.0, help="gateway (and app) poll interval")
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        choices=("first", "bulk"),
+        default=["first", "bulk"],
+        help="first: apply → first answer; bulk: --bulk Services at once → all served",
+    )
+    p.add_argument("--bulk", type=int, default=1000, help="Services applied at once in (f.2)")
+    p.add_argument("--bulk-baseline", type=int, default=10, help="the (f.2) baseline's size")
+    p.add_argument(
+        "--clients", type=int, default=8, help="(f.2): applies of one Service in flight at once"
+    )
     return p
 
 

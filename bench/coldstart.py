@@ -13,9 +13,11 @@ process, pods as processes, loopback API), with the seed's hello-world Service.
    starting or stopping. The client, and the app in the baseline, are timed from a
    process of their own. Where the time goes comes from hooks on the stack's callbacks
    and the runtime's log.
-2. Activator in path vs not: `hey` through the gateway to one pod in proxy mode (target
-   burst capacity 200, the default, keeps the activator in path) and one in serve mode
-   (target burst capacity 0: straight to the pod). Both pinned to one pod.
+2. Activator in path vs not: `hey -c 50` (and `-c 1`) through the gateway to one pod in
+   proxy mode (target burst capacity 200, the default, keeps the activator in path) and
+   one in serve mode (target burst capacity 0: straight to the pod), both pinned to one
+   pod, in `--repeat` rounds that alternate the two; medians. Targets: through the
+   activator ≥ 60 % of the requests per second straight to the pod, p50 added ≤ 1 ms.
 3. Burst: `hey -c 50` at target 10 per pod from one ready pod, default windows (stable
    60 s, panic 6 s, tick 2 s): time until 5 pods are ready. Target ≤ 10 s.
 4. Activator throughput with `containerConcurrency: 1` against 0, in the same run: `hey`
@@ -398,8 +400,17 @@ def _backend(stack: LocalStack, name: str) -> str:
 
 
 async def activator_vs_direct(
-    stack: LocalStack, api: Api, *, seconds: float, connections: int, warmup: float
+    stack: LocalStack,
+    api: Api,
+    *,
+    seconds: float,
+    connections: int,
+    warmup: float,
+    repeat: int,
 ) -> PathResult:
+    """`repeat` rounds, each a run through the activator then one straight to the pod, at
+    `connections` and then at one connection: the two paths take turns, so both meet
+    the same load on the machine."""
     pinned = {f"{ANNOTATION}min-scale": "1", f"{ANNOTATION}max-scale": "1"}
     await api.apply(*(manifest(name, {**pinned, **extra}) for name, _, extra in PATHS))
 
@@ -414,47 +425,77 @@ async def activator_vs_direct(
     url = f"http://127.0.0.1:{stack.config.port}/"
     runs = []
     routed: dict[str, set[str]] = {}
-    for conns in dict.fromkeys((connections, 1)):
-        for name, label, _ in PATHS:
-            [pod] = await api.ready(revision(name))
-            pids = {"app": int(pod["pid"]), "envoy": stack.gateway.pid, "wakegate": os.getpid()}
-            if activator is not None:
-                pids["activator"] = activator
-            routed.setdefault(name, set()).add(_backend(stack, name))
-            runs.append(
-                await load(
-                    "hey",
-                    label,
-                    url,
-                    host(name),
-                    duration=seconds,
-                    connections=conns,
-                    warmup=warmup,
-                    pids=pids,
+    for _ in range(repeat):
+        for conns in dict.fromkeys((connections, 1)):
+            for name, label, _ in PATHS:
+                [pod] = await api.ready(revision(name))
+                pids = {"app": int(pod["pid"]), "envoy": stack.gateway.pid, "wakegate": os.getpid()}
+                if activator is not None:
+                    pids["activator"] = activator
+                routed.setdefault(name, set()).add(_backend(stack, name))
+                runs.append(
+                    await load(
+                        "hey",
+                        label,
+                        url,
+                        host(name),
+                        duration=seconds,
+                        connections=conns,
+                        warmup=warmup,
+                        pids=pids,
+                    )
                 )
-            )
-            routed[name].add(_backend(stack, name))
+                routed[name].add(_backend(stack, name))
     for name, _, _ in PATHS:
         await api.delete(name)
     return PathResult(runs, {n: " and ".join(sorted(v)) for n, v in routed.items()})
 
 
+def _median_run(runs: Sequence[Load]) -> Load:
+    """The runs' medians: req/s, latencies and CPU shares each on its own; ok and failed
+    summed."""
+
+    def mid(values: Sequence[float]) -> float:
+        return percentile(values, 50)
+
+    first = runs[0]
+    cpu = {k: mid([r.cpu.get(k, 0.0) for r in runs]) for k in first.cpu}
+    return Load(
+        first.tool,
+        first.connections,
+        first.path,
+        mid([r.rps for r in runs]),
+        mid([r.p50_s for r in runs]),
+        mid([r.p99_s for r in runs]),
+        sum(r.ok for r in runs),
+        sum(r.failed for r in runs),
+        cpu,
+    )
+
+
 def report_paths(r: PathResult) -> None:
-    direct = {run.connections: run for run in r.runs if run.path == PATHS[1][1]}
-    rows = []
+    groups: dict[tuple[int, str], list[Load]] = {}
     for run in r.runs:
-        base = direct[run.connections]
+        groups.setdefault((run.connections, run.path), []).append(run)
+    rounds = len(next(iter(groups.values())))
+    medians = {key: _median_run(runs) for key, runs in groups.items()}
+    direct = {c: run for (c, path), run in medians.items() if path == PATHS[1][1]}
+    rows = []
+    for (conns, _), run in medians.items():
+        base = direct[conns]
+        same = [g for g in groups[(conns, run.path)]]
         if run is base:
             versus = "baseline"
-        elif run.connections == 1:
+        elif conns == 1:
             versus = f"p50 +{(run.p50_s - base.p50_s) * 1000:.2f} ms"
         else:
             versus = f"{run.rps / base.rps * 100:.0f}% req/s"
         rows.append(
             [
-                f"hey -c {run.connections}",
+                f"hey -c {conns}",
                 run.path,
                 f"{run.rps:,.0f}",
+                " ".join(f"{g.rps / 1000:.1f}k" for g in same),
                 f"{run.p50_s * 1000:.2f}",
                 f"{run.p99_s * 1000:.2f}",
                 f"{run.ok:,}",
@@ -463,14 +504,28 @@ def report_paths(r: PathResult) -> None:
                 " ".join(f"{name} {share * 100:.0f}%" for name, share in run.cpu.items()),
             ]
         )
-    header = ["load", "gateway →", "req/s", "p50 ms", "p99 ms", "ok", "failed", "vs direct"]
-    print(table([*header, "CPU (100% = one core)"], rows, left=2))
+    header = ["load", "gateway →", "req/s", "each run", "p50 ms", "p99 ms", "ok", "failed"]
+    print(table([*header, "vs direct", "CPU (100% = one core)"], rows, left=2))
+    ratios = [
+        a.rps / b.rps
+        for a, b in zip(
+            groups[(r.runs[0].connections, PATHS[0][1])],
+            groups[(r.runs[0].connections, PATHS[1][1])],
+            strict=True,
+        )
+    ]
+    print(
+        f"medians of {rounds} rounds (each: activator then direct, -c {r.runs[0].connections} "
+        f"then -c 1); through the activator in each round: "
+        + ", ".join(f"{x * 100:.0f}%" for x in ratios)
+        + " of the direct run next to it."
+    )
     routed = ", ".join(f"{name}: {where}" for name, where in r.routed.items())
     print(
         "Same app, one pod each (min-scale = max-scale = 1), same gateway; the activator "
-        "is a Python (aiohttp) process. The gateway's cluster pointed at this before and "
-        f"after each run: {routed}. {os.cpu_count()} cores shared by hey, Envoy, the activator, "
-        "the app and this process."
+        "is a Python process (uvloop, httptools). The gateway's cluster pointed at this "
+        f"before and after each run: {routed}. {os.cpu_count()} cores shared by hey, Envoy, "
+        "the activator, the app and this process."
     )
 
 
@@ -690,6 +745,7 @@ async def main_async(args: argparse.Namespace) -> None:
                             seconds=args.seconds,
                             connections=args.connections,
                             warmup=1.0,
+                            repeat=args.repeat,
                         )
                         report_paths(paths)
                     if "cc" in args.parts:
@@ -738,7 +794,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--wakes", type=int, default=20, help="cold starts (and baseline app starts)")
     p.add_argument("--services", type=int, default=4, help="Services the wakes take turns over")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per hey run in part 2")
-    p.add_argument("--connections", type=int, default=10, help="hey -c in part 2 (and -c 1)")
+    p.add_argument("--connections", type=int, default=50, help="hey -c in part 2 (and -c 1)")
+    p.add_argument("--repeat", type=int, default=3, help="rounds of part 2 (medians are reported)")
     p.add_argument("--burst-seconds", type=float, default=20.0, help="hey -z in part 3")
     p.add_argument("--burst-connections", type=int, default=50, help="hey -c in part 3")
     p.add_argument("--cc-pods", type=int, default=4, help="pods per Service in part 4")
