@@ -288,3 +288,63 @@ async def test_a_port_in_use_is_named(tmp_path: Path) -> None:
         taken.listen()
         with pytest.raises(GatewayError, match=rf"{config.port}.*in use"):
             LocalStack(config).preflight()
+
+
+async def test_many_services_in_one_file_are_reconciled_together_and_all_served(
+    tmp_path: Path,
+) -> None:
+    """Thirty Services in one apply: reconciled in batches with one wait for the gateway
+    per batch (not one each), every one Ready and served, a request to any of them
+    answered; one deleted and applied again comes back with a new first revision."""
+    config = stack_config(tmp_path)
+    config.allow_zero_initial_scale = True
+    stack = LocalStack(config)
+    await stack.start()
+    try:
+        client = Client(stack)
+        serving = stack.serving
+        assert serving is not None
+        batches: list[int] = []
+        waits: list[float] = []
+        reconcile_batch, wait_served = serving.reconcile_batch, stack.cp.wait_served
+
+        async def recorded_batch(keys: Any) -> None:
+            batches.append(len(keys))
+            await reconcile_batch(keys)
+
+        async def recorded_wait(timeout: float = 10.0) -> bool:
+            waits.append(timeout)
+            return await wait_served(timeout)
+
+        serving.reconcile_batch = recorded_batch  # type: ignore[method-assign]
+        stack.cp.wait_served = recorded_wait  # type: ignore[method-assign]
+        names = [f"bulk-{i:02d}" for i in range(30)]
+        zero = {"autoscaling.knative.dev/initial-scale": "0"}
+        docs = []
+        for name in names:
+            doc = service(name, target=name)
+            doc["spec"]["template"]["metadata"]["annotations"].update(zero)
+            docs.append(doc)
+        status, reply = await client.apply(*docs)
+        assert status == 200 and reply["served"], reply
+        assert [a["outcome"] for a in reply["applied"]] == ["served"] * len(names)
+        assert max(batches) > 1, batches
+        assert len(waits) < len(names) / 2, (batches, waits)
+
+        status, services = await client.read("/v1/services")
+        ready = {s["name"]: s["ready"] for s in services}
+        assert all(ready[name] == "True" for name in names), ready
+        assert await client.hello(f"{names[17]}.default.example.com") == (
+            200,
+            f"Hello {names[17]}!\n",
+        )
+
+        status, _ = await client.read(f"/v1/services/default/{names[3]}", method="DELETE")
+        assert status == 200
+        status, reply = await client.apply(docs[3])
+        assert status == 200 and reply["served"], reply
+        assert reply["applied"][0]["revision"] == f"{names[3]}-00001"
+        status, revisions = await client.read("/v1/revisions")
+        assert sorted(r["name"] for r in revisions) == sorted(f"{n}-00001" for n in names)
+    finally:
+        await stack.stop()
