@@ -142,6 +142,7 @@ class Http1(asyncio.Protocol):
         self._ready: deque[_Request] = deque()
         self._task: asyncio.Task[None] | None = None
         self._handover: bytes | None = None
+        self._refused = False
         self._writable = asyncio.Event()
         self._writable.set()
         self.closing = False
@@ -259,6 +260,9 @@ class Http1(asyncio.Protocol):
         if self._ready:
             self._task = asyncio.get_running_loop().create_task(self._serve(self._ready.popleft()))
             self._task.add_done_callback(self._served)
+        elif self._handover is not None and self._refused:
+            message = "a pipelined request must be plain HTTP/1.1 (a body of known length)"
+            self._reply_and_close(_text(400, "Bad Request", message, False))
         elif self._handover is not None:
             self._hand_over()
         elif self.closing:
@@ -274,11 +278,10 @@ class Http1(asyncio.Protocol):
         self._next()
 
     def _hand_over_when_idle(self) -> None:
-        if self._raw is None:
-            message = "pipelined requests must each have a plain HTTP/1.1 body"
-            self._reply_and_close(_text(400, "Bad Request", message, False))
-            return
-        self._handover = bytes(self._raw)
+        """Once the requests before it are answered, hand the connection over from the
+        request that is not plain; refuse it if it was pipelined."""
+        self._refused = self._raw is None
+        self._handover = b"" if self._raw is None else bytes(self._raw)
         self._raw = None
 
     def _hand_over(self) -> None:

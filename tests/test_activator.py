@@ -459,3 +459,117 @@ async def test_keeps_serving_while_the_control_plane_restarts() -> None:
         for _ in range(3):
             status, _, headers = await stack.request("hello-00001")
             assert (status, headers["X-Backend-Name"]) == (200, "green")
+
+
+async def _exchange(
+    port: int, data: bytes, responses: int, *, head: bool = False
+) -> list[tuple[int, dict[str, str], bytes]]:
+    """Send `data` on one connection and read `responses` HTTP/1.1 responses back (with
+    `head`, answers to HEAD: no body)."""
+    reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        out = []
+        for _ in range(responses):
+            text = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+            status_line, *lines = text.split("\r\n")
+            headers = {}
+            for line in lines:
+                if line:
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+            if head:
+                body = b""
+            elif "content-length" in headers:
+                body = await reader.readexactly(int(headers["content-length"]))
+            else:
+                body = b""
+                while (size := int((await reader.readuntil(b"\r\n")).strip(), 16)) > 0:
+                    body += await reader.readexactly(size)
+                    await reader.readexactly(2)
+                await reader.readexactly(2)
+            out.append((int(status_line.split()[1]), headers, body))
+        return out
+    finally:
+        writer.close()
+
+
+def _raw(method: str, path: str, *extra: str, body: bytes = b"") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {HOST}", f"Knative-Serving-Namespace: {NS}"]
+    lines += ["Knative-Serving-Revision: hello-00001", *extra]
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def test_one_connection_mixes_plain_and_handed_over_requests() -> None:
+    """Plain requests (a small body or none) take the lean path, the others (HEAD, a
+    chunked body) aiohttp's server, on the same connection, answered in order with the
+    same headers; a request pipelined behind another that is not plain is refused."""
+    async with activator() as stack, backends("blue") as (blue,):
+        stack.service.set_endpoints(NS, "hello-00001", endpoints(blue))
+        chunked = (
+            _raw("POST", "/chunked", "Transfer-Encoding: chunked").removesuffix(b"\r\n\r\n")
+            + b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+        answers = await _exchange(
+            stack.port,
+            _raw(
+                "GET",
+                "/one",
+                "Connection: keep-alive, X-Hop",
+                "X-Hop: 1",
+                "X-Forwarded-For: 10.0.0.9",
+            )
+            + _raw("POST", "/two", body=b"abc"),
+            2,
+        )
+        pipelined = await _exchange(stack.port, _raw("GET", "/three") + _raw("HEAD", "/four"), 2)
+        assert pipelined[1][0] == 400 and b"pipelined" in pipelined[1][2], pipelined
+        answers += [pipelined[0], *await _exchange(stack.port, chunked, 1)]
+        statuses = [a[0] for a in answers]
+        assert statuses == [200, 200, 200, 200], answers
+        one, two, three, posted = (json.loads(a[2]) for a in answers)
+        assert one["path"] == "/one" and "x-hop" not in one["headers"]
+        assert one["headers"]["x-forwarded-for"] == f"10.0.0.9, {LOOPBACK}"
+        assert (two["method"], two["body"]) == ("POST", "abc")
+        assert three["path"] == "/three"
+        assert (posted["method"], posted["body"]) == ("POST", "hello")
+        # The HEAD after a lean request on the same connection: aiohttp answers it.
+        [(status, headers, body)] = await _exchange(stack.port, _raw("HEAD", "/five"), 1, head=True)
+        assert (status, body, headers["x-backend-name"]) == (200, b"", "blue")
+
+
+async def test_pod_connections_are_reused_and_a_closed_one_is_replaced() -> None:
+    """The activator keeps its connections to a pod between requests; a pod that
+    closed a kept connection meanwhile still gets the next request."""
+    from wakegate.activator.upstream import UpstreamPool
+
+    accepted = 0
+
+    async def pod(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+                if accepted == 1:
+                    break  # the first connection: closed after one answer, unannounced
+        writer.close()
+
+    server = await asyncio.start_server(pod, LOOPBACK, 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool(connect_timeout_s=2)
+    try:
+        for _ in range(4):
+            response = await pool.request(LOOPBACK, port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"")
+            assert (response.status, response.body_now()) == (200, b"ok")
+            response.release()
+            await asyncio.sleep(0.05)
+        assert accepted == 2  # one replaced, then the second kept for three requests
+    finally:
+        pool.close()
+        server.close()
