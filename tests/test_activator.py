@@ -573,3 +573,24 @@ async def test_pod_connections_are_reused_and_a_closed_one_is_replaced() -> None
     finally:
         pool.close()
         server.close()
+
+
+async def test_sigterm_lets_requests_in_progress_finish() -> None:
+    """On SIGTERM the activator stops accepting and closes idle connections, and the
+    requests it is forwarding (on its lean path and on aiohttp's) are answered."""
+    async with activator() as stack, backends("blue") as (blue,):
+        stack.service.set_endpoints(NS, "hello-00001", endpoints(blue))
+        idle_reader, idle = await asyncio.open_connection(LOOPBACK, stack.port)
+        slow = asyncio.create_task(stack.request("hello-00001", "/sleep/700"))
+        slow_head = asyncio.create_task(
+            _exchange(stack.port, _raw("HEAD", "/sleep/700"), 1, head=True)
+        )
+        await asyncio.sleep(0.3)
+        stack.process.send_signal(signal.SIGTERM)
+        status, body, _ = await slow
+        assert status == 200 and json.loads(body)["path"] == "/sleep/700"
+        [(status, _, _)] = await slow_head
+        assert status == 200
+        assert await asyncio.wait_for(idle_reader.read(), 5) == b""  # closed, unanswered
+        assert await asyncio.wait_for(stack.process.wait(), 10) == 0
+        idle.close()
