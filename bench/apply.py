@@ -1,4 +1,7 @@
-"""(f) Apply → first answer: a new Service's PUT to its first HTTP 200 through the gateway.
+"""(f) Apply → first answer: a new Service's PUT to its first HTTP 200 through the gateway;
+(f.2) 1,000 Services applied at once → all served (`bench/apply_bulk.py`).
+
+`--parts first bulk` chooses; (f.2)'s own description is in `bench.apply_bulk`.
 
 The whole local stack runs in this process (control plane, real Envoy gateway, activator
 process, pods as processes, loopback API). A timing client in a process of its own sends
@@ -375,7 +378,10 @@ def report(app_start: list[float], scenarios: list[Scenario], poll_ms: float) ->
         header += [f"{s.label}: at", "step", "seen"]
     print(table(header, rows, left=2))
 
-    print("\nreconciles (every Service is re-queued every 2 s; one worker runs them in turn)")
+    print(
+        "\nreconcile batches (the Services queued when the worker gets to them are reconciled "
+        "together, with one wait for the gateway)"
+    )
     rows = []
     for s in scenarios:
         if s.loaded is not None:
@@ -385,7 +391,7 @@ def report(app_start: list[float], scenarios: list[Scenario], poll_ms: float) ->
         n, mean = s.reconciles
         rate = f"{n / s.seconds:.1f}" if s.seconds else "-"
         rows.append([f"measuring, {s.label}", n, rate, ms(mean)])
-    print(table(["while", "reconciles", "per s", "mean ms"], rows))
+    print(table(["while", "batches", "per s", "mean ms"], rows))
     for s in scenarios:
         if s.stopped:
             print(f"{s.label}: {s.stopped}")
