@@ -34,6 +34,8 @@ REQUESTS = "wakegate_cold_start_requests"
 LAST = "wakegate_cold_start_last_seconds"
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _LABELS = ("namespace", "revision")
+_FAMILIES = (SECONDS, REQUESTS, LAST)
+_COMMENTS = tuple(f"# {kind} {name}" for kind in ("HELP", "TYPE") for name in _FAMILIES)
 _ARRIVED = "wakegate.cold_start.arrived"
 _FORWARDED = "wakegate.cold_start.forwarded"
 
@@ -148,7 +150,14 @@ def parse_cold_starts(text: str) -> Mapping[tuple[str, str], ColdStartFigures]:
     sums: dict[tuple[str, str], float] = {}
     counts: dict[tuple[str, str], float] = {}
     buckets: dict[tuple[str, str], list[tuple[float, int]]] = {}
-    for family in text_string_to_metric_families(text):
+    # Only the cold-start families are parsed: the rest of an activator's metrics (a few
+    # lines per revision it knows) can be thousands of lines.
+    ours = "\n".join(
+        line
+        for line in text.splitlines()
+        if line.startswith(_FAMILIES) or line.startswith(_COMMENTS)
+    )
+    for family in text_string_to_metric_families(ours + "\n"):
         if family.name not in (SECONDS, REQUESTS, LAST):
             continue
         for sample in family.samples:

@@ -82,8 +82,8 @@ def instrument(stack: LocalStack, timeline: Timeline) -> None:
     apply_ingress, set_backend = cp.apply_ingress, cp.set_backend
     watchers: set[asyncio.Task[None]] = set()
 
-    def stored(text: str, base_dir: Any) -> Any:
-        applied = store(text, base_dir)
+    def stored(text: str, base_dir: Any, *rest: Any) -> Any:
+        applied = store(text, base_dir, *rest)
         for item in applied:
             timeline.mark("stored", item.service.name)
         return applied

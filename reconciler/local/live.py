@@ -235,17 +235,15 @@ class LiveState:
         serving = self.serving
         if serving is None:
             return []
-        pods = serving.pods()
+        pods: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for pod in serving.pods():
+            pods.setdefault((pod["namespace"], pod["revision"]), []).append(pod)
         statuses = {
             f"{service.namespace}/{service.name}": status for service, status in serving.services()
         }
         out = []
         for revision in serving.revisions():
-            own = [
-                p
-                for p in pods
-                if p["revision"] == revision.name and p["namespace"] == revision.namespace
-            ]
+            own = pods.get((revision.namespace, revision.name), [])
             traffic = statuses.get(f"{revision.namespace}/{revision.service}", {}).get(
                 "traffic", []
             )
@@ -261,7 +259,7 @@ class LiveState:
                     "name": revision.name,
                     "service": revision.service,
                     "generation": revision.generation,
-                    "createdAt": revision.to_dict()["createdAt"],
+                    "createdAt": (revision.created_at.isoformat() if revision.created_at else None),
                     "ready": serving.is_ready(revision),
                     "failed": serving.failure(revision),
                     "routed": any(t.get("revisionName") == revision.name for t in traffic),

@@ -60,6 +60,9 @@ RESYNC_S = 10.0
 failures and missed progress deadlines reach status."""
 MAX_BATCH = 5000
 """Services reconciled together at most; the gateways are waited for once per batch."""
+SLICE = 50
+"""Services of a batch prepared (and finished) between two turns of the event loop, so
+a large batch never holds up requests, xDS or pods for long."""
 SERVED_TIMEOUT_S = 10.0
 """How long a reconcile (or a delete) waits for the gateways to ACK."""
 
@@ -542,20 +545,25 @@ class LocalServing:
     async def reconcile_batch(self, keys: Sequence[str]) -> None:
         """Reconcile `keys` together: hand every route and backend to the control plane,
         wait once for the gateways, then finish each Service."""
-        prepared = await asyncio.gather(
-            *(self._prepare(key) for key in keys), return_exceptions=True
-        )
         plans: list[_Plan] = []
-        for key, plan in zip(keys, prepared, strict=True):
-            if isinstance(plan, BaseException):
-                log.error("reconciling service %s failed", key, exc_info=plan)
-            elif plan is not None:
-                plans.append(plan)
+        for start in range(0, len(keys), SLICE):
+            part = keys[start : start + SLICE]
+            prepared = await asyncio.gather(
+                *(self._prepare(key) for key in part), return_exceptions=True
+            )
+            for key, plan in zip(part, prepared, strict=True):
+                if isinstance(plan, BaseException):
+                    log.error("reconciling service %s failed", key, exc_info=plan)
+                elif plan is not None:
+                    plans.append(plan)
+            await asyncio.sleep(0)
         acked = False
         if any(plan.routed for plan in plans):
             acked = await self.routing.wait_served(timeout=SERVED_TIMEOUT_S)
         statuses: list[tuple[_Plan, dict[str, Any]]] = []
-        for plan in plans:
+        for i, plan in enumerate(plans):
+            if i and i % SLICE == 0:
+                await asyncio.sleep(0)
             try:
                 status = self._finish(plan, acked)
             except Exception:
