@@ -21,7 +21,6 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import httptools
@@ -67,18 +66,28 @@ class _HandOver(Exception):
     """The request is not plain: aiohttp takes the connection from it on."""
 
 
-@dataclass
 class _Request:
-    method: bytes = b""
-    target: bytearray = field(default_factory=bytearray)
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    body: list[bytes] = field(default_factory=list)
-    size: int = 0
-    keep_alive: bool = True
-    namespace: str = ""
-    revision: str = ""
-    state: dict[str, Any] = field(default_factory=dict)
-    """What the cold-start accounting keeps per request."""
+    __slots__ = (
+        "body",
+        "headers",
+        "keep_alive",
+        "method",
+        "namespace",
+        "revision",
+        "state",
+        "target",
+    )
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.target = bytearray()
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.keep_alive = True
+        self.namespace = ""
+        self.revision = ""
+        self.state: dict[str, Any] = {}
+        """What the cold-start accounting keeps per request."""
 
 
 def _end_to_end(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> list[bytes]:
@@ -321,7 +330,7 @@ class Http1(asyncio.Protocol):
         body = b"".join(request.body)
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                slot = await queue.acquire(deadline)
+                slot = queue.try_acquire() or await queue.acquire(deadline)
             except QueueFull:
                 return self._answer(request, 503, f"activator queue full for {queue.name}")
             except HoldTimeout:

@@ -128,6 +128,13 @@ class RevisionQueue:
             if self.on_held_without_pods is not None:
                 self.on_held_without_pods(self)
 
+    def try_acquire(self) -> PodSlot | None:
+        """A pod slot for one request if one is free now and nobody waits; the caller
+        must `release` it. None: `acquire` (and wait)."""
+        if self._queued:
+            return None
+        return self.pods.pick(asyncio.get_running_loop().time())
+
     async def acquire(self, deadline: float) -> PodSlot:
         """A pod slot for one request, waiting until `deadline` (event-loop time) if needed.
 

@@ -50,12 +50,13 @@ class Response:
         self._buffered = 0
         self.complete = False
         self._error: BaseException | None = None
-        self._readable = asyncio.Event()
+        self._readable: asyncio.Future[None] | None = None
+        """Set while a reader waits for more of the body."""
 
     def _feed(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
         self._buffered += len(chunk)
-        self._readable.set()
+        self._wake()
         if self._buffered > HIGH_WATER:
             self._connection.pause()
 
@@ -64,7 +65,11 @@ class Response:
             self.complete = True
         elif not self.complete:
             self._error = error
-        self._readable.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._readable is not None and not self._readable.done():
+            self._readable.set_result(None)
 
     def body_now(self) -> bytes | None:
         """The whole body when all of it has arrived already, else None."""
@@ -88,8 +93,8 @@ class Response:
                 return
             if self._error is not None:
                 raise self._error
-            self._readable.clear()
-            await self._readable.wait()
+            self._readable = asyncio.get_running_loop().create_future()
+            await self._readable
 
     def release(self) -> None:
         """Done with the response: its connection goes back to the pool when the whole
