@@ -443,7 +443,7 @@ async def main_async(args: argparse.Namespace) -> None:
                         clients=args.clients,
                         autoscaler=SHORT,
                     )
-                    for way in ("one file", "separate")
+                    for way in ("one file", "separate", "one by one")
                 ]
         report_bulk(results, args.clients)
 

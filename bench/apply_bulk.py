@@ -10,7 +10,11 @@ only on the first request) are applied
   makes: the figure is PUT sent → its reply saying every Service is served;
 - as one PUT `?wait=1` per Service, `--clients` of them in flight at once, as that
   many `wakegate apply -f svc.yaml --wait` running side by side would send them: the
-  figure is the first PUT sent → the last reply saying its Service is served.
+  figure is the first PUT sent → the last reply saying its Service is served;
+- as one PUT per Service without `wait`, one after the other, as a loop of `wakegate
+  apply -f svc.yaml` sends them (less the CLI's own start, timed below), then all of
+  them again, unchanged, in one PUT `?wait=1` that returns once each is served: the
+  figure is the first PUT sent → that reply.
 
 Baseline, same run and same stack, the same way, just before: `--bulk-baseline`
 Services (10). If every step is proportional to the change, the time per Service is
@@ -76,9 +80,9 @@ class BulkResult:
     """(status, seconds) of one request through the gateway to the last Service."""
 
 
-async def _put(api: Api, text: str) -> tuple[int, dict[str, Any], float]:
+async def _put(api: Api, text: str, *, wait: bool = True) -> tuple[int, dict[str, Any], float]:
     t0 = time.monotonic()
-    params = {"dir": str(EXAMPLE), "wait": "1", "timeout": "120"}
+    params = {"dir": str(EXAMPLE), "timeout": "120", **({"wait": "1"} if wait else {})}
     async with api.session.put(
         api.base + "/v1/manifests", params=params, data=text, headers=api.auth
     ) as r:
@@ -118,7 +122,7 @@ async def wave(
     clients: int,
 ) -> Wave:  # fmt: skip
     docs = [manifest(name, ZERO_SCALE) for name in names]
-    texts = [_text([doc]) for doc in docs] if way == "separate" else [_text(docs)]
+    texts = [_text([doc]) for doc in docs] if way != "one file" else [_text(docs)]
     since = time.monotonic_ns()
     t0 = time.monotonic()
     served: list[str] = []
@@ -129,6 +133,16 @@ async def wave(
             raise RuntimeError(f"apply of {len(names)} Services: {status} {reply}")
         served += _served(reply)
         puts.append(took)
+    elif way == "one by one":
+        for text in texts:
+            status, reply, took = await _put(api, text, wait=False)
+            if status != 200:
+                raise RuntimeError(f"apply: {status} {reply}")
+            puts.append(took)
+        # Every Service again, unchanged, in one PUT ?wait=1: it returns once each
+        # applied generation is served.
+        status, reply, _ = await _put(api, _text(docs))
+        served += _served(reply)
     else:
         pending = iter(texts)
 
@@ -175,7 +189,7 @@ async def bulk(
 ) -> BulkResult:
     result = BulkResult(way)
     timeline = Timeline()
-    tag = "one" if way == "one file" else "sep"
+    tag = {"one file": "one", "separate": "sep"}.get(way, "seq")
     async with local_stack(
         work / f"bulk-{tag}", timeline, autoscaler=autoscaler, allow_zero_initial_scale=True
     ) as (stack, api):
@@ -230,7 +244,8 @@ def report_bulk(results: list[BulkResult], clients: int) -> None:
             f"request to the last Service through the gateway (a cold start): {first}"
         )
     print(
-        f"'separate': one PUT ?wait=1 per Service, {clients} in flight at once. 'served': the "
+        f"'separate': one PUT ?wait=1 per Service, {clients} in flight at once; 'one by one': "
+        "one PUT per Service without wait, in turn, then one wait for all. 'served': the "
         "API said so (route ACKed by the gateway, revision Ready); 'in gateway': of those, "
         "hosts found in the gateway's own /config_dump. Each way on a fresh stack; the "
         "baseline ran on it just before."
