@@ -180,7 +180,8 @@ async def serve(args: argparse.Namespace) -> None:
     if args.listen_fd is not None:
         sock = socket.socket(fileno=args.listen_fd)
     else:
-        sock = socket.create_server(args.listen, backlog=1024)
+        family = socket.AF_INET6 if ":" in args.listen[0] else socket.AF_INET
+        sock = socket.create_server(args.listen, family=family, backlog=1024)
     host = str(sock.getsockname()[0])
     bound = int(sock.getsockname()[1])
     assert runner.server is not None

@@ -269,7 +269,11 @@ class UpstreamPool:
             assert connection.transport is not None
             connection.transport.write(body)
         assert connection.headers_done is not None
-        return await connection.headers_done
+        try:
+            return await connection.headers_done
+        except asyncio.CancelledError:
+            connection.close()  # its answer would come to nobody
+            raise
 
     async def _connect(self, key: tuple[str, int]) -> _Connection:
         loop = asyncio.get_running_loop()

@@ -594,3 +594,32 @@ async def test_sigterm_lets_requests_in_progress_finish() -> None:
         assert await asyncio.wait_for(idle_reader.read(), 5) == b""  # closed, unanswered
         assert await asyncio.wait_for(stack.process.wait(), 10) == 0
         idle.close()
+
+
+async def test_a_request_given_up_closes_its_pod_connection() -> None:
+    """A request cancelled while its pod has not answered yet (the client went away)
+    does not leave the connection to the pod open for an answer nobody reads."""
+    from wakegate.activator.upstream import UpstreamPool
+
+    closed = asyncio.Event()
+
+    async def slow_pod(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        if await reader.read() == b"":  # never answers; waits for the peer to close
+            closed.set()
+        writer.close()
+
+    server = await asyncio.start_server(slow_pod, LOOPBACK, 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = UpstreamPool(connect_timeout_s=2)
+    try:
+        head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        request = asyncio.create_task(pool.request(LOOPBACK, port, head, b""))
+        await asyncio.sleep(0.1)
+        request.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+        await asyncio.wait_for(closed.wait(), 2)
+    finally:
+        pool.close()
+        server.close()
