@@ -44,8 +44,8 @@ from wakegate.xds.readiness import (
     STATUS_DOMAIN,
     STATUS_VHOST,
     ingress_hash,
+    ready_host,
     ready_path,
-    status_route_entry,
     status_virtual_host,
     status_virtual_host_entry,
 )
@@ -680,24 +680,30 @@ def ready_hash(translator: Translator, key: str) -> str:
 
 
 def status_paths(out: resources.Resources, listener_name: str) -> list[str]:
-    """The ready paths the status host answers on one listener."""
-    hosts = [v for v in routes(out, listener_name).virtual_hosts if STATUS_DOMAIN in v.domains]
-    assert len(hosts) <= 1
-    return [r.match.path for r in hosts[0].routes] if hosts else []
+    """The ready paths the status hosts answer on one listener, in virtual host order;
+    each on the host its hash names."""
+    paths = []
+    for vhost in routes(out, listener_name).virtual_hosts:
+        if not any(domain.endswith("." + STATUS_DOMAIN) for domain in vhost.domains):
+            continue
+        for route in vhost.routes:
+            digest = route.match.path.removeprefix("/ready/")
+            assert list(vhost.domains) == [ready_host(digest)]
+            paths.append(route.match.path)
+    return paths
 
 
 def test_status_virtual_host_builder() -> None:
-    built = status_virtual_host([("default/a", "0a1b"), ("default/b", "2c3d")])
-    assert (built.name, list(built.domains)) == (STATUS_VHOST, [STATUS_DOMAIN])
-    first, second = built.routes
-    assert (first.match.path, second.match.path) == ("/ready/0a1b", "/ready/2c3d")
-    assert [(h.name, h.present_match) for h in first.match.headers] == [(INTERNAL_HEADER, True)]
-    assert first.direct_response.status == 200 and not first.HasField("route")
-    assert first.name == "wakegate/status/default/a"
-    entries = [status_route_entry("default/a", "0a1b"), status_route_entry("default/b", "2c3d")]
-    assert status_virtual_host_entry(entries) == virtual_host_entry(built.SerializeToString())
-    empty = virtual_host_entry(status_virtual_host([]).SerializeToString())
-    assert status_virtual_host_entry([]) == empty
+    built = status_virtual_host("default/a", "0a1b")
+    assert built.name == f"{STATUS_VHOST}/default/a"
+    assert list(built.domains) == [f"0a1b.{STATUS_DOMAIN}"] == [ready_host("0a1b")]
+    (route,) = built.routes
+    assert route.match.path == "/ready/0a1b" == ready_path("0a1b")
+    assert [(h.name, h.present_match) for h in route.match.headers] == [(INTERNAL_HEADER, True)]
+    assert route.direct_response.status == 200 and not route.HasField("route")
+    assert route.name == "wakegate/status/default/a"
+    entry = virtual_host_entry(built.SerializeToString())
+    assert status_virtual_host_entry("default/a", "0a1b") == entry
 
 
 def test_status_domain_is_not_a_valid_kingress_host() -> None:
@@ -733,7 +739,8 @@ def test_status_virtual_host_only_with_readiness_probes() -> None:
     assert status_paths(out, "internal") == [ready_path(ready_hash(probed, "default/a"))]
     assert status_paths(out, "external") == [], "only the cluster-local listener answers"
     shared = route_pb2.RouteConfiguration.FromString(out[resources.ROUTE]["http"])
-    assert [list(v.domains) for v in shared.virtual_hosts][-1] == [STATUS_DOMAIN]
+    digest = ready_hash(probed, "default/a")
+    assert [list(v.domains) for v in shared.virtual_hosts][-1] == [ready_host(digest)]
     empty = Translator(PROBES).translate(RoutingState())
     assert status_paths(empty, "internal") == []
 

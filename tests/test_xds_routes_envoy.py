@@ -1,10 +1,11 @@
 """How the translator shapes route configurations, checked through a real Envoy.
 
-The external and internal listeners name the same route configuration; the internal
-listener marks its requests before routing and routes meant for one listener match
-on that mark. These cases check what the conformance suite does not: the mark cannot
-be forged from outside, it never reaches a backend, Envoy holds one copy, and a
-header set once on the route for all splits still reaches each split's backend.
+The external and internal listeners name the same route configuration (for delta
+gateways, the same scoped routes); the internal listener marks its requests before
+routing and routes meant for one listener match on that mark. These cases check what
+the conformance suite does not: the mark cannot be forged from outside, it never
+reaches a backend, Envoy holds one copy of each route configuration, and a header set
+once on the route for all splits still reaches each split's backend.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from wakegate.ingress.model import (
 )
 from wakegate.xds.common import INTERNAL_HEADER
 from wakegate.xds.controlplane import ControlPlane
+from wakegate.xds.resources import ROUTE
 from wakegate.xds.translate import GatewayConfig
 
 pytestmark = [pytest.mark.envoy, pytest.mark.asyncio(loop_scope="module")]
@@ -43,6 +45,7 @@ class Gateway:
     envoy: RunningEnvoy
     config: GatewayConfig
     backends: dict[str, Backend]
+    mode: str
 
     @property
     def external(self) -> str:
@@ -98,7 +101,9 @@ async def gw(request: pytest.FixtureRequest, backends: dict[str, Backend]) -> As
         async with running_envoy(
             xds_port, delta=request.param == "delta", node_cluster="shared-routes"
         ) as envoy:
-            yield Gateway(cp=cp, envoy=envoy, config=config, backends=backends)
+            yield Gateway(
+                cp=cp, envoy=envoy, config=config, backends=backends, mode=request.param
+            )
     finally:
         await cp.stop()
 
@@ -146,11 +151,19 @@ async def test_host_split_between_listeners(gw: Gateway) -> None:
     assert (status, body["name"]) == (200, "right")
 
 
-async def test_envoy_holds_one_route_configuration(gw: Gateway) -> None:
+async def test_envoy_holds_each_route_configuration_once(gw: Gateway) -> None:
     dump = await gw.envoy.config_dump()
     (routes,) = [c for c in dump["configs"] if c["@type"].endswith(".v3.RoutesConfigDump")]
     names = [r["route_config"]["name"] for r in routes.get("dynamic_route_configs", [])]
-    assert names == ["http"]
+    assert len(names) == len(set(names)), "both listeners share them"
+    if gw.mode == "sotw":
+        assert names == ["http"]
+    else:
+        # One per first label of the hosts served, as the scopes say.
+        snapshot = gw.cp.cache.get_snapshot(gw.cp.group)
+        assert snapshot is not None
+        assert sorted(names) == sorted(snapshot.resources[ROUTE])
+        assert {name.split("/")[1] for name in names} >= {"split", "public"}
 
 
 async def test_header_shared_by_all_splits_reaches_every_split(gw: Gateway) -> None:

@@ -11,7 +11,7 @@ them, so one changed endpoint set does not resend every other one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from wakegate.xds.cache import Snapshot, SnapshotCache, encode_sotw_response
 from wakegate.xds.resources import (
     CLUSTER,
+    DELTA_ONLY_TYPES,
     ENDPOINT,
     FULL_STATE_TYPES,
     HELD_FOR_NEW_CLUSTERS,
@@ -31,8 +32,6 @@ from wakegate.xds.status import StatusBoard, TypeLedger
 
 log = logging.getLogger("wakegate.xds")
 
-KNOWN_TYPES = frozenset(TYPES_IN_ORDER)
-
 
 class StreamError(Exception):
     """The client broke the protocol in a way that ends its stream."""
@@ -42,6 +41,8 @@ class StreamBase:
     """What SotW and delta streams share: identity, current snapshot, ACK ledgers."""
 
     mode = ""
+    served_types: tuple[str, ...] = TYPES_IN_ORDER
+    """The types this kind of stream serves, in the order a consistent update needs."""
 
     def __init__(
         self, cache: SnapshotCache, board: StatusBoard, group_of: Callable[[Node], str]
@@ -83,7 +84,7 @@ class StreamBase:
         self.group = group
         current = self.cache.current(group)
         if current is not None:
-            self.seq, self.snapshot = current
+            self.seq, self.snapshot = current[0], self.view(current[1])
         self.board.connected(node.id, group, self.mode)
         if self.on_identify is not None:
             self.on_identify(self)
@@ -93,8 +94,12 @@ class StreamBase:
             self._closed = True
             self.board.disconnected(self.node_id, self.group)
 
+    def view(self, snapshot: Snapshot) -> Snapshot:
+        """The snapshot as this kind of stream serves it."""
+        return snapshot
+
     def known_type(self, type_url: str) -> bool:
-        if type_url in KNOWN_TYPES:
+        if type_url in self.served_types:
             return True
         if type_url not in self._ignored_types:
             self._ignored_types.add(type_url)
@@ -116,7 +121,7 @@ class StreamBase:
         current = self.cache.current(self.group)
         if current is None or current[0] == self.seq:
             return None
-        self.seq, self.snapshot = current
+        self.seq, self.snapshot = current[0], self.view(current[1])
         return self.snapshot
 
     def note_modified_clusters(self, before: Mapping[str, str], after: Mapping[str, str]) -> None:
@@ -128,7 +133,7 @@ class StreamBase:
         """
         if not before or self.snapshot is None:
             return
-        modified = [name for name, v in after.items() if name in before and before[name] != v]
+        modified = [name for name, v in before.items() if name in after and after[name] != v]
         if modified:
             self.resend_endpoints.update(self.snapshot.eds_names(modified))
 
@@ -136,8 +141,13 @@ class StreamBase:
         """Responses for every subscribed type that the newest snapshot changed."""
         if self.advance() is None:
             return []
+        return self.respond_all(self.served_types)
+
+    def respond_all(self, types: Iterable[str]) -> list[bytes]:
+        """Responses for each of `types` (in order) that has something to send and is not
+        held back."""
         out = []
-        for type_url in TYPES_IN_ORDER:
+        for type_url in types:
             state = self.types.get(type_url)
             if state is not None and not self.held(type_url):
                 response = self._respond(type_url, state)
@@ -157,14 +167,7 @@ class StreamBase:
         if not self.clusters_warming:
             return []
         self.clusters_warming = False
-        out = []
-        for type_url in HELD_FOR_NEW_CLUSTERS:
-            state = self.types.get(type_url)
-            if state is not None:
-                response = self._respond(type_url, state)
-                if response:
-                    out.append(response)
-        return out
+        return self.respond_all(HELD_FOR_NEW_CLUSTERS)
 
     def respond_with_endpoints(self, type_url: str, state: Any) -> list[bytes]:
         """Answer a (changed) subscription: a response for `type_url`, then the
@@ -194,10 +197,11 @@ class StreamBase:
 
     def acked_through(self, seq: int, snapshot: Snapshot) -> bool:
         """Whether the gateway accepted, for every type it uses, snapshot `seq` or later."""
-        for type_url in TYPES_IN_ORDER:
+        snapshot = self.view(snapshot)
+        for type_url in self.served_types:
             ledger = self.ledgers.get(type_url)
             if ledger is None:
-                if type_url in FULL_STATE_TYPES and snapshot.resources[type_url]:
+                if type_url in FULL_STATE_TYPES and snapshot.count(type_url):
                     return False
             elif ledger.acked_seq < seq:
                 return False
@@ -221,12 +225,16 @@ class _TypeState:
 
 class SotwStream(StreamBase):
     mode = "sotw"
+    served_types = tuple(t for t in TYPES_IN_ORDER if t not in DELTA_ONLY_TYPES)
 
     def __init__(
         self, cache: SnapshotCache, board: StatusBoard, group_of: Callable[[Node], str]
     ) -> None:
         super().__init__(cache, board, group_of)
         self.types: dict[str, _TypeState] = {}
+
+    def view(self, snapshot: Snapshot) -> Snapshot:
+        return snapshot.for_sotw()
 
     def handle(self, request: discovery_pb2.DiscoveryRequest) -> list[bytes]:
         self.identify(request.node, request.HasField("node"))
