@@ -1,8 +1,18 @@
-"""Envoy v3 bootstrap for a gateway that takes all its configuration over ADS."""
+"""Envoy v3 bootstrap for a gateway that takes all its configuration over ADS.
+
+Memory: a gateway holds a cluster per revision, and Envoy's per-cluster statistics
+(about a hundred counters, gauges and histograms each) were most of its memory. The
+bootstrap keeps every statistic outside revision clusters, and of each revision
+cluster only `upstream_rq_active`, which the autoscaler reads
+(`autoscaler.gateway_stats`); those are created on first use, clusters are set up on a
+worker only when it first routes to them, and memory that is freed goes back to the
+system.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +36,48 @@ class XdsTls:
     key_file: str
     server_name: str = ""
     """SNI and the name the control plane's certificate must carry; empty skips the name check."""
+
+
+KEPT_CLUSTER_STAT = "upstream_rq_active"
+"""The one statistic of each revision cluster a gateway keeps (the autoscaler's input)."""
+
+
+def _anything_but(text: str) -> str:
+    """An RE2 pattern (no lookahead there) matching every string except `text`."""
+    options = [re.escape(text[:i]) + f"[^{re.escape(text[i])}].*" for i in range(len(text))]
+    options += [re.escape(text[:i]) for i in range(len(text))]
+    options.append(re.escape(text) + ".+")
+    return "(?:" + "|".join(options) + ")"
+
+
+DROPPED_CLUSTER_STATS = rf"^cluster\.[^./]*/[^.]*\.{_anything_but(KEPT_CLUSTER_STAT)}$"
+"""Statistics of revision clusters (named `<namespace>/<name>:<port>`) but the kept one."""
+DROPPED_SCOPE_STATS = r"^http\.[^.]*\.rds\.[^./]*/.*$"
+"""RDS statistics of each scope's route configuration (named `<routes>/<label>`); the
+scoped routes' own statistics (`http.<listener>.scoped_rds.<routes>.`) stay."""
+
+
+def memory_settings() -> dict[str, Any]:
+    """Bootstrap fields that bound a gateway's memory (see the module docstring). Envoy
+    matches each pattern against a statistic's whole name."""
+    return {
+        "stats_config": {
+            "stats_matcher": {
+                "exclusion_list": {
+                    "patterns": [
+                        {"safe_regex": {"regex": DROPPED_CLUSTER_STATS}},
+                        {"safe_regex": {"regex": DROPPED_SCOPE_STATS}},
+                    ]
+                }
+            }
+        },
+        "deferred_stat_options": {"enable_deferred_creation_stats": True},
+        "cluster_manager": {"enable_deferred_cluster_creation": True},
+        "memory_allocator_manager": {
+            "bytes_to_release": 64 * 2**20,
+            "memory_release_interval": "1s",
+        },
+    }
 
 
 def _duration(seconds: float) -> str:
@@ -143,6 +195,7 @@ def build_bootstrap(
                 {"name": "admin", "admin_layer": {}},
             ]
         },
+        **memory_settings(),
     }
 
 

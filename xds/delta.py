@@ -294,7 +294,6 @@ class DeltaStream(StreamBase):
             state.pending.popitem(last=False)
         ledger.sent_seq = self.seq
         ledger.in_flight = len(state.pending)
-        self.board.pushed(type_url)
         log.debug(
             "push %s %s to %s (%d updated, %d removed)",
             SHORT_NAMES[type_url],
@@ -304,10 +303,12 @@ class DeltaStream(StreamBase):
             len(removed),
         )
         fields = snapshot.delta_fields(type_url)
-        return encode_delta_response(
+        body = encode_delta_response(
             type_url=type_url,
             system_version=snapshot.version,
             nonce=nonce,
             resources=[fields[name] for name in updated],
             removed=removed,
         )
+        self.board.pushed(self.node_id or "", type_url, len(body))
+        return body

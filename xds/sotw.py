@@ -334,7 +334,6 @@ class SotwStream(StreamBase):
         state.snapshot_version = snapshot.version
         ledger.sent_seq = self.seq
         ledger.in_flight = 1
-        self.board.pushed(type_url)
         log.debug(
             "push %s version %s to %s (%d resources)",
             SHORT_NAMES[type_url],
@@ -342,9 +341,11 @@ class SotwStream(StreamBase):
             self.node_id,
             count,
         )
-        return encode_sotw_response(
+        response = encode_sotw_response(
             type_url=type_url, version=state.version, nonce=state.nonce, resources=body
         )
+        self.board.pushed(self.node_id or "", type_url, len(response))
+        return response
 
 
 def _names(
