@@ -11,7 +11,7 @@ from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_pb2, scoped_route_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
@@ -822,3 +822,58 @@ def test_ready_hash_follows_certificates_conflicts_and_split_hosts() -> None:
     fresh = Translator(PROBES)
     fresh.translate(RoutingState(ingresses=(moved, public)))
     assert ready_hash(fresh, "default/b") == ready_hash(translator, "default/b")
+
+
+# ---- the delta view: http as scoped routes ------------------------------------------------
+
+
+def test_delta_view_scopes_http_by_the_first_label_of_each_host() -> None:
+    multi = simple("a", "foo.default.example.com", "Bar.default.example.com")
+    local = simple(
+        "b", "b.default", "b.default.svc.cluster.local", visibility=Visibility.CLUSTER_LOCAL
+    )
+    translator = Translator()
+    sotw = translator.translate(RoutingState(ingresses=(multi, local)))
+    out = translator.delta_resources()
+
+    scopes = {
+        name: scoped_route_pb2.ScopedRouteConfiguration.FromString(body)
+        for name, body in out[resources.SCOPED_ROUTE].items()
+    }
+    assert {
+        name: (scope.route_configuration_name, [f.string_key for f in scope.key.fragments])
+        for name, scope in scopes.items()
+    } == {
+        "http/foo": ("http/foo", ["foo"]),
+        "http/bar": ("http/bar", ["bar"]),
+        "http/b": ("http/b", ["b"]),
+    }
+    assert set(out[resources.ROUTE]) == set(scopes)
+    whole = route_pb2.RouteConfiguration.FromString(sotw[resources.ROUTE]["http"])
+    by_name = {v.name: v for v in whole.virtual_hosts}
+    for name, body in out[resources.ROUTE].items():
+        config = route_pb2.RouteConfiguration.FromString(body)
+        assert config.name == name
+        # Each scope holds the virtual hosts serving a host with its label, as built for
+        # the whole route configuration, with its settings.
+        assert [v.name for v in config.virtual_hosts] == [
+            v.name
+            for v in whole.virtual_hosts
+            if any(d.split(".")[0].lower() == name.split("/")[1] for d in v.domains)
+        ]
+        assert all(v == by_name[v.name] for v in config.virtual_hosts)
+        assert list(config.request_headers_to_remove) == [INTERNAL_HEADER]
+        assert config.ignore_port_in_host_matching
+
+    # Both plain listeners take them as the scopes of `http`, keyed by the first label.
+    for name in ("external", "internal"):
+        mgr = manager(listener(out, name).filter_chains[0])
+        assert not mgr.HasField("rds")
+        assert mgr.scoped_routes.name == "http"
+        (fragment,) = mgr.scoped_routes.scope_key_builder.fragments
+        extractor = fragment.header_value_extractor
+        key = (extractor.name, extractor.element_separator, extractor.index)
+        assert key == (":authority", ".", 0)
+        assert mgr.scoped_routes.scoped_rds.scoped_rds_config_source.HasField("ads")
+        assert mgr.scoped_routes.rds_config_source.HasField("ads")
+        assert manager(listener(sotw, name).filter_chains[0]).rds.route_config_name == "http"

@@ -18,6 +18,7 @@ import pytest_asyncio
 
 from tests.support.backends import Backend, free_port, get, start_backends
 from tests.support.envoy import RunningEnvoy, running_envoy
+from wakegate.autoscaler.gateway_stats import GatewayStats
 from wakegate.ingress.model import Backend as RoutedBackend
 from wakegate.ingress.model import (
     BackendRef,
@@ -185,3 +186,42 @@ async def test_header_shared_by_all_splits_reaches_every_split(gw: Gateway) -> N
     for name, headers in seen.items():
         assert headers["knative-serving-namespace"] == "default"
         assert headers["knative-serving-revision"] == name
+
+
+async def test_a_new_host_answers_its_first_request_with_a_body(gw: Gateway) -> None:
+    """Once the gateway ACKed it, a new host (in delta mode a new scope and route
+    configuration) answers its very first request, a POST with a body, and a GET."""
+    for i in range(4):
+        host = f"fresh-{i}.default.example.com"
+        await gw.apply(ingress(f"fresh-{i}", "left", host))
+        status, body, _ = await get(gw.external + "/upload", host, method="POST", data=b"x" * 4096)
+        assert (status, body["name"], body["method"]) == (200, "left", "POST")
+        assert (await get(gw.internal + "/", host))[0] == 200
+
+
+async def test_a_host_with_a_port_is_served_and_an_unknown_one_is_not(gw: Gateway) -> None:
+    await gw.apply(ingress("ported", "left", "ported.default.example.com"))
+    assert (await get(gw.external + "/", "ported.default.example.com:8080"))[0] == 200
+    assert (await get(gw.external + "/", "ported.other.example.com"))[0] == 404
+    assert (await get(gw.external + "/", "nowhere.example.com"))[0] == 404
+
+
+async def test_the_gateway_keeps_the_statistics_that_are_read(gw: Gateway) -> None:
+    """Of a revision's cluster only the autoscaler's `upstream_rq_active` exists (its
+    other statistics, and each scope's RDS statistics, are not kept); the listeners'
+    and the cluster manager's statistics stay."""
+    await gw.apply(ingress("counted", "third", "counted.default.example.com"))
+    assert (await get(gw.external + "/", "counted.default.example.com"))[0] == 200
+    names = [line.partition(":")[0] for line in (await gw.envoy.admin_get("/stats")).splitlines()]
+    assert [n for n in names if n.startswith("cluster.default/third_80.")] == [
+        "cluster.default/third_80.upstream_rq_active"
+    ]
+    assert "http.external.downstream_rq_total" in names
+    assert "cluster_manager.cds.update_success" in names
+    assert "cluster.xds_cluster.upstream_rq_total" in names
+    assert not [n for n in names if ".rds.http/" in n]
+    stats = GatewayStats(gw.envoy.admin_url)
+    try:
+        assert (await stats()).get("default/third") == 0.0
+    finally:
+        await stats.close()

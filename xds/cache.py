@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import heapq
 import threading
 import weakref
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -113,14 +113,13 @@ def encode_delta_response(
 
 
 _MASK = (1 << 64) - 1
+_MIX = 0x9E3779B97F4A7C15
 
 
 def _pair_hash(name: str, version: str) -> int:
-    digest = hashlib.blake2b(digest_size=8)
-    digest.update(name.encode())
-    digest.update(b"\0")
-    digest.update(version.encode())
-    return int.from_bytes(digest.digest(), "big")
+    """A 64-bit hash of a resource's name and (content-hash) version; a type's version is
+    the sum of these over its resources, so it follows any change of name or content."""
+    return (int(version, 16) ^ (zlib.crc32(name.encode()) * _MIX)) & _MASK
 
 
 # --- one resource type across a chain of snapshots ------------------------------------------
@@ -327,6 +326,8 @@ class _TypeData:
 
     def evolve(self, changes: Mapping[str, bytes | None]) -> _TypeData:
         """The data after `changes` (name → new body, None to remove); self if none apply."""
+        if not self.table.entries and self.stamp == self.table.stamp:
+            return self._fill(changes)
         if self.stamp != self.table.stamp:
             # Another snapshot was already derived from this one: start a table of its own.
             return _TypeData.build(self.type_url, {**_Bodies(self), **changes}, self)
@@ -355,6 +356,26 @@ class _TypeData:
             return self
         stamp = self.table.write(effective, versions)
         return _TypeData(self.type_url, self.table, stamp, length, digest & _MASK)
+
+    def _fill(self, bodies: Mapping[str, bytes | None]) -> _TypeData:
+        """`evolve` of an empty table: every body is new (the first snapshot of a chain)."""
+        table = self.table
+        stamp = table.stamp + 1
+        entries = table.entries
+        digest = 0
+        for name, body in bodies.items():
+            if body is None:
+                continue
+            if type(body) is not bytes:
+                body = bytes(body)
+            version = content_version(body)
+            digest += (int(version, 16) ^ (zlib.crc32(name.encode()) * _MIX)) & _MASK
+            entries[name] = [_Entry(stamp, body, version)]
+        if not entries:
+            return self
+        table.log.append((stamp, frozenset(entries)))
+        table.stamp = stamp
+        return _TypeData(self.type_url, table, stamp, len(entries), digest & _MASK)
 
     @classmethod
     def build(
