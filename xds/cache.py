@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import heapq
 import threading
 import weakref
@@ -139,11 +140,21 @@ class _Entry:
         self.eds: str | None = None
 
 
-def _at(history: list[_Entry], stamp: int) -> _Entry | None:
-    for entry in reversed(history):
+History = _Entry | list[_Entry]
+"""The bodies one name had, oldest first; a single entry is kept bare (most names)."""
+
+
+def _at(history: History, stamp: int) -> _Entry | None:
+    if type(history) is _Entry:
+        return history if history.stamp <= stamp and history.body is not None else None
+    for entry in reversed(history):  # type: ignore[arg-type]
         if entry.stamp <= stamp:
             return entry if entry.body is not None else None
     return None
+
+
+def _last(history: History) -> _Entry:
+    return history if type(history) is _Entry else history[-1]  # type: ignore[index,return-value]
 
 
 class _Table:
@@ -155,7 +166,7 @@ class _Table:
     """
 
     def __init__(self) -> None:
-        self.entries: dict[str, list[_Entry]] = {}
+        self.entries: dict[str, History] = {}
         self.stamp = 0
         self.log: collections.deque[tuple[int, frozenset[str]]] = collections.deque()
         self._live: collections.Counter[int] = collections.Counter()
@@ -189,11 +200,15 @@ class _Table:
             entry = _Entry(stamp, body, versions.get(name, ""))
             history = entries.get(name)
             if history is None:
-                entries[name] = [entry]
+                entries[name] = entry
+            elif type(history) is _Entry:
+                entries[name] = [history, entry]
             else:
-                history.append(entry)
-                while len(history) > 1 and history[1].stamp <= oldest:
-                    del history[0]
+                history.append(entry)  # type: ignore[union-attr]
+                while len(history) > 1 and history[1].stamp <= oldest:  # type: ignore[arg-type,index]
+                    del history[0]  # type: ignore[union-attr]
+                if len(history) == 1:  # type: ignore[arg-type]
+                    entries[name] = history[0]  # type: ignore[index]
             if body is None:
                 self._removed.append((stamp, name))
         self.log.append((stamp, frozenset(bodies)))
@@ -208,8 +223,10 @@ class _Table:
         while removed and removed[0][0] <= oldest:
             _, name = removed.popleft()
             history = entries.get(name)
-            if history is not None and history[-1].body is None and history[-1].stamp <= oldest:
-                del entries[name]
+            if history is not None:
+                last = _last(history)
+                if last.body is None and last.stamp <= oldest:
+                    del entries[name]
 
     def changed(self, after: int, upto: int) -> set[str]:
         """Names written at a stamp in (after, upto]; `after` must still be live."""
@@ -363,14 +380,15 @@ class _TypeData:
         stamp = table.stamp + 1
         entries = table.entries
         digest = 0
+        sha256, crc32, entry = hashlib.sha256, zlib.crc32, _Entry
         for name, body in bodies.items():
             if body is None:
                 continue
             if type(body) is not bytes:
                 body = bytes(body)
-            version = content_version(body)
-            digest += (int(version, 16) ^ (zlib.crc32(name.encode()) * _MIX)) & _MASK
-            entries[name] = [_Entry(stamp, body, version)]
+            head = sha256(body).digest()[:8]  # content_version, without a second pass
+            digest += (int.from_bytes(head, "big") ^ (crc32(name.encode()) * _MIX)) & _MASK
+            entries[name] = entry(stamp, body, head.hex())
         if not entries:
             return self
         table.log.append((stamp, frozenset(entries)))

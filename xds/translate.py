@@ -223,6 +223,7 @@ class Translator:
         self._slot_labels: dict[_Slot_Id, tuple[bytes, frozenset[str]]] = {}
         self._label_entries: dict[str, dict[_Slot_Id, bytes]] = {}
         self._label_routes: dict[str, bytes] = {}
+        self._label_scopes: dict[str, bytes] = {}
         self._labels_dirty: set[str] = set()
         self._changes_out: dict[str, dict[str, bytes | None]] = {
             resources.LISTENER: dict(self._scoped_listeners)
@@ -297,7 +298,7 @@ class Translator:
             resources.ENDPOINT: self._cluster_table.endpoints(),
             resources.LISTENER: listeners,
             resources.SCOPED_ROUTE: {
-                scoped_name(HTTP_ROUTES, label): scope_bytes(scoped_name(HTTP_ROUTES, label), label)
+                scoped_name(HTTP_ROUTES, label): self._label_scopes[label]
                 for label in self._label_routes
             },
             resources.ROUTE: routes,
@@ -459,12 +460,13 @@ class Translator:
             entries = self._label_entries.get(label)
             if not entries:
                 if self._label_routes.pop(label, None) is not None:
+                    del self._label_scopes[label]
                     routes[name] = None
                     scopes[name] = None
                 continue
             body = route_configuration_bytes(name, (entries[slot] for slot in sorted(entries)))
             if label not in self._label_routes:
-                scopes[name] = scope_bytes(name, label)
+                scopes[name] = self._label_scopes[label] = scope_bytes(name, label)
             if self._label_routes.get(label) != body:
                 self._label_routes[label] = body
                 routes[name] = body
