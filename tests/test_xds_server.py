@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 
 from tests.support.envoy import ControlPlane
 from wakegate.xds.cache import Snapshot
+from wakegate.xds.delta import CHUNK
 from wakegate.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE
 from wakegate.xds.scopes import scope_bytes
 from wakegate.xds.server import ADS_SERVICE, XdsServer
@@ -979,3 +980,22 @@ async def test_delta_answers_a_change_with_what_it_touched(
     assert Stream.bodies(cds) == {"c7": cluster("c7", 9)}
     assert list(cds.removed_resources) == ["c8"]
     assert len(looked) <= 4, looked
+
+
+async def test_delta_sends_a_large_answer_in_parts_all_of_which_are_acked(
+    control_plane: ControlPlane, channel: grpc.aio.Channel
+) -> None:
+    cp = control_plane
+    count = 2 * CHUNK + 7
+    snap = cp.set(GROUP, {CLUSTER: {f"c{i}": cluster(f"c{i}") for i in range(count)}})
+    s = open_stream(channel, delta=True)
+    await s.delta_request(CLUSTER)
+    parts = [await s.recv() for _ in range(3)]
+    assert [len(p.resources) for p in parts] == [CHUNK, CHUNK, 7]
+    assert len({p.nonce for p in parts}) == 3
+    assert {r.name for p in parts for r in p.resources} == {f"c{i}" for i in range(count)}
+    for part in parts[:2]:
+        await s.ack(part)
+    assert not await cp.server.wait_acked(GROUP, snap.version, 0.2), "one part unanswered"
+    await s.ack(parts[2])
+    assert await cp.server.wait_acked(GROUP, snap.version, 5)

@@ -41,8 +41,13 @@ from wakegate.xds.status import StatusBoard, TypeLedger
 
 log = logging.getLogger("wakegate.xds")
 
-_MAX_IN_FLIGHT = 64
+_MAX_IN_FLIGHT = 1024
 """Unanswered responses remembered per type; older ones can no longer be ACKed."""
+
+CHUNK = 2000
+"""Resources per response: a gateway's first answer for 100,000 Services would otherwise
+be one message of tens of megabytes, which Envoy decodes whole (its memory keeps the
+peak's fragmentation); in parts it takes them one after the other, all the same."""
 
 
 @dataclass(frozen=True)
@@ -231,10 +236,10 @@ class DeltaStream(StreamBase):
         changed |= state.fresh
         return changed if state.wildcard else changed.intersection(state.names)
 
-    def _respond(self, type_url: str, state: _TypeState) -> bytes | None:
+    def _respond(self, type_url: str, state: _TypeState) -> list[bytes]:
         snapshot = self.snapshot
         if snapshot is None:
-            return None
+            return []
         versions = snapshot.names(type_url)
         client = state.client
         ledger = state.ledger
@@ -252,7 +257,7 @@ class DeltaStream(StreamBase):
                 state.synced = snapshot
                 ledger.sent_seq = self.seq
                 ledger.settle()
-                return None
+                return []
         else:
             resend.intersection_update(state.names)
         updated: list[str] = []
@@ -271,7 +276,7 @@ class DeltaStream(StreamBase):
         if not updated and not removed and not state.needs_response:
             ledger.sent_seq = self.seq
             ledger.settle()
-            return None
+            return []
         if type_url == CLUSTER:
             held = {name: client[name] for name in updated if name in client}
             self.note_modified_clusters(held, versions)
@@ -288,12 +293,6 @@ class DeltaStream(StreamBase):
                 ((name, bodies[name]) for name in updated), routes.names if routes else set()
             )
         state.needs_response = False
-        nonce = self.next_nonce()
-        state.pending[nonce] = _Sent(tuple(updated), tuple(removed), snapshot.version)
-        while len(state.pending) > _MAX_IN_FLIGHT:
-            state.pending.popitem(last=False)
-        ledger.sent_seq = self.seq
-        ledger.in_flight = len(state.pending)
         log.debug(
             "push %s %s to %s (%d updated, %d removed)",
             SHORT_NAMES[type_url],
@@ -303,12 +302,23 @@ class DeltaStream(StreamBase):
             len(removed),
         )
         fields = snapshot.delta_fields(type_url)
-        body = encode_delta_response(
-            type_url=type_url,
-            system_version=snapshot.version,
-            nonce=nonce,
-            resources=[fields[name] for name in updated],
-            removed=removed,
-        )
-        self.board.pushed(self.node_id or "", type_url, len(body))
-        return body
+        out = []
+        for start in range(0, max(len(updated), 1), CHUNK):
+            names = updated[start : start + CHUNK]
+            gone = removed if start == 0 else []
+            nonce = self.next_nonce()
+            state.pending[nonce] = _Sent(tuple(names), tuple(gone), snapshot.version)
+            body = encode_delta_response(
+                type_url=type_url,
+                system_version=snapshot.version,
+                nonce=nonce,
+                resources=[fields[name] for name in names],
+                removed=gone,
+            )
+            self.board.pushed(self.node_id or "", type_url, len(body))
+            out.append(body)
+        while len(state.pending) > _MAX_IN_FLIGHT:
+            state.pending.popitem(last=False)
+        ledger.sent_seq = self.seq
+        ledger.in_flight = len(state.pending)
+        return out

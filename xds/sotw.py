@@ -150,9 +150,7 @@ class StreamBase:
         for type_url in types:
             state = self.types.get(type_url)
             if state is not None and not self.held(type_url):
-                response = self._respond(type_url, state)
-                if response:
-                    out.append(response)
+                out += self._respond(type_url, state)
         return out
 
     def held(self, type_url: str) -> bool:
@@ -185,14 +183,15 @@ class StreamBase:
         endpoints = self.types.get(ENDPOINT)
         if type_url == CLUSTER and endpoints is not None and self.resend_endpoints:
             answered.append((ENDPOINT, self._respond(ENDPOINT, endpoints)))
-        for answered_type, response in answered:
-            if response:
-                out.append(response)
+        for answered_type, responses in answered:
+            if responses:
+                out += responses
                 ledger = self.ledgers[answered_type]
                 ledger.acked_seq = min(ledger.acked_seq, self.seq - 1)
         return out
 
-    def _respond(self, type_url: str, state: Any) -> bytes | None:
+    def _respond(self, type_url: str, state: Any) -> list[bytes]:
+        """The responses bringing the gateway's `type_url` up to the current snapshot."""
         raise NotImplementedError
 
     def acked_through(self, seq: int, snapshot: Snapshot) -> bool:
@@ -281,10 +280,10 @@ class SotwStream(StreamBase):
             ledger.rejected = False
         ledger.settle()
 
-    def _respond(self, type_url: str, state: _TypeState) -> bytes | None:
+    def _respond(self, type_url: str, state: _TypeState) -> list[bytes]:
         snapshot = self.snapshot
         if snapshot is None:
-            return None
+            return []
         ledger = state.ledger
         versions = snapshot.names(type_url)
         resend: set[str] = set()
@@ -297,7 +296,7 @@ class SotwStream(StreamBase):
             if not state.needs_response and not resend and type_version == state.sent_type_version:
                 ledger.sent_seq = self.seq
                 ledger.settle()
-                return None
+                return []
             if type_url == CLUSTER:
                 self.note_modified_clusters(state.sent, versions)
                 self.note_new_clusters(not versions.keys() <= state.sent.keys())
@@ -321,7 +320,7 @@ class SotwStream(StreamBase):
                 state.sent = desired
                 ledger.sent_seq = self.seq
                 ledger.settle()
-                return None
+                return []
             fields = snapshot.sotw_fields(type_url)
             body = [fields[name] for name in send]
             state.sent = desired
@@ -345,7 +344,7 @@ class SotwStream(StreamBase):
             type_url=type_url, version=state.version, nonce=state.nonce, resources=body
         )
         self.board.pushed(self.node_id or "", type_url, len(response))
-        return response
+        return [response]
 
 
 def _names(
