@@ -207,15 +207,16 @@ async def test_a_host_with_a_port_is_served_and_an_unknown_one_is_not(gw: Gatewa
 
 
 async def test_the_gateway_keeps_the_statistics_that_are_read(gw: Gateway) -> None:
-    """Of a revision's cluster only the autoscaler's `upstream_rq_active` exists (its
-    other statistics, and each scope's RDS statistics, are not kept); the listeners'
-    and the cluster manager's statistics stay."""
+    """Of a revision's cluster only what the autoscaler reads exists (its other
+    statistics, and each scope's RDS statistics, are not kept); the listeners' and the
+    cluster manager's statistics stay."""
     await gw.apply(ingress("counted", "third", "counted.default.example.com"))
     assert (await get(gw.external + "/", "counted.default.example.com"))[0] == 200
     names = [line.partition(":")[0] for line in (await gw.envoy.admin_get("/stats")).splitlines()]
-    assert [n for n in names if n.startswith("cluster.default/third_80.")] == [
-        "cluster.default/third_80.upstream_rq_active"
-    ]
+    assert {n for n in names if n.startswith("cluster.default/third_80.")} == {
+        "cluster.default/third_80.upstream_rq_active",
+        "cluster.default/third_80.upstream_rq_total",
+    }
     assert "http.external.downstream_rq_total" in names
     assert "cluster_manager.cds.update_success" in names
     assert "cluster.xds_cluster.upstream_rq_total" in names

@@ -3,10 +3,10 @@
 Memory: a gateway holds a cluster per revision, and Envoy's per-cluster statistics
 (about a hundred counters, gauges and histograms each) were most of its memory. The
 bootstrap keeps every statistic outside revision clusters, and of each revision
-cluster only `upstream_rq_active`, which the autoscaler reads
-(`autoscaler.gateway_stats`); those are created on first use, clusters are set up on a
-worker only when it first routes to them, and memory that is freed goes back to the
-system.
+cluster only what the autoscaler and the local stack read (`KEPT_CLUSTER_STATS`: its
+requests in flight and its request count); those are created on first use, clusters
+are set up on a worker only when it first routes to them, and memory that is freed
+goes back to the system.
 """
 
 from __future__ import annotations
@@ -38,20 +38,28 @@ class XdsTls:
     """SNI and the name the control plane's certificate must carry; empty skips the name check."""
 
 
-KEPT_CLUSTER_STAT = "upstream_rq_active"
-"""The one statistic of each revision cluster a gateway keeps (the autoscaler's input)."""
+KEPT_CLUSTER_STATS = ("upstream_rq_active", "upstream_rq_total")
+"""The statistics of each revision cluster a gateway keeps (`autoscaler.gateway_stats`)."""
 
 
-def _anything_but(text: str) -> str:
-    """An RE2 pattern (no lookahead there) matching every string except `text`."""
-    options = [re.escape(text[:i]) + f"[^{re.escape(text[i])}].*" for i in range(len(text))]
-    options += [re.escape(text[:i]) for i in range(len(text))]
-    options.append(re.escape(text) + ".+")
+def _none_of(words: set[str]) -> str:
+    """An RE2 pattern (RE2 has no lookahead) matching every string that is not one of
+    `words`: walk their trie, leaving it wherever a string can differ."""
+    ends = "" in words
+    firsts = sorted({word[0] for word in words if word})
+    options = [] if ends else [""]
+    if firsts:
+        options.append("[^" + "".join(re.escape(c) for c in firsts) + "].*")
+    elif ends:
+        options.append(".+")
+    for first in firsts:
+        rest = {word[1:] for word in words if word and word[0] == first}
+        options.append(re.escape(first) + _none_of(rest))
     return "(?:" + "|".join(options) + ")"
 
 
-DROPPED_CLUSTER_STATS = rf"^cluster\.[^./]*/[^.]*\.{_anything_but(KEPT_CLUSTER_STAT)}$"
-"""Statistics of revision clusters (named `<namespace>/<name>:<port>`) but the kept one."""
+DROPPED_CLUSTER_STATS = rf"^cluster\.[^./]*/[^.]*\.{_none_of(set(KEPT_CLUSTER_STATS))}$"
+"""Statistics of revision clusters (named `<namespace>/<name>:<port>`) but the kept ones."""
 DROPPED_SCOPE_STATS = r"^http\.[^.]*\.rds\.[^./]*/.*$"
 """RDS statistics of each scope's route configuration (named `<routes>/<label>`); the
 scoped routes' own statistics (`http.<listener>.scoped_rds.<routes>.`) stay."""
