@@ -224,3 +224,19 @@ async def test_the_gateway_keeps_the_statistics_that_are_read(gw: Gateway) -> No
     # What the autoscaler samples.
     load = parse_active_requests(await gw.envoy.admin_get(STATS_PATH))
     assert load.get("default/third") == 0.0
+
+
+async def test_no_request_id_or_envoy_header_is_added(gw: Gateway) -> None:
+    """Nothing reads them and every request would pay for them; a client's own
+    `x-request-id` still reaches the backend. (The client's address goes upstream in
+    `x-envoy-external-address`, with `x-forwarded-for`, as an edge proxy's should.)"""
+    await gw.apply(ingress("plain", "left", "plain.default.example.com"))
+    status, body, headers = await get(gw.external + "/", "plain.default.example.com")
+    assert status == 200
+    assert "x-request-id" not in body["headers"]
+    upstream = [name for name in body["headers"] if name.startswith("x-envoy")]
+    assert upstream == ["x-envoy-external-address"]
+    assert not [name for name in headers if name.lower().startswith("x-envoy")]
+    sent = {"X-Request-Id": "from-the-client"}
+    _, body, _ = await get(gw.external + "/", "plain.default.example.com", sent)
+    assert body["headers"]["x-request-id"] == "from-the-client"

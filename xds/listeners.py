@@ -2,7 +2,9 @@
 
 Every listener runs one HTTP connection manager that takes its routes over RDS on
 the ADS stream, speaks HTTP/1.1 and h2c (or h2 over TLS) downstream, allows
-websocket upgrades and normalises paths like an edge proxy should.
+websocket upgrades and normalises paths like an edge proxy should. It adds no
+`x-request-id` and no `x-envoy-*` headers (a client's own `x-request-id` passes
+through): nothing reads them, and every request would pay for them.
 
 The external and internal listeners name the same route configuration (or, for delta
 gateways, the same scoped routes: see `scopes`), which Envoy then fetches, decodes and
@@ -86,7 +88,13 @@ def http_connection_manager(
         stat_prefix=stat_prefix,
         codec_type=hcm.HttpConnectionManager.AUTO,
         early_header_mutation_extensions=[listener_marking(internal)],
-        http_filters=[hcm.HttpFilter(name=ROUTER_FILTER, typed_config=_any(router_pb2.Router()))],
+        http_filters=[
+            hcm.HttpFilter(
+                name=ROUTER_FILTER,
+                typed_config=_any(router_pb2.Router(suppress_envoy_headers=True)),
+            )
+        ],
+        generate_request_id=wrappers_pb2.BoolValue(value=False),
         upgrade_configs=[hcm.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
         use_remote_address=wrappers_pb2.BoolValue(value=True),
         normalize_path=wrappers_pb2.BoolValue(value=True),
