@@ -163,7 +163,7 @@ def _unique_hosts(hosts: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, .
     return tuple(first.values()), tuple(first)
 
 
-_Slot_Id = tuple[Any, ...]
+_SlotId = tuple[Any, ...]
 """A virtual host's place in `http`: (0, ingress key, rule index) for a rule, (1, host)
 for a split host, (2, ingress key) for a status virtual host; sorting gives its order."""
 
@@ -220,8 +220,8 @@ class Translator:
         self._splits_of: dict[str, set[str]] = {}
         self._tls_digests: dict[str, bytes] = {}
         # Scoped view of `http`: which virtual hosts each first label's scope holds.
-        self._slot_labels: dict[_Slot_Id, tuple[bytes, frozenset[str]]] = {}
-        self._label_entries: dict[str, dict[_Slot_Id, bytes]] = {}
+        self._slot_labels: dict[_SlotId, tuple[bytes, frozenset[str]]] = {}
+        self._label_entries: dict[str, dict[_SlotId, bytes]] = {}
         self._label_routes: dict[str, bytes] = {}
         self._label_scopes: dict[str, bytes] = {}
         self._labels_dirty: set[str] = set()
@@ -425,7 +425,7 @@ class Translator:
 
     # ---- the scoped view of `http` ------------------------------------------------------
 
-    def _set_slot(self, slot: _Slot_Id, entry: bytes, hosts: Iterable[str]) -> None:
+    def _set_slot(self, slot: _SlotId, entry: bytes, hosts: Iterable[str]) -> None:
         """Put one virtual host of `http` (or nothing, for b"") in the scopes of the first
         labels of the hosts it serves, taking it out of the scopes it left."""
         labels = frozenset(host_label(host) for host in hosts) if entry else frozenset()
