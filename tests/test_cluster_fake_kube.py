@@ -46,7 +46,7 @@ from wakegate.reconciler.cluster.objects import DEFAULT_INGRESS_CLASS
 from wakegate.reconciler.cluster.reconciler import ClusterReconciler
 from wakegate.xds.bootstrap import XdsTls
 from wakegate.xds.controlplane import ControlPlane
-from wakegate.xds.readiness import STATUS_DOMAIN, ready_path
+from wakegate.xds.readiness import ready_host, ready_path
 from wakegate.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from wakegate.xds.translate import EXTERNAL_TLS, GatewayConfig
 
@@ -1407,9 +1407,10 @@ async def test_fake_kube_two_replicas_ready_only_once_every_gateway_pod_serves(
         for config in configs.values():
             internal = f"http://127.0.0.1:{config.internal_port}"
             external = f"http://127.0.0.1:{config.external_port}"
-            assert (await get(internal + ready_path(digest), host=STATUS_DOMAIN))[0] == 200
-            assert (await get(internal + ready_path("0" * 32), host=STATUS_DOMAIN))[0] == 404
-            assert (await get(external + ready_path(digest), host=STATUS_DOMAIN))[0] == 404
+            assert (await get(internal + ready_path(digest), host=ready_host(digest)))[0] == 200
+            unknown = "0" * 32
+            assert (await get(internal + ready_path(unknown), host=ready_host(unknown)))[0] == 404
+            assert (await get(external + ready_path(digest), host=ready_host(digest)))[0] == 404
 
         # Replica b (not the leader) stops reconciling; its gateway keeps generation 1.
         await b.pause()
@@ -1491,7 +1492,7 @@ async def test_fake_kube_probed_gateway_rejection_still_gives_false(
             found = c.cp.translator.readiness("default/broken")
             assert found is not None
             probe = f"http://127.0.0.1:{config.internal_port}{ready_path(found[1])}"
-            assert (await get(probe, host=STATUS_DOMAIN))[0] == 200
+            assert (await get(probe, host=ready_host(found[1])))[0] == 200
             assert c.condition("fine")["status"] == "True", "what was served stays served"
 
             kube.delete(KIN, "Ingress", "default", "broken")
