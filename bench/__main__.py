@@ -15,10 +15,10 @@ import traceback
 from collections.abc import Callable, Sequence
 
 BENCHMARKS: dict[str, str] = {
-    "translate": "(a) translate + snapshot build, 1,000 and 10,000 rules",
+    "translate": "(a) translate + snapshot build, 1,000 / 10,000 / 100,000 rules, per change",
     "propagation": "(b) rule change → Envoy serving it, SotW and delta",
-    "dataplane": "(c) hello-world app direct vs through Envoy (hey, wrk)",
-    "memory": "(d) control-plane RSS with 10,000 rules",
+    "dataplane": "(c) hello-world app direct vs minimal static Envoy vs wakegate (hey, wrk)",
+    "memory": "(d) control-plane and gateway RSS with 10,000 rules",
     "coldstart": "(e) scale from zero, activator in path, burst to 5 pods, cc 1 vs 0",
     "apply": "(f) apply → first answer, empty and with 1,000 Services at zero",
 }

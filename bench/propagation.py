@@ -37,8 +37,10 @@ from bench.stack import (
     backend_key,
     gateway,
     loopback,
+    mb,
     ms,
     percentile,
+    proc_status,
     route,
     start_echo,
     table,
@@ -47,6 +49,7 @@ from bench.synthetic import state
 from wakegate.ingress.model import Ingress
 from wakegate.xds.controlplane import ControlPlane
 from wakegate.xds.resources import ROUTE
+from wakegate.xds.scopes import scoped_name
 from wakegate.xds.translate import HTTP_ROUTES
 
 PROBE_HOST = "probe.default.example.com"
@@ -176,6 +179,8 @@ class Series:
     """Answers other than the old or the new content seen during a change."""
     missed: int = 0
     """Changes not served, or not ACKed, within the timeout."""
+    pushed: list[int] = field(default_factory=list)
+    """Bytes of xDS responses the gateway was sent for each change."""
     envoy: str = ""
     """Envoy's own update time for the resource type that changed."""
 
@@ -200,6 +205,7 @@ async def changes(
     backend = PROBE
     for gen in gens:
         old = backend
+        before = pushed_bytes(cp)
         t0 = time.monotonic_ns()
         if new_cluster:
             backend = f"{PROBE}-{gen:05d}"
@@ -211,6 +217,7 @@ async def changes(
         t_ack = time.monotonic_ns()
         seen, others = await poller.until(str(gen), timeout)
         series.glitches += others
+        series.pushed.append(pushed_bytes(cp) - before)
         if seen is None or not acked or cp.last is None:
             series.missed += 1
         else:
@@ -225,6 +232,11 @@ async def changes(
         await cp.wait_served(timeout=timeout)
         await poller.until(str(gens.stop), timeout)
     return series
+
+
+def pushed_bytes(cp: ControlPlane) -> int:
+    """Bytes of xDS responses sent so far to the connected gateway(s)."""
+    return sum(node.pushed_bytes for node in cp.server.nodes() if node.connected)
 
 
 async def envoy_p50(gw: Gateway, pattern: str) -> str:
@@ -245,6 +257,9 @@ class ModeResult:
     baseline: list[int]
     churn: list[int]
     series: list[Series]
+    envoy_rss: int = 0
+    control_plane_rss: int = 0
+    """VmRSS of the gateway and of this process (the control plane) after the changes."""
 
 
 async def measure_mode(
@@ -285,19 +300,26 @@ async def measure_mode(
             series = await changes(
                 gw.cp, poller, gens, echo_port=echo_port, new_cluster=new_cluster, gap_s=gap_s
             )
-            # Both plain-HTTP listeners share route configuration `http`; Envoy keeps
-            # its RDS stats under the stat prefix of whichever listener it built first.
-            rds = await envoy_p50(gw, rf"http\.\w+\.rds\.{HTTP_ROUTES}\.update_duration")
+            # Both plain-HTTP listeners share the probe's route configuration (`http`
+            # whole, or the probe's scope of it); Envoy keeps its RDS stats under the
+            # stat prefix of whichever listener it built first.
+            name = HTTP_ROUTES if mode == "sotw" else scoped_name(HTTP_ROUTES, PROBE)
+            rds = await envoy_p50(gw, rf"http\.\w+\.rds\.{re.escape(name)}\.update_duration")
             snapshot = gw.cp.cache.get_snapshot(gw.cp.group)
-            size = len(snapshot.resources[ROUTE][HTTP_ROUTES]) if snapshot else 0
-            pushed = f"route configuration {HTTP_ROUTES}, {size / 1000:,.0f} kB"
-            series.envoy = f"RDS update p50 {rds} ms ({pushed})"
+            if snapshot is not None and mode == "sotw":
+                snapshot = snapshot.for_sotw()
+            size = len(snapshot.resources[ROUTE][name]) if snapshot else 0
+            # Each scope's RDS statistics are not kept (see xds.bootstrap).
+            timing = f"RDS update p50 {rds} ms, " if rds != "-" else ""
+            series.envoy = f"{timing}route configuration {name} {size:,} B"
             if new_cluster:
                 cds = await envoy_p50(gw, "cluster_manager.cds.update_duration")
-                series.envoy = f"CDS update p50 {cds} ms, " + series.envoy
+                series.envoy = f"CDS update p50 {cds} ms (since start), " + series.envoy
             results.append(series)
         churn = await poller.round_trips()
-    return ModeResult(mode, baseline, churn, results)
+        envoy_rss = proc_status(gw.envoy_pid)["VmRSS"]
+        control_plane_rss = proc_status(os.getpid())["VmRSS"]
+    return ModeResult(mode, baseline, churn, results, envoy_rss, control_plane_rss)
 
 
 # --- report ----------------------------------------------------------------------------
@@ -338,12 +360,22 @@ def report(results: Sequence[ModeResult], rules: int, gap_s: float, poll_s: floa
                 if s.glitches or s.missed
                 else "no unexpected answer, none missed"
             )
+            sent = (
+                f"xDS bytes sent per change p50 {percentile(s.pushed, 50):,} max "
+                f"{max(s.pushed):,}"
+                if s.pushed
+                else "no bytes sent"
+            )
             notes.append(
                 f"{r.mode} {s.label} ({len(s.served)} changes): served {_verdict(s.served)}; "
-                f"{problems}; Envoy {s.envoy}"
+                f"{problems}; {sent}; Envoy {s.envoy}"
             )
         churn = [v / 1e9 for v in r.churn[:4]]
         rows.append([f"{r.mode}: round trip during the changes", *map(ms, churn), "", ""])
+        notes.append(
+            f"{r.mode}: after the changes, RSS of Envoy {mb(r.envoy_rss)} MB, of the control "
+            f"plane (this process) {mb(r.control_plane_rss)} MB"
+        )
     print(table(["ms", "p50", "p95", "p99", "max", "p50 vs base", "target (ms)"], rows))
     for note in notes:
         print(note)

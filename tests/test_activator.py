@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ import aiohttp
 import grpc
 
 from tests.support.backends import Backend, launch_backend
+from tests.support.waiting import eventually
 from wakegate.autoscaler.service import ActivatorStat, AutoscalerService
 
 LOOPBACK = "127.0.0.1"
@@ -76,14 +77,6 @@ class Stack:
             if line.startswith(prefix):
                 return float(line[len(prefix) :])
         return 0.0
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if await check():
-                return
-            await asyncio.sleep(0.02)
 
 
 def endpoints(*backends: Backend) -> list[tuple[str, int]]:

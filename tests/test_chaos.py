@@ -23,6 +23,7 @@ import pytest_asyncio
 
 from tests.support.backends import probing
 from tests.support.chaos import Kill, in_flight, kill_process, unexplained
+from tests.support.waiting import eventually
 from tests.test_local_serving import Client, service, stack_config
 from wakegate.autoscaler.config import AutoscalerConfig
 from wakegate.stack import LocalStack
@@ -53,14 +54,9 @@ def host(name: str) -> str:
     return f"{name}.default.example.com"
 
 
-async def eventually(
-    check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 30.0
-) -> float:
+async def became(check: Callable[[], Awaitable[bool]], what: str) -> float:
     """Poll `check()` until it is true; when that was (time.monotonic())."""
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, f"not {what} after {timeout_s:g}s"
-        await asyncio.sleep(0.05)
+    await eventually(check, 30.0, what, interval=0.05)
     return time.monotonic()
 
 
@@ -92,7 +88,7 @@ async def kill_one(
         pid, what, back = pod["pid"], f"pod {pod['name']}", pods_ready
     assert pid is not None
     kill = await kill_process(pid, what)
-    return kill, await eventually(back, f"{what} back")
+    return kill, await became(back, f"{what} back")
 
 
 async def test_kills_of_activator_gateway_and_pods_fail_only_requests_in_flight(
@@ -117,8 +113,8 @@ async def test_kills_of_activator_gateway_and_pods_fail_only_requests_in_flight(
         pods = stack.serving.pods() if stack.serving else []
         return sum(1 for p in pods if p["ready"]) == 4
 
-    await eventually(modes, "serve and proxy")
-    await eventually(pods_ready, "4 pods ready")
+    await became(modes, "serve and proxy")
+    await became(pods_ready, "4 pods ready")
 
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)

@@ -18,7 +18,7 @@ import importlib.metadata
 import itertools
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from tests.fake_kube import FakeKube, Request
 from tests.support.backends import Backend, free_port, get, launch_backend
 from tests.support.envoy import running_envoy
+from tests.support.waiting import eventually
 from tests.test_conformance import _distribution, _self_signed, rule, split
 from tests.test_conformance import kingress as conformance_kingress
 from tests.test_conformance import path as http_path
@@ -45,7 +46,7 @@ from wakegate.reconciler.cluster.objects import DEFAULT_INGRESS_CLASS
 from wakegate.reconciler.cluster.reconciler import ClusterReconciler
 from wakegate.xds.bootstrap import XdsTls
 from wakegate.xds.controlplane import ControlPlane
-from wakegate.xds.readiness import STATUS_DOMAIN, ready_path
+from wakegate.xds.readiness import ready_host, ready_path
 from wakegate.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from wakegate.xds.translate import EXTERNAL_TLS, GatewayConfig
 
@@ -140,24 +141,6 @@ def tls_secret(name: str, cert: str, key: str) -> dict[str, Any]:
 
 
 # --- harness ---------------------------------------------------------------------------
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    """Poll `check` until it returns something truthy without raising."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: object = None
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-            last = result
-        except (AssertionError, KeyError) as exc:
-            last = exc
-        if loop.time() > deadline:
-            raise AssertionError(f"not true within {timeout}s: {what or check} (last: {last!r})")
-        await asyncio.sleep(0.02)
 
 
 @dataclass
@@ -1306,25 +1289,6 @@ def gateway_slice(replica: str, port: int, *, ready: bool = True) -> dict[str, A
     )
 
 
-async def eventually_async(
-    check: Callable[[], Awaitable[Any]], timeout: float = 15.0, what: str = ""
-) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: object = None
-    while True:
-        try:
-            result = await check()
-            if result:
-                return result
-            last = result
-        except (AssertionError, aiohttp.ClientError) as exc:
-            last = exc
-        if loop.time() > deadline:
-            raise AssertionError(f"not true within {timeout}s: {what or check} (last: {last!r})")
-        await asyncio.sleep(0.05)
-
-
 @pytest.mark.envoy
 async def test_fake_kube_two_replicas_ready_only_once_every_gateway_pod_serves(
     echo: dict[str, Backend],
@@ -1443,14 +1407,17 @@ async def test_fake_kube_two_replicas_ready_only_once_every_gateway_pod_serves(
         for config in configs.values():
             internal = f"http://127.0.0.1:{config.internal_port}"
             external = f"http://127.0.0.1:{config.external_port}"
-            assert (await get(internal + ready_path(digest), host=STATUS_DOMAIN))[0] == 200
-            assert (await get(internal + ready_path("0" * 32), host=STATUS_DOMAIN))[0] == 404
-            assert (await get(external + ready_path(digest), host=STATUS_DOMAIN))[0] == 404
+            assert (await get(internal + ready_path(digest), host=ready_host(digest)))[0] == 200
+            unknown = "0" * 32
+            assert (await get(internal + ready_path(unknown), host=ready_host(unknown)))[0] == 404
+            assert (await get(external + ready_path(digest), host=ready_host(digest)))[0] == 404
 
         # Replica b (not the leader) stops reconciling; its gateway keeps generation 1.
         await b.pause()
         kube.apply(simple_kingress("both", host, "k1"))
-        await eventually_async(lambda: serves("a", "k1"), what="a's gateway serves generation 2")
+        await eventually(
+            lambda: serves("a", "k1"), timeout=15, what="a's gateway serves generation 2"
+        )
         waiting = await eventually(lambda: waiting_for_b(2), what="status waits for b's pod")
         assert waiting["status"] == "Unknown", waiting
         assert "1 of 2 gateway pods do not serve it yet" in waiting["message"]
@@ -1468,7 +1435,7 @@ async def test_fake_kube_two_replicas_ready_only_once_every_gateway_pod_serves(
         async def probed_again() -> bool:
             return (await envoys["b"].stats(answered))[answered] >= before + 3
 
-        await eventually_async(probed_again, what="b's gateway probed three more times")
+        await eventually(probed_again, timeout=15, what="b's gateway probed three more times")
         assert await backend("b") == "k0"
         assert 2 not in ready_writes and not ready(2)
         assert a.condition("both")["status"] == "Unknown"
@@ -1525,7 +1492,7 @@ async def test_fake_kube_probed_gateway_rejection_still_gives_false(
             found = c.cp.translator.readiness("default/broken")
             assert found is not None
             probe = f"http://127.0.0.1:{config.internal_port}{ready_path(found[1])}"
-            assert (await get(probe, host=STATUS_DOMAIN))[0] == 200
+            assert (await get(probe, host=ready_host(found[1])))[0] == 200
             assert c.condition("fine")["status"] == "True", "what was served stays served"
 
             kube.delete(KIN, "Ingress", "default", "broken")

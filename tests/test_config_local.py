@@ -4,9 +4,7 @@ as every Service is served or has failed."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from tests.support.waiting import eventually
 from tests.test_local_serving import HOST, Client, service, stack_config
 from wakegate.autoscaler.config import AutoscalerConfig
 from wakegate.stack import LocalStack
@@ -29,16 +28,6 @@ def configmap(name: str, **data: str) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": "knative-serving"},
         "data": data,
     }
-
-
-async def until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"{what} not within {timeout_s:g} s"
-        await asyncio.sleep(0.2)
 
 
 @pytest_asyncio.fixture
@@ -87,7 +76,7 @@ async def test_a_shorter_window_and_grace_take_effect_on_a_running_revision(
     assert rows["stable-window"] == ("6s", "ConfigMap")
     assert rows["scale-to-zero-grace-period"] == ("2s", "ConfigMap")
     # Not re-applied: the running revision goes to zero after 6 s + 2 s idle.
-    await until(lambda: _no_pods(client), 25, "scale to zero")
+    await eventually(lambda: _no_pods(client), 25, "scale to zero", interval=0.2)
     assert await client.hello() == (200, "Hello World!\n")
 
 
@@ -118,7 +107,7 @@ async def test_domain_and_tag_template_rehost_every_service(client: Client) -> N
             "Hello World!\n",
         )
 
-    await until(rehosted, 15, "the new domain served")
+    await eventually(rehosted, 15, "the new domain served", interval=0.2)
     assert (await client.hello(HOST))[0] == 404
     assert await client.hello("helloworld-go-v.default.apps.test") == (200, "Hello World!\n")
     assert (await client.hello("v-helloworld-go.default.apps.test"))[0] == 404
@@ -237,7 +226,7 @@ async def test_apply_wait_fails_at_once_for_a_crashing_container_and_reports_eac
         crasher = next(s for s in services if s["name"] == "crasher")
         return crasher["ready"] == "False" and crasher["reason"] == "RevisionFailed"
 
-    await until(reported, 10, "the Service's status to say why")
+    await eventually(reported, 10, "the Service's status to say why", interval=0.2)
 
 
 async def test_apply_wait_fails_past_the_progress_deadline(client: Client) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,7 @@ from tests.support.conformance import (
     split,
 )
 from tests.support.envoy import running_envoy
+from tests.support.waiting import eventually
 from wakegate.controller import start_control_plane
 from wakegate.ingress.model import Certificate
 from wakegate.reconciler.cluster.kingress_status import LoadBalancers, condition_of
@@ -120,21 +121,6 @@ def tls_secret(name: str, namespace: str, certificate: Certificate) -> Obj:
     }
 
 
-async def eventually(
-    check: Callable[[], bool],
-    what: str,
-    explain: Callable[[], object] = lambda: None,
-    timeout: float = 15.0,
-) -> None:
-    """Poll `check` until it holds; on timeout fail with `what` and `explain()`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what} ({explain()!r})")
-        await asyncio.sleep(0.02)
-
-
 # --- the driver ------------------------------------------------------------------------
 
 
@@ -167,14 +153,16 @@ class FakeKubeDriver(Driver):
                 self.published.add(name)
         await eventually(
             lambda: all(self._seen(o) for o in created),
-            "the controller saw the Services, EndpointSlices and Secrets",
+            timeout=15,
+            what="the controller saw the Services, EndpointSlices and Secrets",
         )
         stored = await self._write(obj)
         name, generation = stored["metadata"]["name"], stored["metadata"]["generation"]
         await eventually(
             lambda: self._ready(namespace, name, generation),
-            f"KIngress {name} Ready for generation {generation}",
-            lambda: self._status(namespace, name),
+            timeout=15,
+            what=f"KIngress {name} Ready for generation {generation}",
+            explain=lambda: self._status(namespace, name),
         )
 
     async def delete(self, name: str) -> None:
@@ -182,7 +170,8 @@ class FakeKubeDriver(Driver):
         key = f"{NAMESPACE}/{name}"
         await eventually(
             lambda: key not in {i.key for i in self.cp.ingresses()},
-            f"KIngress {key} gone from the control plane",
+            timeout=15,
+            what=f"KIngress {key} gone from the control plane",
         )
         assert await self.cp.wait_served(timeout=15), self.cp.server.nodes()
 

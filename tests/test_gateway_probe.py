@@ -12,15 +12,15 @@ import contextlib
 import itertools
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 import pytest_asyncio
 
 from tests.support.backends import free_port
 from tests.support.envoy import RunningEnvoy, running_envoy
+from tests.support.waiting import eventually
 from wakegate.ingress.model import BackendRef, Endpoint, Ingress, Path, Rule, Split
 from wakegate.reconciler.cluster.gateway_probe import (
     GatewayProber,
@@ -145,18 +145,6 @@ async def running(prober: GatewayProber) -> AsyncIterator[GatewayProber]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"not true within {timeout}s: {what or check} (last: {result!r})")
-        await asyncio.sleep(0.02)
 
 
 @dataclass

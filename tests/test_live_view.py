@@ -8,7 +8,6 @@ import asyncio
 import re
 import shutil
 import signal
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 import pytest_asyncio
 
 from tests.support.browser import chromium
+from tests.support.waiting import eventually
 from tests.test_local_serving import HOST, Client, service, stack_config
 from wakegate.autoscaler.config import AutoscalerConfig
 from wakegate.stack import LocalStack
@@ -41,13 +41,9 @@ async def client(tmp_path: Path) -> AsyncIterator[Client]:
 
 async def until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
     """Poll a blocking browser call off the event loop (the stack runs on it)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await asyncio.to_thread(check)
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"the view never showed {what}"
-        await asyncio.sleep(0.2)
+    return await eventually(
+        lambda: asyncio.to_thread(check), timeout_s, f"the view showing {what}", interval=0.2
+    )
 
 
 async def test_the_view_shows_a_service_and_follows_a_scale_up_without_reload(

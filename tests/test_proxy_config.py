@@ -26,11 +26,15 @@ from wakegate.xds.proxy_config import (
     proxy_config,
 )
 from wakegate.xds.resources import ROUTE
+from wakegate.xds.scopes import host_label, scoped_name
+from wakegate.xds.translate import HTTP_ROUTES
 
 pytestmark = pytest.mark.envoy
 
 CLUSTER_1 = "default/helloworld-go-00001:80"
 CLUSTER_2 = "default/helloworld-go-00002:80"
+HOST_ROUTES = scoped_name(HTTP_ROUTES, host_label(HOST))
+"""The route configuration a delta gateway gets for HOST: its first label's scope."""
 
 
 @pytest_asyncio.fixture
@@ -63,7 +67,7 @@ async def test_everything_served_matches_the_gateways_own_config(client: Client)
     assert status == 200 and reply["served"], reply
     for kind, names in [
         ("listeners", {"external", "internal"}),
-        ("routes", {"http"}),
+        ("routes", {HOST_ROUTES}),
         ("clusters", {CLUSTER_1}),
         ("endpoints", {CLUSTER_1}),
     ]:
@@ -113,11 +117,12 @@ async def test_a_gateway_behind_the_control_plane_is_marked(client: Client) -> N
     after = resources(client)
     # The gate's route configuration (no revision here has a containerConcurrency) is
     # the same before and after.
-    assert states(proxy_config(after, "routes", dump=before)) == {"http": STALE, "gate": SERVED}
+    routes = states(proxy_config(after, "routes", dump=before))
+    assert routes == {HOST_ROUTES: STALE, "gate": SERVED}
     clusters = states(proxy_config(after, "clusters", dump=before))
     assert clusters == {CLUSTER_2: MISSING, CLUSTER_1: EXTRA}
     served = states(proxy_config(after, "routes", dump=await dump(client)))
-    assert served == {"http": SERVED, "gate": SERVED}
+    assert served == {HOST_ROUTES: SERVED, "gate": SERVED}
 
 
 def test_a_rejected_resource_is_marked_with_the_gateways_error() -> None:

@@ -11,7 +11,7 @@ from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_pb2, scoped_route_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
@@ -44,8 +44,8 @@ from wakegate.xds.readiness import (
     STATUS_DOMAIN,
     STATUS_VHOST,
     ingress_hash,
+    ready_host,
     ready_path,
-    status_route_entry,
     status_virtual_host,
     status_virtual_host_entry,
 )
@@ -685,24 +685,30 @@ def ready_hash(translator: Translator, key: str) -> str:
 
 
 def status_paths(out: resources.Resources, listener_name: str) -> list[str]:
-    """The ready paths the status host answers on one listener."""
-    hosts = [v for v in routes(out, listener_name).virtual_hosts if STATUS_DOMAIN in v.domains]
-    assert len(hosts) <= 1
-    return [r.match.path for r in hosts[0].routes] if hosts else []
+    """The ready paths the status hosts answer on one listener, in virtual host order;
+    each on the host its hash names."""
+    paths = []
+    for vhost in routes(out, listener_name).virtual_hosts:
+        if not any(domain.endswith("." + STATUS_DOMAIN) for domain in vhost.domains):
+            continue
+        for route in vhost.routes:
+            digest = route.match.path.removeprefix("/ready/")
+            assert list(vhost.domains) == [ready_host(digest)]
+            paths.append(route.match.path)
+    return paths
 
 
 def test_status_virtual_host_builder() -> None:
-    built = status_virtual_host([("default/a", "0a1b"), ("default/b", "2c3d")])
-    assert (built.name, list(built.domains)) == (STATUS_VHOST, [STATUS_DOMAIN])
-    first, second = built.routes
-    assert (first.match.path, second.match.path) == ("/ready/0a1b", "/ready/2c3d")
-    assert [(h.name, h.present_match) for h in first.match.headers] == [(INTERNAL_HEADER, True)]
-    assert first.direct_response.status == 200 and not first.HasField("route")
-    assert first.name == "wakegate/status/default/a"
-    entries = [status_route_entry("default/a", "0a1b"), status_route_entry("default/b", "2c3d")]
-    assert status_virtual_host_entry(entries) == virtual_host_entry(built.SerializeToString())
-    empty = virtual_host_entry(status_virtual_host([]).SerializeToString())
-    assert status_virtual_host_entry([]) == empty
+    built = status_virtual_host("default/a", "0a1b")
+    assert built.name == f"{STATUS_VHOST}/default/a"
+    assert list(built.domains) == [f"0a1b.{STATUS_DOMAIN}"] == [ready_host("0a1b")]
+    (route,) = built.routes
+    assert route.match.path == "/ready/0a1b" == ready_path("0a1b")
+    assert [(h.name, h.present_match) for h in route.match.headers] == [(INTERNAL_HEADER, True)]
+    assert route.direct_response.status == 200 and not route.HasField("route")
+    assert route.name == "wakegate/status/default/a"
+    entry = virtual_host_entry(built.SerializeToString())
+    assert status_virtual_host_entry("default/a", "0a1b") == entry
 
 
 def test_status_domain_is_not_a_valid_kingress_host() -> None:
@@ -738,7 +744,8 @@ def test_status_virtual_host_only_with_readiness_probes() -> None:
     assert status_paths(out, "internal") == [ready_path(ready_hash(probed, "default/a"))]
     assert status_paths(out, "external") == [], "only the cluster-local listener answers"
     shared = route_pb2.RouteConfiguration.FromString(out[resources.ROUTE]["http"])
-    assert [list(v.domains) for v in shared.virtual_hosts][-1] == [STATUS_DOMAIN]
+    digest = ready_hash(probed, "default/a")
+    assert [list(v.domains) for v in shared.virtual_hosts][-1] == [ready_host(digest)]
     empty = Translator(PROBES).translate(RoutingState())
     assert status_paths(empty, "internal") == []
 
@@ -820,3 +827,58 @@ def test_ready_hash_follows_certificates_conflicts_and_split_hosts() -> None:
     fresh = Translator(PROBES)
     fresh.translate(RoutingState(ingresses=(moved, public)))
     assert ready_hash(fresh, "default/b") == ready_hash(translator, "default/b")
+
+
+# ---- the delta view: http as scoped routes ------------------------------------------------
+
+
+def test_delta_view_scopes_http_by_the_first_label_of_each_host() -> None:
+    multi = simple("a", "foo.default.example.com", "Bar.default.example.com")
+    local = simple(
+        "b", "b.default", "b.default.svc.cluster.local", visibility=Visibility.CLUSTER_LOCAL
+    )
+    translator = Translator()
+    sotw = translator.translate(RoutingState(ingresses=(multi, local)))
+    out = translator.delta_resources()
+
+    scopes = {
+        name: scoped_route_pb2.ScopedRouteConfiguration.FromString(body)
+        for name, body in out[resources.SCOPED_ROUTE].items()
+    }
+    assert {
+        name: (scope.route_configuration_name, [f.string_key for f in scope.key.fragments])
+        for name, scope in scopes.items()
+    } == {
+        "http/foo": ("http/foo", ["foo"]),
+        "http/bar": ("http/bar", ["bar"]),
+        "http/b": ("http/b", ["b"]),
+    }
+    assert set(out[resources.ROUTE]) == set(scopes)
+    whole = route_pb2.RouteConfiguration.FromString(sotw[resources.ROUTE]["http"])
+    by_name = {v.name: v for v in whole.virtual_hosts}
+    for name, body in out[resources.ROUTE].items():
+        config = route_pb2.RouteConfiguration.FromString(body)
+        assert config.name == name
+        # Each scope holds the virtual hosts serving a host with its label, as built for
+        # the whole route configuration, with its settings.
+        assert [v.name for v in config.virtual_hosts] == [
+            v.name
+            for v in whole.virtual_hosts
+            if any(d.split(".")[0].lower() == name.split("/")[1] for d in v.domains)
+        ]
+        assert all(v == by_name[v.name] for v in config.virtual_hosts)
+        assert list(config.request_headers_to_remove) == [INTERNAL_HEADER]
+        assert config.ignore_port_in_host_matching
+
+    # Both plain listeners take them as the scopes of `http`, keyed by the first label.
+    for name in ("external", "internal"):
+        mgr = manager(listener(out, name).filter_chains[0])
+        assert not mgr.HasField("rds")
+        assert mgr.scoped_routes.name == "http"
+        (fragment,) = mgr.scoped_routes.scope_key_builder.fragments
+        extractor = fragment.header_value_extractor
+        key = (extractor.name, extractor.element_separator, extractor.index)
+        assert key == (":authority", ".", 0)
+        assert mgr.scoped_routes.scoped_rds.scoped_rds_config_source.HasField("ads")
+        assert mgr.scoped_routes.rds_config_source.HasField("ads")
+        assert manager(listener(sotw, name).filter_chains[0]).rds.route_config_name == "http"

@@ -212,9 +212,33 @@ def _mutate(rng: random.Random, ingresses: dict[str, Ingress], n: int) -> None:
         ingresses[key] = ingress(i, generation=rng.randrange(5))
 
 
+def _diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What changed from `before` to `after`, by key: the new value, or None."""
+    changes: dict[str, Any] = {key: None for key in before if key not in after}
+    changes.update((key, value) for key, value in after.items() if before.get(key) != value)
+    return changes
+
+
+def _apply(view: dict[str, dict[str, bytes]], changes: dict[str, dict[str, bytes | None]]):
+    for type_url, named in changes.items():
+        table = view.setdefault(type_url, {})
+        for name, body in named.items():
+            if body is None:
+                del table[name]
+            else:
+                table[name] = body
+
+
+def _plain(resources_: resources.Resources) -> dict[str, dict[str, bytes]]:
+    return {t: dict(named) for t, named in resources_.items() if named}
+
+
 @pytest.mark.parametrize("probes", [False, True], ids=["plain", "readiness-probes"])
 @pytest.mark.parametrize("seed", range(4))
 def test_random_changes_match_a_fresh_translation(seed: int, probes: bool) -> None:
+    """Fed whole states (`translate`) or only what changed (`update`), the translator ends
+    where a fresh one does, in both views; the delta view's changes, applied in order,
+    rebuild it exactly."""
     rng = random.Random(seed)
     n = 30
     base = state(n)
@@ -222,6 +246,10 @@ def test_random_changes_match_a_fresh_translation(seed: int, probes: bool) -> No
     certificates = {"default/c1": Certificate("C1", "K1")}
     config = GatewayConfig(https_redirect_port=8443, readiness_probes=probes)
     translator = Translator(config)
+    fed = Translator(config)
+    view: dict[str, dict[str, bytes]] = {}
+    seen: tuple[dict[str, Ingress], dict[str, Backend], dict[str, Certificate] | None]
+    seen = ({}, {}, None)
     for step in range(60):
         for _ in range(rng.randrange(1, 4)):
             _mutate(rng, current, n)
@@ -233,7 +261,56 @@ def test_random_changes_match_a_fresh_translation(seed: int, probes: bool) -> No
         ordered = sorted(current.values(), key=lambda ing: (ing.generation, ing.key))
         st = RoutingState(tuple(ordered), backends, certificates)
         fresh = Translator(config)
-        assert translator.translate(st) == fresh.translate(st), f"step {step}"
+        expected = fresh.translate(st)
+        assert translator.translate(st) == expected, f"step {step}"
         assert translator.errors == fresh.errors, f"step {step}"
         for key in current:
             assert translator.readiness(key) == fresh.readiness(key), f"step {step}"
+
+        fed.update(
+            ingresses=_diff(seen[0], current),
+            backends=_diff(seen[1], backends),
+            certificates=certificates if certificates is not seen[2] else None,
+        )
+        seen = (dict(current), backends, certificates)
+        _apply(view, fed.take_changes())
+        assert view == _plain(fresh.delta_resources()), f"step {step}"
+        sotw = {t: expected[t] for t in (resources.LISTENER, resources.ROUTE)}
+        assert {t: fed.sotw_resources()[t] for t in sotw} == sotw, f"step {step}"
+        assert fed.errors == fresh.errors, f"step {step}"
+        for key in current:
+            assert fed.readiness(key) == fresh.readiness(key), f"step {step}"
+
+
+def test_one_change_touches_one_scope() -> None:
+    """Fed one changed ingress among a thousand, the delta view changes by one route
+    configuration: the scope of the ingress's hosts' first label."""
+    translator = Translator()
+    st = state(1000)
+    translator.update(
+        ingresses={ing.key: ing for ing in st.ingresses}, backends=dict(st.backends)
+    )
+    first = translator.take_changes()
+    assert len(first[resources.SCOPED_ROUTE]) == len(first[resources.ROUTE]) == 1000
+    assert len(first[resources.CLUSTER]) == len(first[resources.ENDPOINT]) == 2000
+    translator.update(ingresses={"default/svc-0417": ingress(417, generation=1)})
+    changes = translator.take_changes()
+    assert list(changes) == [resources.ROUTE]
+    assert list(changes[resources.ROUTE]) == ["http/svc-417"]
+    config = route_pb2.RouteConfiguration.FromString(changes[resources.ROUTE]["http/svc-417"])
+    assert [list(v.domains) for v in config.virtual_hosts] == [["svc-417.default.example.com"]]
+    # A new revision: its cluster and load assignment, then the old one's removal.
+    moved = replace(ingress(417), rules=(replace(ingress(417).rules[0], paths=()),))
+    translator.update(ingresses={"default/svc-0417": moved})
+    changes = translator.take_changes()
+    assert set(changes[resources.CLUSTER]) == {
+        "default/svc-417-00001:80",
+        "default/svc-417-00002:80",
+    }
+    assert set(changes[resources.CLUSTER].values()) == {None}
+    translator.update(ingresses={"default/svc-0417": None})
+    changes = translator.take_changes()
+    assert changes == {
+        resources.SCOPED_ROUTE: {"http/svc-417": None},
+        resources.ROUTE: {"http/svc-417": None},
+    }

@@ -15,7 +15,15 @@ from wakegate.xds.cache import (
     encode_delta_response,
     encode_sotw_response,
 )
-from wakegate.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, content_version
+from wakegate.xds.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    SCOPED_ROUTE,
+    TYPES_IN_ORDER,
+    content_version,
+)
 
 
 def cluster(name: str, timeout: int = 1) -> bytes:
@@ -28,7 +36,7 @@ def test_snapshot_derives_content_versions() -> None:
     a, b = cluster("a"), cluster("b")
     snap = Snapshot("1", {CLUSTER: {"a": a, "b": b}})
     assert snap.names(CLUSTER) == {"a": content_version(a), "b": content_version(b)}
-    assert set(snap.resources) == {LISTENER, ROUTE, CLUSTER, ENDPOINT}
+    assert set(snap.resources) == set(TYPES_IN_ORDER)
     assert snap.resources[ROUTE] == {}
     empty = Snapshot("0", {})
     assert snap.type_versions[ROUTE] == empty.type_versions[ROUTE]
@@ -184,3 +192,85 @@ def test_snapshot_built_on_a_previous_one_matches_one_built_from_scratch() -> No
     # Unchanged resources are not encoded again.
     assert derived.sotw_fields(CLUSTER)["c1"] is first.sotw_fields(CLUSTER)["c1"]
     assert derived.sotw_all(ROUTE) is first.sotw_all(ROUTE)
+
+
+def test_evolve_applies_changes_and_matches_a_snapshot_built_in_full() -> None:
+    clusters = {f"c{i}": cluster(f"c{i}") for i in range(20)}
+    first = Snapshot("1", {CLUSTER: clusters, ROUTE: {"r": b"\x0a\x01r"}})
+    second = first.evolve(
+        "2", {CLUSTER: {"c3": cluster("c3", 7), "c4": None, "new": cluster("new")}}
+    )
+    expected = {**clusters, "c3": cluster("c3", 7), "new": cluster("new")}
+    del expected["c4"]
+    fresh = Snapshot("2", {CLUSTER: expected, ROUTE: {"r": b"\x0a\x01r"}})
+    assert dict(second.resources[CLUSTER]) == expected
+    assert dict(second.names(CLUSTER)) == dict(fresh.names(CLUSTER))
+    assert second.type_versions == fresh.type_versions
+    assert second.count(CLUSTER) == 20
+    # The first snapshot still reads as it was built.
+    assert dict(first.resources[CLUSTER]) == clusters
+    assert "new" not in first.resources[CLUSTER] and "c4" in first.resources[CLUSTER]
+    assert first.resources[CLUSTER]["c3"] == cluster("c3")
+    # Unchanged types are shared, changed names are known.
+    assert second.sotw_all(ROUTE) is first.sotw_all(ROUTE)
+    assert second.changed_since(first, CLUSTER) == {"c3", "c4", "new"}
+    assert second.changed_since(first, ROUTE) == set()
+    assert first.changed_since(second, CLUSTER) is None, "only forwards along the chain"
+    assert second.changed_since(fresh, CLUSTER) is None, "another chain"
+
+
+def test_changes_accumulate_over_skipped_snapshots_and_no_ops_are_dropped() -> None:
+    first = Snapshot("1", {CLUSTER: {"a": cluster("a"), "b": cluster("b")}})
+    second = first.evolve("2", {CLUSTER: {"a": cluster("a", 2)}})
+    third = second.evolve("3", {CLUSTER: {"b": None, "a": cluster("a", 2)}})
+    assert third.changed_since(first, CLUSTER) == {"a", "b"}
+    assert third.changed_since(second, CLUSTER) == {"b"}, "an equal body is no change"
+    same = third.evolve("4", {CLUSTER: {"gone": None}, LISTENER: {}})
+    assert same.changed_since(third, CLUSTER) == set()
+    assert same.type_versions == third.type_versions
+
+
+def test_a_chain_keeps_only_what_live_snapshots_see() -> None:
+    """Old bodies and removed names are dropped once no snapshot can read them."""
+    snap = Snapshot("0", {CLUSTER: {"keep": cluster("keep")}})
+    table = snap._data[CLUSTER].table  # type: ignore[attr-defined]
+    for i in range(1, 200):
+        snap = snap.evolve(str(i), {CLUSTER: {"keep": cluster("keep", i), f"tmp{i}": None}})
+        snap = snap.evolve(f"{i}b", {CLUSTER: {f"tmp{i + 1}": cluster("tmp")}})
+    kept = table.entries["keep"]
+    assert not isinstance(kept, list) or len(kept) <= 2
+    assert len(table.entries) <= 4, sorted(table.entries)
+    assert len(table.log) <= 2
+    assert dict(snap.resources[CLUSTER]) == {"keep": cluster("keep", 199), "tmp200": cluster("tmp")}
+
+
+def test_a_second_branch_from_one_snapshot_gets_its_own_table() -> None:
+    base = Snapshot("1", {CLUSTER: {"a": cluster("a")}})
+    left = base.evolve("2", {CLUSTER: {"b": cluster("b")}})
+    right = base.evolve("3", {CLUSTER: {"c": cluster("c")}})
+    assert set(left.resources[CLUSTER]) == {"a", "b"}
+    assert set(right.resources[CLUSTER]) == {"a", "c"}
+    assert set(base.resources[CLUSTER]) == {"a"}
+    assert right.changed_since(left, CLUSTER) is None
+
+
+def test_sotw_variant_replaces_some_types_and_shares_the_rest() -> None:
+    calls = []
+
+    def source() -> dict[str, dict[str, bytes]]:
+        calls.append(1)
+        return {ROUTE: {"full": b"\x0a\x04full"}, SCOPED_ROUTE: {}}
+
+    snap = Snapshot(
+        "1",
+        {CLUSTER: {"a": cluster("a")}, ROUTE: {"part": b"\x0a\x04part"}, SCOPED_ROUTE: {"s": b""}},
+        sotw=source,
+    )
+    variant = snap.for_sotw()
+    assert variant is snap.for_sotw() and len(calls) == 1
+    assert variant.version == snap.version
+    assert set(variant.resources[ROUTE]) == {"full"}
+    assert dict(variant.resources[SCOPED_ROUTE]) == {}
+    assert variant.sotw_fields(CLUSTER)["a"] is snap.sotw_fields(CLUSTER)["a"]
+    plain = Snapshot("2", {})
+    assert plain.for_sotw() is plain

@@ -1,10 +1,11 @@
 """How the translator shapes route configurations, checked through a real Envoy.
 
-The external and internal listeners name the same route configuration; the internal
-listener marks its requests before routing and routes meant for one listener match
-on that mark. These cases check what the conformance suite does not: the mark cannot
-be forged from outside, it never reaches a backend, Envoy holds one copy, and a
-header set once on the route for all splits still reaches each split's backend.
+The external and internal listeners name the same route configuration (for delta
+gateways, the same scoped routes); the internal listener marks its requests before
+routing and routes meant for one listener match on that mark. These cases check what
+the conformance suite does not: the mark cannot be forged from outside, it never
+reaches a backend, Envoy holds one copy of each route configuration, and a header set
+once on the route for all splits still reaches each split's backend.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest_asyncio
 
 from tests.support.backends import Backend, free_port, get, start_backends
 from tests.support.envoy import RunningEnvoy, running_envoy
+from wakegate.autoscaler.gateway_stats import STATS_PATH, parse_active_requests
 from wakegate.ingress.model import Backend as RoutedBackend
 from wakegate.ingress.model import (
     BackendRef,
@@ -30,6 +32,7 @@ from wakegate.ingress.model import (
 )
 from wakegate.xds.common import INTERNAL_HEADER
 from wakegate.xds.controlplane import ControlPlane
+from wakegate.xds.resources import ROUTE
 from wakegate.xds.translate import GatewayConfig
 
 pytestmark = [pytest.mark.envoy, pytest.mark.asyncio(loop_scope="module")]
@@ -43,6 +46,7 @@ class Gateway:
     envoy: RunningEnvoy
     config: GatewayConfig
     backends: dict[str, Backend]
+    mode: str
 
     @property
     def external(self) -> str:
@@ -98,7 +102,9 @@ async def gw(request: pytest.FixtureRequest, backends: dict[str, Backend]) -> As
         async with running_envoy(
             xds_port, delta=request.param == "delta", node_cluster="shared-routes"
         ) as envoy:
-            yield Gateway(cp=cp, envoy=envoy, config=config, backends=backends)
+            yield Gateway(
+                cp=cp, envoy=envoy, config=config, backends=backends, mode=request.param
+            )
     finally:
         await cp.stop()
 
@@ -146,11 +152,19 @@ async def test_host_split_between_listeners(gw: Gateway) -> None:
     assert (status, body["name"]) == (200, "right")
 
 
-async def test_envoy_holds_one_route_configuration(gw: Gateway) -> None:
+async def test_envoy_holds_each_route_configuration_once(gw: Gateway) -> None:
     dump = await gw.envoy.config_dump()
     (routes,) = [c for c in dump["configs"] if c["@type"].endswith(".v3.RoutesConfigDump")]
     names = [r["route_config"]["name"] for r in routes.get("dynamic_route_configs", [])]
-    assert names == ["http"]
+    assert len(names) == len(set(names)), "both listeners share them"
+    if gw.mode == "sotw":
+        assert names == ["http"]
+    else:
+        # One per first label of the hosts served, as the scopes say.
+        snapshot = gw.cp.cache.get_snapshot(gw.cp.group)
+        assert snapshot is not None
+        assert sorted(names) == sorted(snapshot.resources[ROUTE])
+        assert {name.split("/")[1] for name in names} >= {"split", "public"}
 
 
 async def test_header_shared_by_all_splits_reaches_every_split(gw: Gateway) -> None:
@@ -172,3 +186,57 @@ async def test_header_shared_by_all_splits_reaches_every_split(gw: Gateway) -> N
     for name, headers in seen.items():
         assert headers["knative-serving-namespace"] == "default"
         assert headers["knative-serving-revision"] == name
+
+
+async def test_a_new_host_answers_its_first_request_with_a_body(gw: Gateway) -> None:
+    """Once the gateway ACKed it, a new host (in delta mode a new scope and route
+    configuration) answers its very first request, a POST with a body, and a GET."""
+    for i in range(4):
+        host = f"fresh-{i}.default.example.com"
+        await gw.apply(ingress(f"fresh-{i}", "left", host))
+        status, body, _ = await get(gw.external + "/upload", host, method="POST", data=b"x" * 4096)
+        assert (status, body["name"], body["method"]) == (200, "left", "POST")
+        assert (await get(gw.internal + "/", host))[0] == 200
+
+
+async def test_a_host_with_a_port_is_served_and_an_unknown_one_is_not(gw: Gateway) -> None:
+    await gw.apply(ingress("ported", "left", "ported.default.example.com"))
+    assert (await get(gw.external + "/", "ported.default.example.com:8080"))[0] == 200
+    assert (await get(gw.external + "/", "ported.other.example.com"))[0] == 404
+    assert (await get(gw.external + "/", "nowhere.example.com"))[0] == 404
+
+
+async def test_the_gateway_keeps_the_statistics_that_are_read(gw: Gateway) -> None:
+    """Of a revision's cluster only what the autoscaler reads exists (its other
+    statistics, and each scope's RDS statistics, are not kept); the listeners' and the
+    cluster manager's statistics stay."""
+    await gw.apply(ingress("counted", "third", "counted.default.example.com"))
+    assert (await get(gw.external + "/", "counted.default.example.com"))[0] == 200
+    names = [line.partition(":")[0] for line in (await gw.envoy.admin_get("/stats")).splitlines()]
+    assert {n for n in names if n.startswith("cluster.default/third_80.")} == {
+        "cluster.default/third_80.upstream_rq_active",
+        "cluster.default/third_80.upstream_rq_total",
+    }
+    assert "http.external.downstream_rq_total" in names
+    assert "cluster_manager.cds.update_success" in names
+    assert "cluster.xds_cluster.upstream_rq_total" in names
+    assert not [n for n in names if ".rds.http/" in n]
+    # What the autoscaler samples.
+    load = parse_active_requests(await gw.envoy.admin_get(STATS_PATH))
+    assert load.get("default/third") == 0.0
+
+
+async def test_no_request_id_or_envoy_header_is_added(gw: Gateway) -> None:
+    """Nothing reads them and every request would pay for them; a client's own
+    `x-request-id` still reaches the backend. (The client's address goes upstream in
+    `x-envoy-external-address`, with `x-forwarded-for`, as an edge proxy's should.)"""
+    await gw.apply(ingress("plain", "left", "plain.default.example.com"))
+    status, body, headers = await get(gw.external + "/", "plain.default.example.com")
+    assert status == 200
+    assert "x-request-id" not in body["headers"]
+    upstream = [name for name in body["headers"] if name.startswith("x-envoy")]
+    assert upstream == ["x-envoy-external-address"]
+    assert not [name for name in headers if name.lower().startswith("x-envoy")]
+    sent = {"X-Request-Id": "from-the-client"}
+    _, body, _ = await get(gw.external + "/", "plain.default.example.com", sent)
+    assert body["headers"]["x-request-id"] == "from-the-client"

@@ -17,7 +17,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
 from tests.support.envoy import ControlPlane
-from wakegate.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from wakegate.xds.cache import Snapshot
+from wakegate.xds.delta import CHUNK
+from wakegate.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE
+from wakegate.xds.scopes import scope_bytes
 from wakegate.xds.server import ADS_SERVICE, XdsServer
 
 GROUP = "gateway"
@@ -888,3 +891,111 @@ async def test_ack_that_grows_the_subscription_is_not_enough(
     assert not await cp.server.wait_acked(GROUP, second.version, 0.2)
     await s.ack(grown, names=["r1", "r2"])
     assert await cp.server.wait_acked(GROUP, second.version, 5)
+
+
+async def test_delta_routes_wait_until_every_scope_route_configuration_is_subscribed(
+    control_plane: ControlPlane, channel: grpc.aio.Channel
+) -> None:
+    """Routes of one update go out together: a response with routes waits until the
+    gateway subscribed to every route configuration its scopes name."""
+    cp = control_plane
+
+    def scoped(*labels: str, tag: str = "") -> dict[str, dict[str, bytes]]:
+        return {
+            LISTENER: {"http": listener("http")},
+            SCOPED_ROUTE: {f"http/{n}": scope_bytes(f"http/{n}", n) for n in labels},
+            ROUTE: {f"http/{n}": route(f"http/{n}", tag) for n in labels},
+        }
+
+    first = cp.set(GROUP, scoped("a"))
+    s = open_stream(channel, delta=True)
+    await s.delta_request(LISTENER)
+    await s.ack(await s.recv())
+    await s.delta_request(SCOPED_ROUTE)
+    srds = await s.recv()
+    assert list(Stream.bodies(srds)) == ["http/a"]
+    assert not await cp.server.wait_acked(GROUP, first.version, 0.1), "routes not sent yet"
+    await s.delta_request(ROUTE, ["http/a"])
+    rds = await s.recv()
+    assert list(Stream.bodies(rds)) == ["http/a"]
+    await s.ack(srds)
+    await s.ack(rds)
+    assert await cp.server.wait_acked(GROUP, first.version, 5)
+
+    # A new scope: its route configuration and the changed one wait for the subscription.
+    routes_sent = pushes(ROUTE)
+    second = cp.set(GROUP, scoped("a", "b", tag="2"))
+    srds = await s.recv()
+    assert (srds.type_url, list(Stream.bodies(srds))) == (SCOPED_ROUTE, ["http/b"])
+    assert not await cp.server.wait_acked(GROUP, second.version, 0.2)
+    assert pushes(ROUTE) == routes_sent
+    await s.delta_request(ROUTE, ["http/b"])
+    rds = await s.recv()
+    assert set(Stream.bodies(rds)) == {"http/a", "http/b"}
+    await s.ack(srds)
+    await s.ack(rds)
+    assert await cp.server.wait_acked(GROUP, second.version, 5)
+
+    # A removed scope: routes are not held for it.
+    third = cp.set(GROUP, scoped("b", tag="3"))
+    srds = await s.recv()
+    assert list(srds.removed_resources) == ["http/a"]
+    rds = await s.recv()
+    assert (rds.type_url, list(Stream.bodies(rds))) == (ROUTE, ["http/b"])
+    assert list(rds.removed_resources) == ["http/a"]
+    await s.ack(srds)
+    await s.ack(rds)
+    assert await cp.server.wait_acked(GROUP, third.version, 5)
+
+
+async def test_delta_answers_a_change_with_what_it_touched(
+    control_plane: ControlPlane, channel: grpc.aio.Channel
+) -> None:
+    """After its first answer, a delta stream diffs only the names that changed between
+    snapshots of a chain; the answer carries just those."""
+    cp = control_plane
+    clusters = {f"c{i}": cluster(f"c{i}") for i in range(2000)}
+    first = Snapshot("1", {CLUSTER: clusters, LISTENER: {"http": listener("http")}})
+    cp.cache.set_snapshot(GROUP, first)
+    s = open_stream(channel, delta=True)
+    await s.delta_request(CLUSTER)
+    cds = await s.recv()
+    assert len(cds.resources) == 2000
+    await s.ack(cds)
+    second = first.evolve("2", {CLUSTER: {"c7": cluster("c7", 9), "c8": None}})
+    looked: list[str] = []
+    versions = type(second.names(CLUSTER))
+    original = versions.__getitem__
+
+    def spy(self: Any, name: str) -> str:
+        looked.append(name)
+        return original(self, name)
+
+    versions.__getitem__ = spy  # type: ignore[method-assign]
+    try:
+        cp.cache.set_snapshot(GROUP, second)
+        cds = await s.recv()
+    finally:
+        versions.__getitem__ = original  # type: ignore[method-assign]
+    assert Stream.bodies(cds) == {"c7": cluster("c7", 9)}
+    assert list(cds.removed_resources) == ["c8"]
+    assert len(looked) <= 4, looked
+
+
+async def test_delta_sends_a_large_answer_in_parts_all_of_which_are_acked(
+    control_plane: ControlPlane, channel: grpc.aio.Channel
+) -> None:
+    cp = control_plane
+    count = 2 * CHUNK + 7
+    snap = cp.set(GROUP, {CLUSTER: {f"c{i}": cluster(f"c{i}") for i in range(count)}})
+    s = open_stream(channel, delta=True)
+    await s.delta_request(CLUSTER)
+    parts = [await s.recv() for _ in range(3)]
+    assert [len(p.resources) for p in parts] == [CHUNK, CHUNK, 7]
+    assert len({p.nonce for p in parts}) == 3
+    assert {r.name for p in parts for r in p.resources} == {f"c{i}" for i in range(count)}
+    for part in parts[:2]:
+        await s.ack(part)
+    assert not await cp.server.wait_acked(GROUP, snap.version, 0.2), "one part unanswered"
+    await s.ack(parts[2])
+    assert await cp.server.wait_acked(GROUP, snap.version, 5)

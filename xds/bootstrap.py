@@ -1,8 +1,18 @@
-"""Envoy v3 bootstrap for a gateway that takes all its configuration over ADS."""
+"""Envoy v3 bootstrap for a gateway that takes all its configuration over ADS.
+
+Memory: a gateway holds a cluster per revision, and Envoy's per-cluster statistics
+(about a hundred counters, gauges and histograms each) were most of its memory. The
+bootstrap keeps every statistic outside revision clusters, and of each revision
+cluster only what the autoscaler and the local stack read (`KEPT_CLUSTER_STATS`: its
+requests in flight and its request count); those are created on first use, clusters
+are set up on a worker only when it first routes to them, and memory that is freed
+goes back to the system.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +37,56 @@ class XdsTls:
     key_file: str
     server_name: str = ""
     """SNI and the name the control plane's certificate must carry; empty skips the name check."""
+
+
+KEPT_CLUSTER_STATS = ("upstream_rq_active", "upstream_rq_total")
+"""The statistics of each revision cluster a gateway keeps (`autoscaler.gateway_stats`)."""
+
+
+def _none_of(words: set[str]) -> str:
+    """An RE2 pattern (RE2 has no lookahead) matching every string that is not one of
+    `words`: walk their trie, leaving it wherever a string can differ."""
+    ends = "" in words
+    firsts = sorted({word[0] for word in words if word})
+    options = [] if ends else [""]
+    if firsts:
+        options.append("[^" + "".join(re.escape(c) for c in firsts) + "].*")
+    elif ends:
+        options.append(".+")
+    for first in firsts:
+        rest = {word[1:] for word in words if word and word[0] == first}
+        options.append(re.escape(first) + _none_of(rest))
+    return "(?:" + "|".join(options) + ")"
+
+
+DROPPED_CLUSTER_STATS = rf"^cluster\.[^./]*/[^.]*\.{_none_of(set(KEPT_CLUSTER_STATS))}$"
+"""Statistics of revision clusters (named `<namespace>/<name>:<port>`) but the kept ones."""
+DROPPED_SCOPE_STATS = r"^http\.[^.]*\.rds\.[^./]*/.*$"
+"""RDS statistics of each scope's route configuration (named `<routes>/<label>`); the
+scoped routes' own statistics (`http.<listener>.scoped_rds.<routes>.`) stay."""
+
+
+def memory_settings() -> dict[str, Any]:
+    """Bootstrap fields that bound a gateway's memory (see the module docstring). Envoy
+    matches each pattern against a statistic's whole name."""
+    return {
+        "stats_config": {
+            "stats_matcher": {
+                "exclusion_list": {
+                    "patterns": [
+                        {"safe_regex": {"regex": DROPPED_CLUSTER_STATS}},
+                        {"safe_regex": {"regex": DROPPED_SCOPE_STATS}},
+                    ]
+                }
+            }
+        },
+        "deferred_stat_options": {"enable_deferred_creation_stats": True},
+        "cluster_manager": {"enable_deferred_cluster_creation": True},
+        "memory_allocator_manager": {
+            "bytes_to_release": 64 * 2**20,
+            "memory_release_interval": "1s",
+        },
+    }
 
 
 def _duration(seconds: float) -> str:
@@ -158,6 +218,7 @@ def build_bootstrap(
                 {"name": "admin", "admin_layer": {}},
             ]
         },
+        **memory_settings(),
     }
 
 

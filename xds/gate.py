@@ -29,7 +29,7 @@ gateway runs one worker (`--concurrency 1`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
 from envoy.config.core.v3 import address_pb2, protocol_pb2
@@ -161,7 +161,8 @@ def gate_listener(port: int, *, stream_idle_timeout_s: float) -> listener_pb2.Li
 
 class GateResources:
     """The gate's listener, route configuration, clusters and endpoints, as serialised
-    resources, rebuilt only when the gates change."""
+    resources, rebuilt only for the gates that changed; what changed is kept for
+    `take_changes` (the first call returns everything)."""
 
     def __init__(
         self, port: int, *, connect_timeout_s: float, max_requests: int, idle_timeout_s: float
@@ -169,11 +170,18 @@ class GateResources:
         self.connect_timeout_s = connect_timeout_s
         self.max_requests = max_requests
         listener = gate_listener(port, stream_idle_timeout_s=idle_timeout_s).SerializeToString()
-        self._listeners: dict[str, bytes] = {GATE: listener}
-        self._routes: dict[str, bytes] = {GATE: gate_route_configuration({}).SerializeToString()}
+        route = gate_route_configuration({}).SerializeToString()
+        self._resources: dict[str, dict[str, bytes]] = {
+            resources.CLUSTER: {},
+            resources.ENDPOINT: {},
+            resources.LISTENER: {GATE: listener},
+            resources.ROUTE: {GATE: route},
+        }
         self._gates: dict[str, Gate] = {}
-        self._clusters: dict[str, bytes] = {}
-        self._endpoints: dict[str, bytes] = {}
+        self._changes: dict[str, dict[str, bytes | None]] = {
+            resources.LISTENER: {GATE: listener},
+            resources.ROUTE: {GATE: route},
+        }
         self._merged: dict[str, tuple[object, object, dict[str, bytes]]] = {}
 
     def sync(self, gates: Mapping[str, Gate]) -> None:
@@ -181,41 +189,46 @@ class GateResources:
         if gates == self._gates:
             return
         old, self._gates = self._gates, dict(gates)
-        clusters: dict[str, bytes] = {}
-        endpoints: dict[str, bytes] = {}
+        clusters = self._resources[resources.CLUSTER] = dict(self._resources[resources.CLUSTER])
+        endpoints = self._resources[resources.ENDPOINT] = dict(self._resources[resources.ENDPOINT])
+        changed_clusters = self._changes.setdefault(resources.CLUSTER, {})
+        changed_endpoints = self._changes.setdefault(resources.ENDPOINT, {})
+        for key in old.keys() - self._gates.keys():
+            name = gate_cluster_name(old[key])
+            del clusters[name], endpoints[name]
+            changed_clusters[name] = changed_endpoints[name] = None
         for key, gate in self._gates.items():
             name = gate_cluster_name(gate)
             before = old.get(key)
-            if before is not None and (before.http2, before.container_concurrency) == (
-                gate.http2,
-                gate.container_concurrency,
-            ):
-                clusters[name] = self._clusters[name]
-            else:
-                clusters[name] = gate_cluster(
+            shape = (gate.http2, gate.container_concurrency)
+            if before is None or (before.http2, before.container_concurrency) != shape:
+                clusters[name] = changed_clusters[name] = gate_cluster(
                     gate, connect_timeout_s=self.connect_timeout_s, max_requests=self.max_requests
                 ).SerializeToString()
-            if before is not None and before.endpoints == gate.endpoints:
-                endpoints[name] = self._endpoints[name]
-            else:
+            if before is None or before.endpoints != gate.endpoints:
                 assignment = build_load_assignment(name, Backend(endpoints=gate.endpoints))
-                endpoints[name] = assignment.SerializeToString()
-        if clusters != self._clusters:
-            self._clusters = clusters
-        if endpoints != self._endpoints:
-            self._endpoints = endpoints
+                endpoints[name] = changed_endpoints[name] = assignment.SerializeToString()
         if old.keys() != self._gates.keys():
-            self._routes = {GATE: gate_route_configuration(self._gates).SerializeToString()}
+            route = gate_route_configuration(self._gates).SerializeToString()
+            self._resources[resources.ROUTE] = {GATE: route}
+            self._changes.setdefault(resources.ROUTE, {})[GATE] = route
 
-    def merge(self, out: resources.Resources) -> resources.Resources:
-        """`out` with the gate's resources added (the same mappings while nothing changed)."""
+    def take_changes(self) -> dict[str, dict[str, bytes | None]]:
+        """Type URL → name → new body, or None when it went away, since the last call."""
+        out = {type_url: named for type_url, named in self._changes.items() if named}
+        self._changes = {}
+        return out
+
+    def merge(
+        self, out: resources.Resources, *, types: Iterable[str] = resources.TYPES_IN_ORDER
+    ) -> resources.Resources:
+        """`out` with the gate's resources of `types` added (the same mappings while
+        neither changed)."""
         merged: dict[str, Mapping[str, bytes]] = dict(out)
-        for type_url, extra in (
-            (resources.CLUSTER, self._clusters),
-            (resources.ENDPOINT, self._endpoints),
-            (resources.LISTENER, self._listeners),
-            (resources.ROUTE, self._routes),
-        ):
+        for type_url in types:
+            extra = self._resources.get(type_url)
+            if not extra:
+                continue
             base = out.get(type_url, {})
             cached = self._merged.get(type_url)
             if cached is None or cached[0] is not base or cached[1] is not extra:

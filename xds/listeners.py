@@ -2,10 +2,13 @@
 
 Every listener runs one HTTP connection manager that takes its routes over RDS on
 the ADS stream, speaks HTTP/1.1 and h2c (or h2 over TLS) downstream, allows
-websocket upgrades and normalises paths like an edge proxy should.
+websocket upgrades and normalises paths like an edge proxy should. It adds no
+`x-request-id` and no `x-envoy-*` headers (a client's own `x-request-id` passes
+through): nothing reads them, and every request would pay for them.
 
-The external and internal listeners name the same route configuration, which Envoy
-then fetches, decodes and builds once for both. Before routing, the internal listener
+The external and internal listeners name the same route configuration (or, for delta
+gateways, the same scoped routes: see `scopes`), which Envoy then fetches, decodes and
+builds once for both. Before routing, the internal listener
 sets `INTERNAL_HEADER` on every request and the other listeners remove any copy a
 client sent, so a route can be limited to one listener and cannot be reached from
 the other by sending the header.
@@ -33,6 +36,7 @@ from google.protobuf import any_pb2, wrappers_pb2
 
 from wakegate.ingress.model import Certificate, Ingress
 from wakegate.xds.common import INTERNAL_HEADER, ads_config_source, duration
+from wakegate.xds.scopes import scoped_routes
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 ROUTER_FILTER = "envoy.filters.http.router"
@@ -71,18 +75,32 @@ def http_connection_manager(
     stat_prefix: str,
     stream_idle_timeout_s: float,
     internal: bool = False,
+    scoped: bool = False,
 ) -> hcm.HttpConnectionManager:
+    """The connection manager; `scoped` takes its routes as scopes of `route_config_name`."""
+    routes: dict[str, object]
+    if scoped:
+        routes = {"scoped_routes": scoped_routes(route_config_name)}
+    else:
+        source = ads_config_source()
+        routes = {"rds": {"config_source": source, "route_config_name": route_config_name}}
     return hcm.HttpConnectionManager(
         stat_prefix=stat_prefix,
         codec_type=hcm.HttpConnectionManager.AUTO,
-        rds=hcm.Rds(config_source=ads_config_source(), route_config_name=route_config_name),
         early_header_mutation_extensions=[listener_marking(internal)],
-        http_filters=[hcm.HttpFilter(name=ROUTER_FILTER, typed_config=_any(router_pb2.Router()))],
+        http_filters=[
+            hcm.HttpFilter(
+                name=ROUTER_FILTER,
+                typed_config=_any(router_pb2.Router(suppress_envoy_headers=True)),
+            )
+        ],
+        generate_request_id=wrappers_pb2.BoolValue(value=False),
         upgrade_configs=[hcm.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
         use_remote_address=wrappers_pb2.BoolValue(value=True),
         normalize_path=wrappers_pb2.BoolValue(value=True),
         merge_slashes=True,
         stream_idle_timeout=duration(stream_idle_timeout_s),
+        **routes,  # type: ignore[arg-type]
     )
 
 
@@ -104,13 +122,16 @@ def http_listener(
     route_config_name: str,
     stream_idle_timeout_s: float,
     internal: bool = False,
+    scoped: bool = False,
 ) -> listener_pb2.Listener:
-    """A plain-HTTP listener; `internal` marks its requests as cluster-local."""
+    """A plain-HTTP listener; `internal` marks its requests as cluster-local, `scoped` has
+    it take its routes as scopes of `route_config_name`."""
     manager = http_connection_manager(
         route_config_name,
         stat_prefix=name,
         stream_idle_timeout_s=stream_idle_timeout_s,
         internal=internal,
+        scoped=scoped,
     )
     return listener_pb2.Listener(
         name=name,

@@ -35,6 +35,7 @@ from google.protobuf.message import Message
 
 from wakegate.xds.controlplane import ControlPlane
 from wakegate.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resources
+from wakegate.xds.scopes import scoped_name
 from wakegate.xds.status import gateway_rows
 
 KINDS: Mapping[str, str] = {
@@ -114,7 +115,18 @@ def _listener_route_configs(listener: Any) -> list[str]:
                 f.typed_config.Unpack(manager)
                 if manager.rds.route_config_name:
                     names.append(manager.rds.route_config_name)
+                elif manager.scoped_routes.name:
+                    names.append(scoped_name(manager.scoped_routes.name, ""))
     return list(dict.fromkeys(names))
+
+
+def _uses(listener_configs: Iterable[str], route_config: str) -> bool:
+    """Whether a listener naming `listener_configs` (a scoped one by its scopes' common
+    prefix) uses route configuration `route_config`."""
+    return any(
+        route_config == name or (name.endswith("/") and route_config.startswith(name))
+        for name in listener_configs
+    )
 
 
 @dataclass
@@ -273,7 +285,11 @@ def select(
     elif type_url in (CLUSTER, ENDPOINT):
         keep = clusters
     else:
-        keep = {n for n, msg in decoded.items() if hit_routes & set(_listener_route_configs(msg))}
+        keep = {
+            n
+            for n, msg in decoded.items()
+            if any(_uses(_listener_route_configs(msg), rc) for rc in hit_routes)
+        }
     return {name: msg for name, msg in decoded.items() if name in keep}
 
 

@@ -1,13 +1,16 @@
-"""The status virtual host: which version of each ingress a gateway serves.
+"""Status virtual hosts: which version of each ingress a gateway serves.
 
 Readiness probes as in net-kourier and net-contour: with `GatewayConfig.readiness_probes`
-the `http` route configuration gets one more virtual host, on `STATUS_DOMAIN`, with one
-route per ingress: exact path `/ready/<hash>`, answered 200 by Envoy itself. The hash
+each ingress gets one more virtual host, on `<hash>.<STATUS_DOMAIN>` (`ready_host`),
+whose one route, exact path `/ready/<hash>`, is answered 200 by Envoy itself. The hash
 digests everything the translator built for that ingress, so a gateway answers 200 for
-an ingress's current hash exactly when it has taken a route configuration containing
-that version of it. The routes match only on the cluster-local listener (the listener
-marker of `routes.Reach.INTERNAL`), and the domain starts with an underscore, which no
-KIngress host can (hosts are validated as DNS names), so it never collides with one.
+an ingress's current hash exactly when it has taken the routes of that version of it.
+One virtual host per ingress keeps a change to one ingress a change to one small
+resource, also where route configurations are scoped by the Host's first label (the
+hash). The routes match only on the cluster-local listener (the listener marker of
+`routes.Reach.INTERNAL`), and the domain holds a label starting with an underscore,
+which no KIngress host can (hosts are validated as DNS names), so it never collides
+with one.
 """
 
 from __future__ import annotations
@@ -17,20 +20,21 @@ from collections.abc import Iterable
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 
-from wakegate.xds.common import length_delimited
 from wakegate.xds.routes import Fields, Reach, reach_matchers, virtual_host, virtual_host_entry
 
 STATUS_DOMAIN = "_wakegate-status"
-"""The Host of readiness probes."""
+"""The domain under which readiness probes name their Host (`ready_host`)."""
 STATUS_VHOST = "wakegate/status"
 READY_PREFIX = "/ready/"
-
-_ROUTES_FIELD = rc.VirtualHost.ROUTES_FIELD_NUMBER
-_HEAD = rc.VirtualHost(name=STATUS_VHOST, domains=[STATUS_DOMAIN]).SerializeToString()
 
 
 def ready_path(digest: str) -> str:
     return READY_PREFIX + digest
+
+
+def ready_host(digest: str, domain: str = STATUS_DOMAIN) -> str:
+    """The Host a readiness probe for `digest` sends."""
+    return f"{digest}.{domain}"
 
 
 def ingress_hash(key: str, parts: Iterable[bytes]) -> str:
@@ -55,18 +59,11 @@ def status_route(key: str, digest: str) -> Fields:
     }
 
 
-def status_virtual_host(routes: Iterable[tuple[str, str]]) -> rc.VirtualHost:
-    """The status virtual host for (ingress key, hash) pairs, built the ordinary way."""
-    return virtual_host(STATUS_VHOST, [STATUS_DOMAIN], [status_route(k, d) for k, d in routes])
+def status_virtual_host(key: str, digest: str) -> rc.VirtualHost:
+    """The status virtual host of one ingress."""
+    return virtual_host(f"{STATUS_VHOST}/{key}", [ready_host(digest)], [status_route(key, digest)])
 
 
-def status_route_entry(key: str, digest: str) -> bytes:
-    """One encoded route framed as an entry of `VirtualHost.routes`."""
-    route = rc.Route(**status_route(key, digest))
-    return length_delimited(_ROUTES_FIELD, route.SerializeToString())
-
-
-def status_virtual_host_entry(route_entries: Iterable[bytes]) -> bytes:
-    """The status virtual host assembled from `status_route_entry` parts, framed as an
-    entry of `RouteConfiguration.virtual_hosts` (name, domains, routes: field order)."""
-    return virtual_host_entry(_HEAD + b"".join(route_entries))
+def status_virtual_host_entry(key: str, digest: str) -> bytes:
+    """`status_virtual_host` framed as an entry of `RouteConfiguration.virtual_hosts`."""
+    return virtual_host_entry(status_virtual_host(key, digest).SerializeToString())

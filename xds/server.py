@@ -163,9 +163,14 @@ class XdsServer:
             )
         return out
 
-    def connected(self, group: str | None = None) -> int:
-        """Open streams with an identified gateway, optionally of one group."""
-        return sum(1 for s in self._streams if group is None or s.group == group)
+    def connected(self, group: str | None = None, *, mode: str | None = None) -> int:
+        """Open streams with an identified gateway, optionally of one group and mode
+        ("sotw" or "delta")."""
+        return sum(
+            1
+            for s in self._streams
+            if (group is None or s.group == group) and (mode is None or s.mode == mode)
+        )
 
     async def wait_acked(
         self,

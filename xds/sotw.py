@@ -11,7 +11,7 @@ them, so one changed endpoint set does not resend every other one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from wakegate.xds.cache import Snapshot, SnapshotCache, encode_sotw_response
 from wakegate.xds.resources import (
     CLUSTER,
+    DELTA_ONLY_TYPES,
     ENDPOINT,
     FULL_STATE_TYPES,
     HELD_FOR_NEW_CLUSTERS,
@@ -31,8 +32,6 @@ from wakegate.xds.status import StatusBoard, TypeLedger
 
 log = logging.getLogger("wakegate.xds")
 
-KNOWN_TYPES = frozenset(TYPES_IN_ORDER)
-
 
 class StreamError(Exception):
     """The client broke the protocol in a way that ends its stream."""
@@ -42,6 +41,8 @@ class StreamBase:
     """What SotW and delta streams share: identity, current snapshot, ACK ledgers."""
 
     mode = ""
+    served_types: tuple[str, ...] = TYPES_IN_ORDER
+    """The types this kind of stream serves, in the order a consistent update needs."""
 
     def __init__(
         self, cache: SnapshotCache, board: StatusBoard, group_of: Callable[[Node], str]
@@ -83,7 +84,7 @@ class StreamBase:
         self.group = group
         current = self.cache.current(group)
         if current is not None:
-            self.seq, self.snapshot = current
+            self.seq, self.snapshot = current[0], self.view(current[1])
         self.board.connected(node.id, group, self.mode)
         if self.on_identify is not None:
             self.on_identify(self)
@@ -93,8 +94,12 @@ class StreamBase:
             self._closed = True
             self.board.disconnected(self.node_id, self.group)
 
+    def view(self, snapshot: Snapshot) -> Snapshot:
+        """The snapshot as this kind of stream serves it."""
+        return snapshot
+
     def known_type(self, type_url: str) -> bool:
-        if type_url in KNOWN_TYPES:
+        if type_url in self.served_types:
             return True
         if type_url not in self._ignored_types:
             self._ignored_types.add(type_url)
@@ -116,7 +121,7 @@ class StreamBase:
         current = self.cache.current(self.group)
         if current is None or current[0] == self.seq:
             return None
-        self.seq, self.snapshot = current
+        self.seq, self.snapshot = current[0], self.view(current[1])
         return self.snapshot
 
     def note_modified_clusters(self, before: Mapping[str, str], after: Mapping[str, str]) -> None:
@@ -128,7 +133,7 @@ class StreamBase:
         """
         if not before or self.snapshot is None:
             return
-        modified = [name for name, v in after.items() if name in before and before[name] != v]
+        modified = [name for name, v in before.items() if name in after and after[name] != v]
         if modified:
             self.resend_endpoints.update(self.snapshot.eds_names(modified))
 
@@ -136,13 +141,16 @@ class StreamBase:
         """Responses for every subscribed type that the newest snapshot changed."""
         if self.advance() is None:
             return []
+        return self.respond_all(self.served_types)
+
+    def respond_all(self, types: Iterable[str]) -> list[bytes]:
+        """Responses for each of `types` (in order) that has something to send and is not
+        held back."""
         out = []
-        for type_url in TYPES_IN_ORDER:
+        for type_url in types:
             state = self.types.get(type_url)
             if state is not None and not self.held(type_url):
-                response = self._respond(type_url, state)
-                if response:
-                    out.append(response)
+                out += self._respond(type_url, state)
         return out
 
     def held(self, type_url: str) -> bool:
@@ -157,14 +165,7 @@ class StreamBase:
         if not self.clusters_warming:
             return []
         self.clusters_warming = False
-        out = []
-        for type_url in HELD_FOR_NEW_CLUSTERS:
-            state = self.types.get(type_url)
-            if state is not None:
-                response = self._respond(type_url, state)
-                if response:
-                    out.append(response)
-        return out
+        return self.respond_all(HELD_FOR_NEW_CLUSTERS)
 
     def respond_with_endpoints(self, type_url: str, state: Any) -> list[bytes]:
         """Answer a (changed) subscription: a response for `type_url`, then the
@@ -182,22 +183,24 @@ class StreamBase:
         endpoints = self.types.get(ENDPOINT)
         if type_url == CLUSTER and endpoints is not None and self.resend_endpoints:
             answered.append((ENDPOINT, self._respond(ENDPOINT, endpoints)))
-        for answered_type, response in answered:
-            if response:
-                out.append(response)
+        for answered_type, responses in answered:
+            if responses:
+                out += responses
                 ledger = self.ledgers[answered_type]
                 ledger.acked_seq = min(ledger.acked_seq, self.seq - 1)
         return out
 
-    def _respond(self, type_url: str, state: Any) -> bytes | None:
+    def _respond(self, type_url: str, state: Any) -> list[bytes]:
+        """The responses bringing the gateway's `type_url` up to the current snapshot."""
         raise NotImplementedError
 
     def acked_through(self, seq: int, snapshot: Snapshot) -> bool:
         """Whether the gateway accepted, for every type it uses, snapshot `seq` or later."""
-        for type_url in TYPES_IN_ORDER:
+        snapshot = self.view(snapshot)
+        for type_url in self.served_types:
             ledger = self.ledgers.get(type_url)
             if ledger is None:
-                if type_url in FULL_STATE_TYPES and snapshot.resources[type_url]:
+                if type_url in FULL_STATE_TYPES and snapshot.count(type_url):
                     return False
             elif ledger.acked_seq < seq:
                 return False
@@ -221,12 +224,16 @@ class _TypeState:
 
 class SotwStream(StreamBase):
     mode = "sotw"
+    served_types = tuple(t for t in TYPES_IN_ORDER if t not in DELTA_ONLY_TYPES)
 
     def __init__(
         self, cache: SnapshotCache, board: StatusBoard, group_of: Callable[[Node], str]
     ) -> None:
         super().__init__(cache, board, group_of)
         self.types: dict[str, _TypeState] = {}
+
+    def view(self, snapshot: Snapshot) -> Snapshot:
+        return snapshot.for_sotw()
 
     def handle(self, request: discovery_pb2.DiscoveryRequest) -> list[bytes]:
         self.identify(request.node, request.HasField("node"))
@@ -273,10 +280,10 @@ class SotwStream(StreamBase):
             ledger.rejected = False
         ledger.settle()
 
-    def _respond(self, type_url: str, state: _TypeState) -> bytes | None:
+    def _respond(self, type_url: str, state: _TypeState) -> list[bytes]:
         snapshot = self.snapshot
         if snapshot is None:
-            return None
+            return []
         ledger = state.ledger
         versions = snapshot.names(type_url)
         resend: set[str] = set()
@@ -289,7 +296,7 @@ class SotwStream(StreamBase):
             if not state.needs_response and not resend and type_version == state.sent_type_version:
                 ledger.sent_seq = self.seq
                 ledger.settle()
-                return None
+                return []
             if type_url == CLUSTER:
                 self.note_modified_clusters(state.sent, versions)
                 self.note_new_clusters(not versions.keys() <= state.sent.keys())
@@ -313,7 +320,7 @@ class SotwStream(StreamBase):
                 state.sent = desired
                 ledger.sent_seq = self.seq
                 ledger.settle()
-                return None
+                return []
             fields = snapshot.sotw_fields(type_url)
             body = [fields[name] for name in send]
             state.sent = desired
@@ -326,7 +333,6 @@ class SotwStream(StreamBase):
         state.snapshot_version = snapshot.version
         ledger.sent_seq = self.seq
         ledger.in_flight = 1
-        self.board.pushed(type_url)
         log.debug(
             "push %s version %s to %s (%d resources)",
             SHORT_NAMES[type_url],
@@ -334,9 +340,11 @@ class SotwStream(StreamBase):
             self.node_id,
             count,
         )
-        return encode_sotw_response(
+        response = encode_sotw_response(
             type_url=type_url, version=state.version, nonce=state.nonce, resources=body
         )
+        self.board.pushed(self.node_id or "", type_url, len(response))
+        return [response]
 
 
 def _names(

@@ -27,6 +27,11 @@ PUSHES = Counter(
     "xDS responses sent to gateways",
     ["type_url"],
 )
+PUSHED_BYTES = Counter(
+    "wakegate_xds_pushed_bytes_total",
+    "Bytes of the xDS responses sent to gateways",
+    ["type_url"],
+)
 CONNECTED = Gauge(
     "wakegate_xds_connected_gateways",
     "Gateways with an open ADS stream",
@@ -63,6 +68,8 @@ class NodeStatus:
     streams: int = 0
     connected_at: float = 0.0
     disconnected_at: float | None = None
+    pushed_bytes: int = 0
+    """Bytes of every xDS response sent to the gateway so far."""
 
 
 @dataclass
@@ -76,6 +83,7 @@ class _Record:
     last_nack: Nack | None = None
     connected_at: float = 0.0
     disconnected_at: float | None = None
+    pushed_bytes: int = 0
 
     def freeze(self) -> NodeStatus:
         return NodeStatus(
@@ -89,6 +97,7 @@ class _Record:
             streams=self.streams,
             connected_at=self.connected_at,
             disconnected_at=self.disconnected_at,
+            pushed_bytes=self.pushed_bytes,
         )
 
 
@@ -150,8 +159,12 @@ class StatusBoard:
         )
         return nack
 
-    def pushed(self, type_url: str) -> None:
+    def pushed(self, node_id: str, type_url: str, size: int) -> None:
         PUSHES.labels(type_url=type_url).inc()
+        PUSHED_BYTES.labels(type_url=type_url).inc(size)
+        record = self._records.get(node_id)
+        if record is not None:
+            record.pushed_bytes += size
 
     def nodes(self) -> list[NodeStatus]:
         return [record.freeze() for record in self._records.values()]

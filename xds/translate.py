@@ -14,16 +14,24 @@ internally; ExternalIP rules on every listener, as Knative does. In `http` a rul
 virtual host limits the routes one listener may not use to the other (see
 `routes.Reach`).
 
+Two views of the result. State-of-the-world gateways get `http` whole (`translate`,
+`sotw_resources`). Delta gateways get `http` as scoped routes (see `scopes`): one
+scope and one route configuration per first label of a host, holding the virtual
+hosts that serve a host with that label (`delta_resources`); after the first,
+`take_changes` hands over only the resources a change touched, so a change costs the
+same however many ingresses there are. The translator can be fed whole states
+(`translate`) or just what changed (`update`).
+
 A host served by two rules goes to the first rule in ingress-key order, separately
 for each listener; the loser is reported in `Translator.errors`. When a ClusterLocal
 rule wins a host internally and a later ExternalIP rule wins it externally, the host
 gets a virtual host of its own in `http` that holds both rules' routes, each limited
 to its listener.
 
-With `GatewayConfig.readiness_probes`, `http` also carries the status virtual host
-(see `readiness`): per ingress, a route whose path holds a hash of everything built for
-that ingress (its entries in both route configurations, the split-host virtual hosts
-it takes part in, its TLS chains), kept up to date as incrementally as the rest.
+With `GatewayConfig.readiness_probes`, `http` also carries a status virtual host per
+ingress (see `readiness`), named by a hash of everything built for that ingress (its
+entries in both route configurations, the split-host virtual hosts it takes part in,
+its TLS chains), kept up to date as incrementally as the rest.
 """
 
 from __future__ import annotations
@@ -34,8 +42,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
 from operator import is_not
+from typing import Any
 
 from wakegate.ingress.model import (
+    Backend,
     Certificate,
     HTTPOption,
     Ingress,
@@ -46,7 +56,7 @@ from wakegate.xds import resources
 from wakegate.xds.cluster_table import ClusterTable
 from wakegate.xds.clusters import ClusterEncoder
 from wakegate.xds.listeners import SNIChain, http_listener, https_listener, sni_chains
-from wakegate.xds.readiness import ingress_hash, status_route_entry, status_virtual_host_entry
+from wakegate.xds.readiness import ingress_hash, ready_host, status_virtual_host_entry
 from wakegate.xds.routes import (
     Reach,
     forward_routes,
@@ -57,6 +67,7 @@ from wakegate.xds.routes import (
     virtual_host,
     virtual_host_entry,
 )
+from wakegate.xds.scopes import host_label, scope_bytes, scoped_name
 
 EXTERNAL = "external"
 INTERNAL = "internal"
@@ -155,8 +166,22 @@ def _unique_hosts(hosts: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, .
     return tuple(first.values()), tuple(first)
 
 
+_SlotId = tuple[Any, ...]
+"""A virtual host's place in `http`: (0, ingress key, rule index) for a rule, (1, host)
+for a split host, (2, ingress key) for a status virtual host; sorting gives its order."""
+
+_CHANGE_TYPES = (
+    resources.CLUSTER,
+    resources.ENDPOINT,
+    resources.LISTENER,
+    resources.SCOPED_ROUTE,
+    resources.ROUTE,
+)
+
+
 class Translator:
-    """Turns successive RoutingStates into Resources, reusing unchanged work."""
+    """Turns successive RoutingStates (or changes to them) into Resources, reusing
+    unchanged work."""
 
     def __init__(self, config: GatewayConfig | None = None) -> None:
         self.config = config or GatewayConfig()
@@ -169,7 +194,8 @@ class Translator:
         self._last_ingresses: Sequence[Ingress] | None = None
         self._built: dict[str, _Built] = {}
         self._keys: list[str] = []
-        self._parts: list[list[bytes]] = [[], []]
+        self._parts: list[dict[str, bytes]] = [{}, {}]
+        """Per route configuration: ingress key → its rules' entries, joined."""
         self._split_hosts: dict[str, bytes] = {}
         """Host name → the virtual host it gets when a ClusterLocal rule serves it
         internally and an ExternalIP rule externally."""
@@ -182,29 +208,118 @@ class Translator:
         self._tls_keys: set[str] = set()
         self._tls_dirty = True
         self._last_certificates: Mapping[str, Certificate] | None = None
+        self._certificates: Mapping[str, Certificate] = {}
         self._tls_errors: dict[str, tuple[str, ...]] = {}
         self._tls_listener: bytes | None = None
-        self._plain_listeners = self._build_plain_listeners()
+        self._plain_listeners = self._build_plain_listeners(scoped=False)
+        self._scoped_listeners = self._build_plain_listeners(scoped=True)
         self._probes = self.config.readiness_probes
         self._ready: dict[str, str] = {}
-        """Ingress key → the hash in its status route."""
-        self._ready_routes: dict[str, bytes] = {}
+        """Ingress key → the hash its status virtual host answers."""
         self._ready_dirty: set[str] = set()
-        self._status_entry = status_virtual_host_entry(()) if self._probes else b""
+        self._status_entries: dict[str, bytes] = {}
         self._split_owners: dict[str, tuple[str, ...]] = {}
         """Split host name → the keys of the ingresses whose rules share its virtual host."""
         self._splits_of: dict[str, set[str]] = {}
         self._tls_digests: dict[str, bytes] = {}
+        # Scoped view of `http`: which virtual hosts each first label's scope holds.
+        self._slot_labels: dict[_SlotId, tuple[bytes, frozenset[str]]] = {}
+        self._label_entries: dict[str, dict[_SlotId, bytes]] = {}
+        self._label_routes: dict[str, bytes] = {}
+        self._label_scopes: dict[str, bytes] = {}
+        self._labels_dirty: set[str] = set()
+        self._changes_out: dict[str, dict[str, bytes | None]] = {
+            resources.LISTENER: dict(self._scoped_listeners)
+        }
+        self._tls_out: tuple[bytes | None, bytes | None] = (None, None)
+        """The TLS listener and route configuration last recorded as changes."""
+
     # ---- public -------------------------------------------------------------------
 
     def translate(self, state: RoutingState) -> resources.Resources:
-        """Resources for the whole state. Mappings and bytes that did not change are the
-        objects returned before, so treat them as read-only."""
+        """Resources for the whole state, as a state-of-the-world gateway gets them.
+        Mappings and bytes that did not change are the objects returned before, so
+        treat them as read-only."""
         self._sync_ingresses(state.ingresses)
         self._cluster_table.sync(state.backends)
         if self._tls_dirty or state.certificates is not self._last_certificates:
             self._sync_tls(state.certificates)
-        return self._assemble()
+        return {
+            resources.CLUSTER: self._cluster_table.clusters(),
+            resources.ENDPOINT: self._cluster_table.endpoints(),
+            **self.sotw_resources(),
+        }
+
+    def update(
+        self,
+        *,
+        ingresses: Mapping[str, Ingress | None] | None = None,
+        backends: Mapping[str, Backend | None] | None = None,
+        certificates: Mapping[str, Certificate] | None = None,
+    ) -> None:
+        """Apply what changed: ingresses and backends by key (None removes one), and the
+        whole certificate mapping when it changed."""
+        if backends:
+            self._cluster_table.update(backends)
+        if ingresses:
+            self._last_ingresses = None
+            self._apply_ingresses(dict(ingresses))
+        self._cluster_table.flush()
+        if certificates is not None:
+            self._tls_dirty = True
+            self._certificates = certificates
+        if self._tls_dirty:
+            self._sync_tls(self._certificates)
+        self._sync_routes()
+
+    def take_changes(self) -> dict[str, dict[str, bytes | None]]:
+        """What changed in the delta view since the last call (since the start, the first
+        time): type URL → name → new body, or None when the resource went away."""
+        self._sync_routes()
+        out = self._changes_out
+        clusters, endpoints = self._cluster_table.take_changes()
+        if clusters:
+            out.setdefault(resources.CLUSTER, {}).update(clusters)
+        if endpoints:
+            out.setdefault(resources.ENDPOINT, {}).update(endpoints)
+        self._changes_out = {}
+        return {t: out[t] for t in _CHANGE_TYPES if out.get(t)}
+
+    def delta_resources(self) -> resources.Resources:
+        """Every resource of the delta view: listeners with scoped routes, a scope and a
+        route configuration per first label of `http`, and `external-tls`."""
+        self._sync_routes()
+        listeners = dict(self._scoped_listeners)
+        routes: dict[str, bytes] = {
+            scoped_name(HTTP_ROUTES, label): body for label, body in self._label_routes.items()
+        }
+        if self._tls_listener is not None:
+            listeners[EXTERNAL_TLS] = self._tls_listener
+            routes[EXTERNAL_TLS] = self._rc_bytes[_TLS_RC]
+        return {
+            resources.CLUSTER: self._cluster_table.clusters(),
+            resources.ENDPOINT: self._cluster_table.endpoints(),
+            resources.LISTENER: listeners,
+            resources.SCOPED_ROUTE: {
+                scoped_name(HTTP_ROUTES, label): self._label_scopes[label]
+                for label in self._label_routes
+            },
+            resources.ROUTE: routes,
+        }
+
+    def sotw_resources(self) -> dict[str, dict[str, bytes]]:
+        """The listeners and routes of the state-of-the-world view: one route
+        configuration per listener, `http` whole (assembled here, from encoded parts)."""
+        self._sync_routes()
+        for rc in self._rc_dirty:
+            self._rc_bytes[rc] = route_configuration_bytes(ROUTE_CONFIGS[rc], self._entries(rc))
+        self._rc_dirty.clear()
+        listeners = dict(self._plain_listeners)
+        routes = {HTTP_ROUTES: self._rc_bytes[_HTTP]}
+        if self._tls_listener is not None:
+            listeners[EXTERNAL_TLS] = self._tls_listener
+            routes[EXTERNAL_TLS] = self._rc_bytes[_TLS_RC]
+        return {resources.LISTENER: listeners, resources.ROUTE: routes, resources.SCOPED_ROUTE: {}}
 
     def readiness(self, key: str) -> tuple[Ingress, str] | None:
         """The ingress last translated under `key` and the hash in its status route:
@@ -248,16 +363,23 @@ class Translator:
             return
         changes = self._changes(ingresses)
         self._last_ingresses = ingresses
+        self._apply_ingresses(changes)
+
+    def _apply_ingresses(self, changes: Mapping[str, Ingress | None]) -> None:
         recheck: set[tuple[int, tuple[str, int]]] = set()
         split_names: set[str] = set()
         dirty: set[str] = set()
+        gone: dict[str, _Built] = {}
         for key, ingress in changes.items():
             old = self._built.get(key)
             if old is not None and ingress is not None:
                 if old.ingress is ingress or old.ingress == ingress:
                     old.ingress = ingress
                     continue
+            if old is None and ingress is None:
+                continue
             if old is not None:
+                gone[key] = old
                 self._unclaim(old, recheck, split_names)
                 self._tls_dirty |= bool(old.ingress.tls)
                 self._tls_keys.discard(key)
@@ -285,18 +407,96 @@ class Translator:
         dirty |= self._resolve(recheck)
         self._settle_split_hosts(split_names)
         if self._probes:
-            self._ready_dirty.update(changes)
+            self._ready_dirty.update(gone)
             self._ready_dirty.update(dirty)
+        for key, old in gone.items():
+            built = self._built.get(key)
+            for index in old.rules:
+                if built is None or index not in built.rules:
+                    self._set_slot((0, key, index), b"", ())
         for key in dirty:
             built = self._built.get(key)
             if built is None:
                 continue
-            index = bisect.bisect_left(self._keys, key)
+            for index, rule in built.rules.items():
+                self._set_slot((0, key, index), rule.entry.get(_HTTP, b""), rule.served[_HTTP])
             for rc, parts in enumerate(self._parts):
                 part = b"".join(rule.entry.get(rc, b"") for rule in built.rules.values())
-                if parts[index] != part:
-                    parts[index] = part
+                if parts.get(key) != part:
+                    parts[key] = part
                     self._rc_dirty.add(rc)
+
+    # ---- the scoped view of `http` ------------------------------------------------------
+
+    def _set_slot(self, slot: _SlotId, entry: bytes, hosts: Iterable[str]) -> None:
+        """Put one virtual host of `http` (or nothing, for b"") in the scopes of the first
+        labels of the hosts it serves, taking it out of the scopes it left."""
+        labels = frozenset(host_label(host) for host in hosts) if entry else frozenset()
+        old_entry, old_labels = self._slot_labels.get(slot, (b"", frozenset()))
+        if old_entry == entry and old_labels == labels:
+            return
+        for label in old_labels - labels:
+            entries = self._label_entries[label]
+            del entries[slot]
+            if not entries:
+                del self._label_entries[label]
+            self._labels_dirty.add(label)
+        for label in labels:
+            entries = self._label_entries.setdefault(label, {})
+            if entries.get(slot) != entry:
+                entries[slot] = entry
+                self._labels_dirty.add(label)
+        if labels:
+            self._slot_labels[slot] = (entry, labels)
+        else:
+            self._slot_labels.pop(slot, None)
+
+    def _sync_routes(self) -> None:
+        """Bring the delta view up to date and record what changed in it."""
+        if self._ready_dirty:
+            self._sync_ready()
+        out = self._changes_out
+        routes = out.setdefault(resources.ROUTE, {})
+        scopes = out.setdefault(resources.SCOPED_ROUTE, {})
+        for label in self._labels_dirty:
+            name = scoped_name(HTTP_ROUTES, label)
+            entries = self._label_entries.get(label)
+            if not entries:
+                if self._label_routes.pop(label, None) is not None:
+                    del self._label_scopes[label]
+                    routes[name] = None
+                    scopes[name] = None
+                continue
+            body = route_configuration_bytes(name, (entries[slot] for slot in sorted(entries)))
+            if label not in self._label_routes:
+                scopes[name] = self._label_scopes[label] = scope_bytes(name, label)
+            if self._label_routes.get(label) != body:
+                self._label_routes[label] = body
+                routes[name] = body
+        self._labels_dirty.clear()
+        if _TLS_RC in self._rc_dirty:
+            self._rc_dirty.discard(_TLS_RC)
+            self._rc_bytes[_TLS_RC] = route_configuration_bytes(
+                EXTERNAL_TLS, self._entries(_TLS_RC)
+            )
+        tls = (self._tls_listener, self._rc_bytes[_TLS_RC] if self._tls_listener else None)
+        if tls != self._tls_out:
+            if tls[0] != self._tls_out[0]:
+                out.setdefault(resources.LISTENER, {})[EXTERNAL_TLS] = tls[0]
+            if tls[1] != self._tls_out[1]:
+                routes[EXTERNAL_TLS] = tls[1]
+            self._tls_out = tls
+
+    def _entries(self, rc: int) -> list[bytes]:
+        """The `virtual_hosts` entries of a whole route configuration, in a fixed order."""
+        parts = self._parts[rc]
+        entries = [parts[key] for key in self._keys]
+        if rc == _HTTP:
+            split = self._split_hosts
+            entries += (split[name] for name in sorted(split))
+            status = self._status_entries
+            entries += (status[key] for key in self._keys if key in status)
+        return entries
 
     def _changes(self, ingresses: Sequence[Ingress]) -> dict[str, Ingress | None]:
         """Keys whose ingress may have changed: the new value, or None when removed."""
@@ -398,17 +598,13 @@ class Translator:
         return virtual_host_entry(vhost.SerializeToString())
 
     def _insert_key(self, key: str) -> None:
-        index = bisect.bisect_left(self._keys, key)
-        self._keys.insert(index, key)
-        for parts in self._parts:
-            parts.insert(index, b"")
+        bisect.insort(self._keys, key)
 
     def _remove_key(self, key: str) -> None:
         del self._built[key]
-        index = bisect.bisect_left(self._keys, key)
-        del self._keys[index]
+        del self._keys[bisect.bisect_left(self._keys, key)]
         for rc, parts in enumerate(self._parts):
-            if parts.pop(index):
+            if parts.pop(key, b""):
                 self._rc_dirty.add(rc)
 
     def _claim(
@@ -507,9 +703,11 @@ class Translator:
                 if self._split_hosts.pop(name, None) is not None:
                     self._rc_dirty.add(_HTTP)
                     self._split_host_owners(name, ())
+                    self._set_slot((1, name), b"", ())
             elif self._split_hosts.get(name) != entry:
                 self._split_hosts[name] = entry
                 self._rc_dirty.add(_HTTP)
+                self._set_slot((1, name), entry, (name,))
                 internal, external = self._claims[_INT][name], self._claims[_EXT][name]
                 owners = tuple(dict.fromkeys((internal[0][0], external[0][0])))
                 self._split_host_owners(name, owners)
@@ -565,7 +763,7 @@ class Translator:
 
     # ---- listeners ----------------------------------------------------------------
 
-    def _build_plain_listeners(self) -> dict[str, bytes]:
+    def _build_plain_listeners(self, *, scoped: bool) -> dict[str, bytes]:
         config = self.config
         return {
             name: http_listener(
@@ -575,6 +773,7 @@ class Translator:
                 route_config_name=HTTP_ROUTES,
                 stream_idle_timeout_s=config.stream_idle_timeout_s,
                 internal=name == INTERNAL,
+                scoped=scoped,
             ).SerializeToString()
             for name, port in ((EXTERNAL, config.external_port), (INTERNAL, config.internal_port))
         }
@@ -622,55 +821,27 @@ class Translator:
     # ---- status virtual host --------------------------------------------------------
 
     def _sync_ready(self) -> None:
-        changed = False
         for key in self._ready_dirty:
             if key not in self._built:
                 if self._ready.pop(key, None) is not None:
-                    del self._ready_routes[key]
-                    changed = True
+                    del self._status_entries[key]
+                    self._rc_dirty.add(_HTTP)
+                    self._set_slot((2, key), b"", ())
                 continue
             digest = ingress_hash(key, self._ready_parts(key))
             if self._ready.get(key) != digest:
                 self._ready[key] = digest
-                self._ready_routes[key] = status_route_entry(key, digest)
-                changed = True
+                entry = self._status_entries[key] = status_virtual_host_entry(key, digest)
+                self._rc_dirty.add(_HTTP)
+                self._set_slot((2, key), entry, (ready_host(digest),))
         self._ready_dirty.clear()
-        if changed:
-            routes = self._ready_routes
-            self._status_entry = status_virtual_host_entry(routes[key] for key in self._keys)
-            self._rc_dirty.add(_HTTP)
 
     def _ready_parts(self, key: str) -> list[bytes]:
         """Everything built for one ingress, in a fixed order."""
-        index = bisect.bisect_left(self._keys, key)
-        parts = [self._parts[_HTTP][index], self._parts[_TLS_RC][index]]
+        parts = [self._parts[_HTTP].get(key, b""), self._parts[_TLS_RC].get(key, b"")]
         parts += (self._split_hosts[name] for name in sorted(self._splits_of.get(key, ())))
         parts.append(self._tls_digests.get(key, b""))
         return parts
-
-    # ---- output -------------------------------------------------------------------
-
-    def _assemble(self) -> resources.Resources:
-        if self._ready_dirty:
-            self._sync_ready()
-        for rc in self._rc_dirty:
-            entries: Iterable[bytes] = self._parts[rc]
-            if rc == _HTTP and (self._split_hosts or self._probes):
-                split = self._split_hosts
-                entries = [*entries, *(split[name] for name in sorted(split)), self._status_entry]
-            self._rc_bytes[rc] = route_configuration_bytes(ROUTE_CONFIGS[rc], entries)
-        self._rc_dirty.clear()
-        listeners = dict(self._plain_listeners)
-        routes = {HTTP_ROUTES: self._rc_bytes[_HTTP]}
-        if self._tls_listener is not None:
-            listeners[EXTERNAL_TLS] = self._tls_listener
-            routes[EXTERNAL_TLS] = self._rc_bytes[_TLS_RC]
-        return {
-            resources.CLUSTER: self._cluster_table.clusters(),
-            resources.ENDPOINT: self._cluster_table.endpoints(),
-            resources.LISTENER: listeners,
-            resources.ROUTE: routes,
-        }
 
 
 def translate(state: RoutingState, config: GatewayConfig | None = None) -> resources.Resources:

@@ -4,7 +4,7 @@ Each control-plane replica sees only the gateways connected to itself, so its AC
 cannot tell the leader that every gateway serves an ingress. As net-kourier and
 net-contour do, the leader asks the gateways: every ready pod behind the gateway's
 cluster-local Service (read from its EndpointSlices) gets `GET /ready/<hash>` with
-`Host: <status domain>` on its cluster-local listener, and answers 200 once it serves
+`Host: <hash>.<status domain>` on its cluster-local listener, and answers 200 once it serves
 that version of the ingress (see `wakegate.xds.readiness`).
 
 Level-triggered: the prober is told what is wanted (ingress key → hash) and which pods
@@ -28,7 +28,7 @@ from prometheus_client import Counter
 
 from wakegate.ingress.model import Endpoint
 from wakegate.reconciler.cluster.kubernetes import Backoff
-from wakegate.xds.readiness import STATUS_DOMAIN, ready_path
+from wakegate.xds.readiness import STATUS_DOMAIN, ready_host, ready_path
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ class GatewayProber:
         try:
             async for attempt in retrying:
                 with attempt:
-                    await self._get(url)
+                    await self._get(url, ready_host(digest, self.domain))
         finally:
             entry = self._tasks.get((key, pod))
             if entry is not None and entry[1] is asyncio.current_task():
@@ -269,7 +269,7 @@ class GatewayProber:
             wanted.errors.pop(pod, None)
             self.on_change()
 
-    async def _get(self, url: str) -> None:
+    async def _get(self, url: str, host: str) -> None:
         session = self._session
         if session is None:
             raise RuntimeError("the prober is not running")
@@ -277,7 +277,7 @@ class GatewayProber:
             try:
                 async with session.get(
                     url,
-                    headers={"Host": self.domain},
+                    headers={"Host": host},
                     allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=self.timeout_s),
                 ) as response:
