@@ -1,4 +1,4 @@
-"""Synthetic routing state for benchmarks: N ingresses of 1 host and 2 splits each."""
+"""Synthetic routing state for benchmarks: N ingresses of 1 host and 2 splits each (or 1)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from wakegate.ingress.model import (
 )
 
 
-def ingress(i: int, generation: int = 0, domain: str = "example.com") -> Ingress:
-    """Ingress i; each generation moves 10 points of traffic between its two splits."""
+def ingress(i: int, generation: int = 0, domain: str = "example.com", splits: int = 2) -> Ingress:
+    """Ingress i; each generation moves 10 points of traffic between its two splits (with
+    `splits=1`, all of it goes to the first)."""
     name = f"svc-{i}"
-    first = 50 + 10 * (generation % 5)
+    first = 50 + 10 * (generation % 5) if splits == 2 else 100
     splits = tuple(
         Split(
             backend=BackendRef("default", f"{name}-0000{r}", 80),
@@ -27,7 +28,7 @@ def ingress(i: int, generation: int = 0, domain: str = "example.com") -> Ingress
                 ("Knative-Serving-Revision", f"{name}-0000{r}"),
             ),
         )
-        for r in (1, 2)
+        for r in (1, 2)[:splits]
     )
     return Ingress(
         namespace="default",
@@ -45,6 +46,6 @@ def backends_for(ingresses: tuple[Ingress, ...], port: int = 9000) -> dict[str, 
     return out
 
 
-def state(n: int, port: int = 9000) -> RoutingState:
-    ingresses = tuple(ingress(i) for i in range(n))
+def state(n: int, port: int = 9000, splits: int = 2) -> RoutingState:
+    ingresses = tuple(ingress(i, splits=splits) for i in range(n))
     return RoutingState(ingresses=ingresses, backends=backends_for(ingresses, port))
