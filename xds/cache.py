@@ -32,6 +32,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import discovery_pb2
@@ -240,48 +241,48 @@ class _Table:
         return out
 
 
-class _Bodies(Mapping[str, bytes]):
+_V = TypeVar("_V")
+
+
+class _Column(Mapping[str, _V]):
+    """One field of every entry of a type, by name, read from the entries themselves."""
+
     __slots__ = ("_data",)
 
     def __init__(self, data: _TypeData) -> None:
         self._data = data
 
-    def __getitem__(self, name: str) -> bytes:
+    def _value(self, entry: _Entry) -> _V:
+        raise NotImplementedError
+
+    def __getitem__(self, name: str) -> _V:
         entry = self._data.entry(name)
         if entry is None:
             raise KeyError(name)
+        return self._value(entry)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._data.entry(name) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return self._data.names()
+
+    def __len__(self) -> int:
+        return self._data.length
+
+
+class _Bodies(_Column[bytes]):
+    __slots__ = ()
+
+    def _value(self, entry: _Entry) -> bytes:
         return entry.body  # type: ignore[return-value]
 
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self._data.entry(name) is not None
 
-    def __iter__(self) -> Iterator[str]:
-        return self._data.names()
+class _Versions(_Column[str]):
+    __slots__ = ()
 
-    def __len__(self) -> int:
-        return self._data.length
-
-
-class _Versions(Mapping[str, str]):
-    __slots__ = ("_data",)
-
-    def __init__(self, data: _TypeData) -> None:
-        self._data = data
-
-    def __getitem__(self, name: str) -> str:
-        entry = self._data.entry(name)
-        if entry is None:
-            raise KeyError(name)
+    def _value(self, entry: _Entry) -> str:
         return entry.version
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self._data.entry(name) is not None
-
-    def __iter__(self) -> Iterator[str]:
-        return self._data.names()
-
-    def __len__(self) -> int:
-        return self._data.length
 
 
 class _Fields(Mapping[str, bytes]):
