@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
@@ -51,7 +52,10 @@ _HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
+_XFF = b"x-forwarded-for"
 _WATCHED = {
+    **{name: "hop-by-hop" for name in _HOP_BY_HOP},
+    _XFF: "forwarded",
     _NAMESPACE: "namespace",
     _REVISION: "revision",
     b"content-length": "length",
@@ -69,6 +73,8 @@ class _HandOver(Exception):
 class _Request:
     __slots__ = (
         "body",
+        "forwarded",
+        "head",
         "headers",
         "keep_alive",
         "method",
@@ -82,6 +88,11 @@ class _Request:
         self.method = b""
         self.target = bytearray()
         self.headers: list[tuple[bytes, bytes]] = []
+        self.forwarded = 0
+        """X-Forwarded-For headers; -1 once a hop-by-hop header was seen."""
+        self.head: bytes | None = None
+        """The request line and headers as the client sent them (no final CRLF), when
+        they can be forwarded so (see `_forwarded_head`)."""
         self.body: list[bytes] = []
         self.keep_alive = True
         self.namespace = ""
@@ -104,6 +115,21 @@ def _end_to_end(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> l
     if named:
         return [line for lower, line in lines if lower not in named]
     return [line for _, line in lines]
+
+
+def _forwarded_head(raw: bytearray, headers: int) -> bytes | None:
+    """The head at the start of `raw` (a request of `headers` header lines) without its
+    final CRLF, if every line ends in CRLF (nothing else a parser might have tolerated)."""
+    end = raw.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(raw[:end])
+    if not head.count(b"\r\n") == head.count(b"\n") == head.count(b"\r") == headers:
+        return None
+    return head
+
+
+_XFF_LINE = re.compile(rb"\r\nx-forwarded-for:[ \t]*([^\r]*?)[ \t]*(?=\r\n|$)", re.IGNORECASE)
 
 
 def _text(status: int, reason: str, message: str, keep_alive: bool) -> bytes:
@@ -221,7 +247,12 @@ class Http1(asyncio.Protocol):
         kind = _WATCHED.get(name.lower())
         if kind is None:
             return
-        if kind == "namespace":
+        if kind == "forwarded":
+            if request.forwarded >= 0:
+                request.forwarded += 1
+        elif kind == "hop-by-hop":
+            request.forwarded = -1
+        elif kind == "namespace":
             request.namespace = value.decode("latin-1")
         elif kind == "revision":
             request.revision = value.decode("latin-1")
@@ -248,6 +279,8 @@ class Http1(asyncio.Protocol):
         )
         if not plain or len(request.headers) > 100:
             raise _HandOver
+        if self._raw is not None and 0 <= request.forwarded <= 1:
+            request.head = _forwarded_head(self._raw, len(request.headers))
 
     def on_body(self, body: bytes) -> None:
         assert self._request is not None
@@ -366,6 +399,22 @@ class Http1(asyncio.Protocol):
         raise AssertionError("unreachable")
 
     def _head(self, request: _Request, body: bytes) -> bytes:
+        head = request.head
+        if head is not None:
+            # As the client sent it, X-Forwarded-For (at most one) moved to the end with
+            # the client's address added, as below.
+            if request.forwarded:
+                match = _XFF_LINE.search(head)
+                if match is not None:
+                    forwarded = match.group(1)
+                    head = head[: match.start()] + head[match.end() :]
+                    if self.peer:
+                        forwarded += b", " + self.peer.encode()
+                    return head + b"\r\nX-Forwarded-For: " + forwarded + b"\r\n\r\n"
+            elif self.peer:
+                return head + b"\r\nX-Forwarded-For: " + self.peer.encode() + b"\r\n\r\n"
+            else:
+                return head + b"\r\n\r\n"
         forwarded = [v for n, v in request.headers if n.lower() == b"x-forwarded-for"]
         lines = [request.method + b" " + bytes(request.target) + b" HTTP/1.1"]
         lines += _end_to_end(request.headers, frozenset({b"x-forwarded-for"}))
@@ -387,6 +436,11 @@ class Http1(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         self.metrics.cold_starts.on_response(request.state)
+        if upstream.raw is not None and request.keep_alive:
+            # The pod's response, whole, kept alive and with nothing hop-by-hop to drop.
+            upstream.body_now()
+            transport.write(upstream.raw)
+            return
         lines = [f"HTTP/1.1 {upstream.status} {upstream.reason}".encode()]
         lines += _end_to_end(upstream.headers, frozenset({b"content-length"}))
         lines.append(b"Connection: keep-alive" if request.keep_alive else b"Connection: close")

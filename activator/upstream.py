@@ -22,6 +22,31 @@ import httptools
 
 HIGH_WATER = 256 * 1024
 """Response bytes buffered from a pod before reading from it pauses."""
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+
+def _whole(data: bytes, headers: int, body: int) -> bytes | None:
+    """`data` if it is exactly one response of `headers` header lines and `body` body
+    bytes, every line ending in CRLF (nothing else a parser might have tolerated)."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or end + 4 + body != len(data):
+        return None
+    head = data[:end]
+    if not head.count(b"\r\n") == head.count(b"\n") == head.count(b"\r") == headers:
+        return None
+    return data
 
 
 class ConnectFailed(Exception):
@@ -46,6 +71,14 @@ class Response:
         self.reason = ""
         self.headers: list[tuple[bytes, bytes]] = []
         self.keep_alive = False
+        self.raw: bytes | None = None
+        """The whole response as the pod sent it, when it can be relayed as it is: it
+        came in one read, has a Content-Length and no hop-by-hop header but
+        `Connection: keep-alive`."""
+        self._plain = True
+        """No header seen so far keeps the response from being relayed as it is."""
+        self._length = False
+        """A Content-Length header was seen."""
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self.complete = False
@@ -113,6 +146,8 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._paused = False
+        self._fresh = False
+        """Nothing of the response to the request just sent has come yet."""
         self._until_close = False
         """The response's body ends when the connection does (no length, not chunked)."""
 
@@ -126,10 +161,15 @@ class _Connection(asyncio.Protocol):
         if self.response is None:
             self.close()  # nothing was asked: a pod must not speak first
             return
+        response = self.response
+        fresh, self._fresh = self._fresh, False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._broken(f"bad response from the pod: {exc}")
+            return
+        if fresh and response.complete and response._plain and response._length:
+            response.raw = _whole(data, len(response.headers), response._buffered)
 
     def eof_received(self) -> bool | None:
         response = self.response
@@ -150,8 +190,16 @@ class _Connection(asyncio.Protocol):
         self.response.reason = status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.response is not None
-        self.response.headers.append((name, value))
+        response = self.response
+        assert response is not None
+        response.headers.append((name, value))
+        lower = name.lower()
+        if lower == b"content-length":
+            response._length = True
+        elif lower in _HOP_BY_HOP and (
+            lower != b"connection" or value.strip().lower() != b"keep-alive"
+        ):
+            response._plain = False
 
     def on_headers_complete(self) -> None:
         response = self.response
@@ -160,14 +208,14 @@ class _Connection(asyncio.Protocol):
         if status < 200:
             # An interim response (100 Continue, 103 Early Hints): wait for the real one.
             response.headers.clear()
+            response._plain = False  # it is not to be relayed
             return
         response.status = status
         response.keep_alive = self.parser.should_keep_alive()
-        names = {name.lower() for name, _ in response.headers}
         self._until_close = (
             status not in (204, 304)
-            and b"content-length" not in names
-            and b"transfer-encoding" not in names
+            and not response._length
+            and not any(name.lower() == b"transfer-encoding" for name, _ in response.headers)
         )
         if self.headers_done is not None and not self.headers_done.done():
             self.headers_done.set_result(response)
@@ -187,6 +235,7 @@ class _Connection(asyncio.Protocol):
     def send(self, data: bytes) -> Response:
         assert self.transport is not None
         self.response = Response(self)
+        self._fresh = True
         self.headers_done = asyncio.get_running_loop().create_future()
         self.transport.write(data)
         return self.response

@@ -534,6 +534,28 @@ async def test_one_connection_mixes_plain_and_handed_over_requests() -> None:
         assert (status, body, headers["x-backend-name"]) == (200, b"", "blue")
 
 
+async def test_a_request_in_a_read_of_its_own_is_forwarded_as_sent() -> None:
+    """A request that came in one read, with no hop-by-hop header, goes to the pod with
+    its head as the client wrote it (names' case, repeated headers in order), its one
+    X-Forwarded-For moved to the end with the client's address added; the pod's answer
+    comes back whole."""
+    async with activator() as stack, backends("blue") as (blue,):
+        stack.service.set_endpoints(NS, "hello-00001", endpoints(blue))
+        sent = _raw("POST", "/as-sent?q=1", "X-Custom: a", "x-FORWARDED-for:  10.0.0.7 ")
+        sent = sent.removesuffix(b"\r\n\r\n") + b"\r\nX-CUSTOM: b\r\nContent-Length: 3\r\n\r\nxyz"
+        [(status, headers, body)] = await _exchange(stack.port, sent, 1)
+        assert (status, headers["x-backend-name"]) == (200, "blue"), body
+        assert int(headers["content-length"]) == len(body)
+        echoed = json.loads(body)
+        assert (echoed["method"], echoed["path"], echoed["query"]) == ("POST", "/as-sent", "q=1")
+        assert echoed["body"] == "xyz"
+        assert echoed["headers"]["x-custom"] == "a, b"
+        assert echoed["headers"]["x-forwarded-for"] == f"10.0.0.7, {LOOPBACK}"
+        [(status, _, body)] = await _exchange(stack.port, _raw("GET", "/no-forwarded-for"), 1)
+        assert status == 200
+        assert json.loads(body)["headers"]["x-forwarded-for"] == LOOPBACK
+
+
 async def test_pod_connections_are_reused_and_a_closed_one_is_replaced() -> None:
     """The activator keeps its connections to a pod between requests; a pod that
     closed a kept connection meanwhile still gets the next request."""
