@@ -123,10 +123,10 @@ def _forwarded_head(raw: bytearray, headers: int) -> bytes | None:
     end = raw.find(b"\r\n\r\n")
     if end < 0:
         return None
-    head = bytes(raw[:end])
-    if not head.count(b"\r\n") == head.count(b"\n") == head.count(b"\r") == headers:
+    lines = raw.count(b"\r\n", 0, end)
+    if not lines == raw.count(b"\n", 0, end) == raw.count(b"\r", 0, end) == headers:
         return None
-    return head
+    return bytes(raw[:end])
 
 
 _XFF_LINE = re.compile(rb"\r\nx-forwarded-for:[ \t]*([^\r]*?)[ \t]*(?=\r\n|$)", re.IGNORECASE)
@@ -373,13 +373,12 @@ class Http1(asyncio.Protocol):
             if attempt == 1:
                 self.metrics.hold_seconds.observe(loop.time() - arrived)
             try:
-                authority = queue.gate or slot.authority
+                host, port = queue.gate_address or (slot.ip, slot.port)
                 self.metrics.cold_starts.forwarding(request.state)
                 try:
-                    upstream = await self.pool.request(
-                        *_host_port(authority), self._head(request, body), body
-                    )
+                    upstream = await self.pool.request(host, port, self._head(request, body), body)
                 except (ConnectFailed, Disconnected) as exc:
+                    authority = queue.gate or slot.authority
                     if isinstance(exc, Disconnected) and exc.answered:
                         return self._answer(request, 502, f"pod {authority}: {exc}")
                     queue.unreachable(slot)
@@ -478,11 +477,6 @@ class Http1(asyncio.Protocol):
                 transport.write(b"0\r\n\r\n")
         if not request.keep_alive:
             self.closing = True
-
-
-def _host_port(authority: str) -> tuple[str, int]:
-    host, _, port = authority.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 class Http1Server:

@@ -43,8 +43,8 @@ def _whole(data: bytes, headers: int, body: int) -> bytes | None:
     end = data.find(b"\r\n\r\n")
     if end < 0 or end + 4 + body != len(data):
         return None
-    head = data[:end]
-    if not head.count(b"\r\n") == head.count(b"\n") == head.count(b"\r") == headers:
+    lines = data.count(b"\r\n", 0, end)
+    if not lines == data.count(b"\n", 0, end) == data.count(b"\r", 0, end) == headers:
         return None
     return data
 
