@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import cast
 
 import httptools
@@ -65,7 +65,7 @@ class Disconnected(Exception):
 class Response:
     """One response: status, reason and headers at once, the body as it arrives."""
 
-    def __init__(self, connection: _Connection) -> None:
+    def __init__(self, connection: PodConnection) -> None:
         self._connection = connection
         self.status = 0
         self.reason = ""
@@ -135,7 +135,7 @@ class Response:
         self._connection.done(self)
 
 
-class _Connection(asyncio.Protocol):
+class PodConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool, key: tuple[str, int]) -> None:
         self.pool = pool
         self.key = key
@@ -148,6 +148,8 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._fresh = False
         """Nothing of the response to the request just sent has come yet."""
+        self._answered: Callable[[Response | None], None] | None = None
+        """`send_then`'s callback, until it was called."""
         self._until_close = False
         """The response's body ends when the connection does (no length, not chunked)."""
 
@@ -170,6 +172,10 @@ class _Connection(asyncio.Protocol):
             return
         if fresh and response.complete and response._plain and response._length:
             response.raw = _whole(data, len(response.headers), response._buffered)
+        answered = self._answered
+        if answered is not None and self.response is not None and self.response.status:
+            self._answered = None
+            answered(self.response)
 
     def eof_received(self) -> bool | None:
         response = self.response
@@ -240,6 +246,17 @@ class _Connection(asyncio.Protocol):
         self.transport.write(data)
         return self.response
 
+    def send_then(self, data: bytes, answered: Callable[[Response | None], None]) -> None:
+        """Send one request; `answered(response)` once its status and headers came (with
+        as much of the body as came with them), or when the connection broke after a
+        part of them (status 0); `answered(None)` if it broke before any. No future, no
+        task: for the activator's fast path."""
+        assert self.transport is not None
+        self.response = Response(self)
+        self._fresh = True
+        self._answered = answered
+        self.transport.write(data)
+
     def _broken(self, message: str) -> None:
         response = self.response
         if response is None:
@@ -250,6 +267,9 @@ class _Connection(asyncio.Protocol):
             self.headers_done.set_exception(error)
         response._finish(error)
         self.close()
+        callback, self._answered = self._answered, None
+        if callback is not None:
+            callback(response if answered else None)
 
     def pause(self) -> None:
         if not self._paused and self.transport is not None:
@@ -288,7 +308,7 @@ class UpstreamPool:
         self.connect_timeout_s = connect_timeout_s
         self.max_idle = max_idle
         self.idle_timeout_s = idle_timeout_s
-        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._idle: dict[tuple[str, int], list[PodConnection]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
 
     async def request(self, host: str, port: int, head: bytes, body: bytes) -> Response:
@@ -312,7 +332,7 @@ class UpstreamPool:
         connection = await self._connect(key)
         return await self._exchange(connection, head, body)
 
-    async def _exchange(self, connection: _Connection, head: bytes, body: bytes) -> Response:
+    async def _exchange(self, connection: PodConnection, head: bytes, body: bytes) -> Response:
         connection.send(head + body if len(body) < 16384 else head)
         if len(body) >= 16384:
             assert connection.transport is not None
@@ -324,12 +344,12 @@ class UpstreamPool:
             connection.close()  # its answer would come to nobody
             raise
 
-    async def _connect(self, key: tuple[str, int]) -> _Connection:
+    async def _connect(self, key: tuple[str, int]) -> PodConnection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 _, connection = await loop.create_connection(
-                    lambda: _Connection(self, key), key[0], key[1]
+                    lambda: PodConnection(self, key), key[0], key[1]
                 )
         except TimeoutError:
             raise ConnectFailed(f"connect to {key[0]}:{key[1]} timed out") from None
@@ -337,7 +357,16 @@ class UpstreamPool:
             raise ConnectFailed(str(exc) or type(exc).__name__) from None
         return connection
 
-    def put_back(self, connection: _Connection) -> None:
+    def take_idle(self, host: str, port: int) -> PodConnection | None:
+        """A kept connection to host:port, if there is one, now."""
+        idle = self._idle.get((host, port))
+        while idle:
+            connection = idle.pop()
+            if not connection.closed:
+                return connection
+        return None
+
+    def put_back(self, connection: PodConnection) -> None:
         idle = self._idle.setdefault(connection.key, [])
         if len(idle) >= self.max_idle:
             connection.close()
@@ -348,7 +377,7 @@ class UpstreamPool:
         if self._sweeper is None:
             self._sweeper = loop.call_later(self.idle_timeout_s, self._sweep)
 
-    def forget(self, connection: _Connection) -> None:
+    def forget(self, connection: PodConnection) -> None:
         idle = self._idle.get(connection.key)
         if idle and connection in idle:
             idle.remove(connection)
