@@ -131,7 +131,7 @@ def _end_to_end(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> l
     return [line for _, line in lines]
 
 
-def _forwarded_head(raw: bytearray, headers: int) -> bytes | None:
+def _forwarded_head(raw: bytes | bytearray, headers: int) -> bytes | None:
     """The head at the start of `raw` (a request of `headers` header lines) without its
     final CRLF, if every line ends in CRLF (nothing else a parser might have tolerated)."""
     end = raw.find(b"\r\n\r\n")
@@ -195,7 +195,7 @@ class Http1(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.peer = ""
         self._request: _Request | None = None
-        self._raw: bytearray | None = None
+        self._raw: bytes | bytearray | None = None
         """The bytes of the current request since it began, while it may be handed over."""
         self._feeding = False
         self._completed_in_feed = False
@@ -239,6 +239,8 @@ class Http1(asyncio.Protocol):
             self._handover += data
             return
         if self._request is not None and self._raw is not None:
+            if isinstance(self._raw, bytes):
+                self._raw = bytearray(self._raw)  # a head over more than one read
             self._raw += data
         self._current = data
         self._feeding, self._completed_in_feed = True, False
@@ -263,7 +265,7 @@ class Http1(asyncio.Protocol):
         self._request = _Request()
         # A request that began inside a read after another one ended (pipelined)
         # cannot be handed over: where it starts in the read is not known.
-        self._raw = None if self._completed_in_feed else bytearray(self._current)
+        self._raw = None if self._completed_in_feed else self._current
 
     def on_url(self, url: bytes) -> None:
         assert self._request is not None
@@ -312,6 +314,7 @@ class Http1(asyncio.Protocol):
             raise _HandOver
         if self._raw is not None and 0 <= request.forwarded <= 1:
             request.head = _forwarded_head(self._raw, len(request.headers))
+        self._raw = None  # a plain request is not handed over
 
     def on_body(self, body: bytes) -> None:
         assert self._request is not None
