@@ -214,9 +214,11 @@ class PodConnection(asyncio.Protocol):
         if status < 200:
             # An interim response (100 Continue, 103 Early Hints): wait for the real one.
             response.headers.clear()
-            response._plain = False  # it is not to be relayed
+            response._plain, response._length = False, False  # not to be relayed as it is
             return
         response.status = status
+        if self.parser.get_http_version() != "1.1":
+            response._plain = False  # its status line is rewritten
         response.keep_alive = self.parser.should_keep_alive()
         self._until_close = (
             status not in (204, 304)
