@@ -57,6 +57,8 @@ class RevisionQueue:
         """host:port of the gateway's gate for this revision, where requests go instead of
         straight to a pod: the gate holds each pod to `containerConcurrency` whoever
         sends the request (see `wakegate.xds.gate`). None: straight to the pods."""
+        self.gate_address: tuple[str, int] | None = None
+        """The gate's (host, port)."""
         self._waiters: deque[asyncio.Future[PodSlot]] = deque()
         self._queued = 0
         self._poked = False
@@ -108,6 +110,7 @@ class RevisionQueue:
         self.pods.container_concurrency = container_concurrency
         self.hold_timeout_s_from_control_plane = hold_timeout_s
         self.gate = None if gate is None else PodSlot(*gate).authority
+        self.gate_address = gate
         if self.pods:
             self._poked = False
             self._dispatch()
@@ -120,6 +123,7 @@ class RevisionQueue:
         self.pods.replace(())
         self.hold_timeout_s_from_control_plane = 0.0
         self.gate = None
+        self.gate_address = None
 
     def _poke_if_waiting(self) -> None:
         """Ask once per wait for a pod when requests are held and no pod is ready."""

@@ -15,13 +15,38 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import cast
 
 import httptools
 
 HIGH_WATER = 256 * 1024
 """Response bytes buffered from a pod before reading from it pauses."""
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+
+def _whole(data: bytes, headers: int, body: int) -> bytes | None:
+    """`data` if it is exactly one response of `headers` header lines and `body` body
+    bytes, every line ending in CRLF (nothing else a parser might have tolerated)."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or end + 4 + body != len(data):
+        return None
+    lines = data.count(b"\r\n", 0, end)
+    if not lines == data.count(b"\n", 0, end) == data.count(b"\r", 0, end) == headers:
+        return None
+    return data
 
 
 class ConnectFailed(Exception):
@@ -40,12 +65,20 @@ class Disconnected(Exception):
 class Response:
     """One response: status, reason and headers at once, the body as it arrives."""
 
-    def __init__(self, connection: _Connection) -> None:
+    def __init__(self, connection: PodConnection) -> None:
         self._connection = connection
         self.status = 0
         self.reason = ""
         self.headers: list[tuple[bytes, bytes]] = []
         self.keep_alive = False
+        self.raw: bytes | None = None
+        """The whole response as the pod sent it, when it can be relayed as it is: it
+        came in one read, has a Content-Length and no hop-by-hop header but
+        `Connection: keep-alive`."""
+        self._plain = True
+        """No header seen so far keeps the response from being relayed as it is."""
+        self._length = False
+        """A Content-Length header was seen."""
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self.complete = False
@@ -102,7 +135,7 @@ class Response:
         self._connection.done(self)
 
 
-class _Connection(asyncio.Protocol):
+class PodConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool, key: tuple[str, int]) -> None:
         self.pool = pool
         self.key = key
@@ -113,6 +146,10 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._paused = False
+        self._fresh = False
+        """Nothing of the response to the request just sent has come yet."""
+        self._answered: Callable[[Response | None], None] | None = None
+        """`send_then`'s callback, until it was called."""
         self._until_close = False
         """The response's body ends when the connection does (no length, not chunked)."""
 
@@ -126,10 +163,19 @@ class _Connection(asyncio.Protocol):
         if self.response is None:
             self.close()  # nothing was asked: a pod must not speak first
             return
+        response = self.response
+        fresh, self._fresh = self._fresh, False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._broken(f"bad response from the pod: {exc}")
+            return
+        if fresh and response.complete and response._plain and response._length:
+            response.raw = _whole(data, len(response.headers), response._buffered)
+        answered = self._answered
+        if answered is not None and self.response is not None and self.response.status:
+            self._answered = None
+            answered(self.response)
 
     def eof_received(self) -> bool | None:
         response = self.response
@@ -150,8 +196,16 @@ class _Connection(asyncio.Protocol):
         self.response.reason = status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.response is not None
-        self.response.headers.append((name, value))
+        response = self.response
+        assert response is not None
+        response.headers.append((name, value))
+        lower = name.lower()
+        if lower == b"content-length":
+            response._length = True
+        elif lower in _HOP_BY_HOP and (
+            lower != b"connection" or value.strip().lower() != b"keep-alive"
+        ):
+            response._plain = False
 
     def on_headers_complete(self) -> None:
         response = self.response
@@ -160,14 +214,16 @@ class _Connection(asyncio.Protocol):
         if status < 200:
             # An interim response (100 Continue, 103 Early Hints): wait for the real one.
             response.headers.clear()
+            response._plain, response._length = False, False  # not to be relayed as it is
             return
         response.status = status
+        if self.parser.get_http_version() != "1.1":
+            response._plain = False  # its status line is rewritten
         response.keep_alive = self.parser.should_keep_alive()
-        names = {name.lower() for name, _ in response.headers}
         self._until_close = (
             status not in (204, 304)
-            and b"content-length" not in names
-            and b"transfer-encoding" not in names
+            and not response._length
+            and not any(name.lower() == b"transfer-encoding" for name, _ in response.headers)
         )
         if self.headers_done is not None and not self.headers_done.done():
             self.headers_done.set_result(response)
@@ -187,9 +243,21 @@ class _Connection(asyncio.Protocol):
     def send(self, data: bytes) -> Response:
         assert self.transport is not None
         self.response = Response(self)
+        self._fresh = True
         self.headers_done = asyncio.get_running_loop().create_future()
         self.transport.write(data)
         return self.response
+
+    def send_then(self, data: bytes, answered: Callable[[Response | None], None]) -> None:
+        """Send one request; `answered(response)` once its status and headers came (with
+        as much of the body as came with them), or when the connection broke after a
+        part of them (status 0); `answered(None)` if it broke before any. No future, no
+        task: for the activator's fast path."""
+        assert self.transport is not None
+        self.response = Response(self)
+        self._fresh = True
+        self._answered = answered
+        self.transport.write(data)
 
     def _broken(self, message: str) -> None:
         response = self.response
@@ -201,6 +269,9 @@ class _Connection(asyncio.Protocol):
             self.headers_done.set_exception(error)
         response._finish(error)
         self.close()
+        callback, self._answered = self._answered, None
+        if callback is not None:
+            callback(response if answered else None)
 
     def pause(self) -> None:
         if not self._paused and self.transport is not None:
@@ -239,7 +310,7 @@ class UpstreamPool:
         self.connect_timeout_s = connect_timeout_s
         self.max_idle = max_idle
         self.idle_timeout_s = idle_timeout_s
-        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._idle: dict[tuple[str, int], list[PodConnection]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
 
     async def request(self, host: str, port: int, head: bytes, body: bytes) -> Response:
@@ -263,7 +334,7 @@ class UpstreamPool:
         connection = await self._connect(key)
         return await self._exchange(connection, head, body)
 
-    async def _exchange(self, connection: _Connection, head: bytes, body: bytes) -> Response:
+    async def _exchange(self, connection: PodConnection, head: bytes, body: bytes) -> Response:
         connection.send(head + body if len(body) < 16384 else head)
         if len(body) >= 16384:
             assert connection.transport is not None
@@ -275,12 +346,12 @@ class UpstreamPool:
             connection.close()  # its answer would come to nobody
             raise
 
-    async def _connect(self, key: tuple[str, int]) -> _Connection:
+    async def _connect(self, key: tuple[str, int]) -> PodConnection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 _, connection = await loop.create_connection(
-                    lambda: _Connection(self, key), key[0], key[1]
+                    lambda: PodConnection(self, key), key[0], key[1]
                 )
         except TimeoutError:
             raise ConnectFailed(f"connect to {key[0]}:{key[1]} timed out") from None
@@ -288,7 +359,16 @@ class UpstreamPool:
             raise ConnectFailed(str(exc) or type(exc).__name__) from None
         return connection
 
-    def put_back(self, connection: _Connection) -> None:
+    def take_idle(self, host: str, port: int) -> PodConnection | None:
+        """A kept connection to host:port, if there is one, now."""
+        idle = self._idle.get((host, port))
+        while idle:
+            connection = idle.pop()
+            if not connection.closed:
+                return connection
+        return None
+
+    def put_back(self, connection: PodConnection) -> None:
         idle = self._idle.setdefault(connection.key, [])
         if len(idle) >= self.max_idle:
             connection.close()
@@ -299,7 +379,7 @@ class UpstreamPool:
         if self._sweeper is None:
             self._sweeper = loop.call_later(self.idle_timeout_s, self._sweep)
 
-    def forget(self, connection: _Connection) -> None:
+    def forget(self, connection: PodConnection) -> None:
         idle = self._idle.get(connection.key)
         if idle and connection in idle:
             idle.remove(connection)

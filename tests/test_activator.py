@@ -534,6 +534,74 @@ async def test_one_connection_mixes_plain_and_handed_over_requests() -> None:
         assert (status, body, headers["x-backend-name"]) == (200, b"", "blue")
 
 
+async def test_a_request_in_a_read_of_its_own_is_forwarded_as_sent() -> None:
+    """A request that came in one read, with no hop-by-hop header, goes to the pod with
+    its head as the client wrote it (names' case, repeated headers in order), its one
+    X-Forwarded-For moved to the end with the client's address added; the pod's answer
+    comes back whole."""
+    async with activator() as stack, backends("blue") as (blue,):
+        stack.service.set_endpoints(NS, "hello-00001", endpoints(blue))
+        sent = _raw("POST", "/as-sent?q=1", "X-Custom: a", "x-FORWARDED-for:  10.0.0.7 ")
+        sent = sent.removesuffix(b"\r\n\r\n") + b"\r\nX-CUSTOM: b\r\nContent-Length: 3\r\n\r\nxyz"
+        [(status, headers, body)] = await _exchange(stack.port, sent, 1)
+        assert (status, headers["x-backend-name"]) == (200, "blue"), body
+        assert int(headers["content-length"]) == len(body)
+        echoed = json.loads(body)
+        assert (echoed["method"], echoed["path"], echoed["query"]) == ("POST", "/as-sent", "q=1")
+        assert echoed["body"] == "xyz"
+        assert echoed["headers"]["x-custom"] == "a, b"
+        assert echoed["headers"]["x-forwarded-for"] == f"10.0.0.7, {LOOPBACK}"
+        [(status, _, body)] = await _exchange(stack.port, _raw("GET", "/no-forwarded-for"), 1)
+        assert status == 200
+        assert json.loads(body)["headers"]["x-forwarded-for"] == LOOPBACK
+
+
+async def test_a_request_on_a_kept_pod_connection_given_up_or_answered_in_http_1_0() -> None:
+    """On a kept connection to the pod: an HTTP/1.0 answer reaches the client as
+    HTTP/1.1, whole; a request the client gives up before the pod answered closes that
+    connection and gives its pod slot back (containerConcurrency 1: the next request
+    is answered)."""
+    hung_up = asyncio.Event()
+
+    async def pod(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while b"GET /hang " not in (await reader.readuntil(b"\r\n\r\n")):
+                writer.write(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n")
+                writer.write(b"X-Pod: raw\r\nContent-Length: 2\r\n\r\nhi")
+            if await reader.read() == b"":  # never answers; waits for the peer to close
+                hung_up.set()
+        writer.close()
+
+    server = await asyncio.start_server(pod, LOOPBACK, 0)
+    pod_port = server.sockets[0].getsockname()[1]
+
+    async def head_and_body(port: int, path: str) -> bytes:
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        try:
+            writer.write(_raw("GET", path))
+            return await reader.readuntil(b"\r\n\r\n") + await reader.readexactly(2)
+        finally:
+            writer.close()
+
+    try:
+        async with activator() as stack:
+            stack.service.set_endpoints(NS, "hello-00001", [(LOOPBACK, pod_port)], 1)
+            for path in ("/first", "/kept"):
+                answer = await asyncio.wait_for(head_and_body(stack.port, path), 5)
+                assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer
+                assert b"\r\nX-Pod: raw\r\n" in answer and answer.endswith(b"\r\n\r\nhi")
+            _, writer = await asyncio.open_connection(LOOPBACK, stack.port)
+            writer.write(_raw("GET", "/hang"))
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            writer.close()
+            await asyncio.wait_for(hung_up.wait(), 5)
+            answer = await asyncio.wait_for(head_and_body(stack.port, "/after"), 5)
+            assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer
+    finally:
+        server.close()
+
+
 async def test_pod_connections_are_reused_and_a_closed_one_is_replaced() -> None:
     """The activator keeps its connections to a pod between requests; a pod that
     closed a kept connection meanwhile still gets the next request."""

@@ -187,7 +187,10 @@ async def test_scale_down_delay_keeps_the_pods_after_the_load_stops(client: Clie
         echo_service("delay", {"target": "10", "scale-down-delay": "20s"})
     )
     assert status == 200 and reply["served"], reply
-    codes = await hey(client, "delay", "-z", "8s", "-c", "20")
+    # 20 ms at the pod per request: the 20 requests hey keeps in flight are in the
+    # activator's measured concurrency nearly all the time (well over 1 pod's worth
+    # until the load stops), not just for the share of the round trip it takes.
+    codes = await hey(client, "delay", "-z", "8s", "-c", "20", path="/sleep/20")
     stopped = time.monotonic()
     assert set(codes) == {"200"}, codes
     loaded = await ready(client, "delay-00001")
