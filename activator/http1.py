@@ -38,6 +38,7 @@ from wakegate.activator.pods import PodSlot
 from wakegate.activator.queue import HoldTimeout, QueueFull, RevisionQueue
 from wakegate.activator.revisions import Revisions
 from wakegate.activator.upstream import (
+    HOP_BY_HOP,
     ConnectFailed,
     Disconnected,
     PodConnection,
@@ -53,22 +54,9 @@ MAX_HEAD = 65536
 """Request line and headers, in bytes, beyond which a request is not plain."""
 _NAMESPACE = NAMESPACE_HEADER.lower().encode()
 _REVISION = REVISION_HEADER.lower().encode()
-_HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
 _XFF = b"x-forwarded-for"
 _WATCHED = {
-    **{name: "hop-by-hop" for name in _HOP_BY_HOP},
+    **{name: "hop-by-hop" for name in HOP_BY_HOP},
     _XFF: "forwarded",
     _NAMESPACE: "namespace",
     _REVISION: "revision",
@@ -117,7 +105,7 @@ class _Request:
 
 def _end_to_end(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> list[bytes]:
     """`Name: value` lines without hop-by-hop headers (and those Connection names)."""
-    drop = drop | _HOP_BY_HOP
+    drop = drop | HOP_BY_HOP
     lines = []
     named: list[bytes] = []
     for name, value in headers:

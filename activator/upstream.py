@@ -22,7 +22,7 @@ import httptools
 
 HIGH_WATER = 256 * 1024
 """Response bytes buffered from a pod before reading from it pauses."""
-_HOP_BY_HOP = frozenset(
+HOP_BY_HOP = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -35,6 +35,7 @@ _HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
+"""Header names (lowercase) that belong to one connection, never forwarded."""
 
 
 def _whole(data: bytes, headers: int, body: int) -> bytes | None:
@@ -202,7 +203,7 @@ class PodConnection(asyncio.Protocol):
         lower = name.lower()
         if lower == b"content-length":
             response._length = True
-        elif lower in _HOP_BY_HOP and (
+        elif lower in HOP_BY_HOP and (
             lower != b"connection" or value.strip().lower() != b"keep-alive"
         ):
             response._plain = False
